@@ -1,0 +1,67 @@
+// Operator schemas of the `dilconv` namespace: the one place that says what every op takes and
+// returns. Implementations live elsewhere, one file per dispatch key and backend:
+//   csrc/cpu/*.cpp   -> CPU key of the plain names      (backend "cpu")
+//   csrc/cuda/*.cpp  -> CUDA key of the plain names     (backend "cuda")
+//   csrc/emu/*.cpp   -> CPU key of the *_emu names      (backend "cuda-emu": the CUDA kernels
+//                       compiled for the host against the CUDA execution-model emulation)
+// The Triton backend defines its *_triton ops from Python (dilconv/triton/).
+// Fake (meta) kernels and autograd formulas are registered in Python (dilconv/_ops.py) for all
+// variants at once, because the variants share these schemas.
+//
+// Conventions shared by every implementation:
+//   * weight layouts are torch's: conv2d [K, C/g, R, S]; conv_transpose2d [C, K/g, R, S].
+//   * an output is channels_last when its layout-defining input is channels_last and not also
+//     plain contiguous (dilconv._ops.output_memory_format); weight gradients are contiguous.
+//   * separable_conv2d: mid = act(dw(x) + dw_bias), out = act(pw(mid) + pw_bias). A folded
+//     BatchNorm between the two is passed as an already-scaled dw_weight/dw_bias (exact).
+#include <Python.h>
+#include <torch/library.h>
+
+// A bare Python module so that `import dilconv._C` loads this library (and its op
+// registrations) without pulling pybind11 into the build.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+namespace {
+
+void define_ops(torch::Library& m, const std::string& suffix) {
+  auto def = [&](const std::string& name, const std::string& rest) {
+    m.def((name + suffix + rest).c_str());
+  };
+  // fprop
+  def("conv2d",
+      "(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  // dgrad: gradient w.r.t. the input of conv2d (input_size = [N, C, H, W])
+  def("conv2d_input_grad",
+      "(Tensor grad_output, Tensor weight, int[4] input_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  // wgrad: gradient w.r.t. the weight of conv2d (weight_size = [K, C/g, R, S])
+  def("conv2d_weight_grad",
+      "(Tensor grad_output, Tensor input, int[4] weight_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  // transposed conv (the dgrad gather of conv2d, plus bias). Its backward is conv2d (input grad)
+  // and conv2d_weight_grad with the roles of input and grad_output swapped.
+  def("conv_transpose2d",
+      "(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] output_padding, int groups, int[2] dilation) -> Tensor");
+  // fused depthwise (possibly dilated, channel multiplier = dw_weight.size(0) / C) + pointwise
+  def("separable_conv2d",
+      "(Tensor input, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, Tensor? pw_bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool mid_relu, bool out_relu) -> Tensor");
+  // returns (grad_input, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias); the bias
+  // gradients are returned even when the bias is None (callers drop them).
+  def("separable_conv2d_backward",
+      "(Tensor grad_output, Tensor input, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, "
+      "Tensor? pw_bias, int[2] stride, int[2] padding, int[2] dilation, bool mid_relu, "
+      "bool out_relu) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dilconv, m) {
+  define_ops(m, "");      // backends "cpu" (CPU key) and "cuda" (CUDA key)
+  define_ops(m, "_emu");  // backend "cuda-emu" (CPU key)
+}

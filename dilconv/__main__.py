@@ -1,0 +1,27 @@
+"""`python -m dilconv <command>`: info, and the commands other parts register in COMMANDS."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, help). Each module has `add_arguments(parser)` and `main(args) -> int`.
+COMMANDS = {
+    "info": ("dilconv.cli_info", "versions, build and usable backends"),
+    "demo": ("dilconv.cli_demo", "every usable backend on an atrous block vs torch"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dilconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (mod, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(_module=mod)
+        importlib.import_module(mod).add_arguments(p)
+    args = parser.parse_args(argv)
+    return importlib.import_module(args._module).main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Fake (meta) kernels and autograd formulas for the `dilconv::` ops.
+
+The compiled backends ("cpu"/"cuda" on the plain op names, "cuda-emu" on the *_emu names) and the
+Triton backend (*_triton names) share one set of schemas (csrc/ops.cpp), so one set of formulas
+serves all of them: `register_variant(suffix)` wires a variant up.
+
+Autograd, in GEMM-view terms (fprop / dgrad / wgrad):
+  y = conv2d(x, w) + b        gx = dgrad(gy, w)          gw = wgrad(gy, x)        gb = sum(gy)
+  x = dgrad(g, w)             gg = conv2d(gx, w)          gw = wgrad(g, gx)
+  w = wgrad(g, x)             gg = conv2d(x, gw)          gx = dgrad(g, gw)
+  y = conv_transpose2d(x, w)  gx = conv2d(gy, w)          gw = wgrad(x, gy)        gb = sum(gy)
+so every op's backward is again made of dilconv ops of the same backend (double backward works).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dilconv import _ext
+
+OP_NAMES = (
+    "conv2d",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "conv_transpose2d",
+    "separable_conv2d",
+    "separable_conv2d_backward",
+)
+
+
+def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def conv_transpose_out_size(size: int, k: int, s: int, p: int, op: int, d: int) -> int:
+    return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+
+
+def output_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last when `t` is channels_last and not also plain contiguous (ambiguous shapes such
+    as C == 1 or H == W == 1 count as contiguous). Every implementation follows this rule."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty(like: torch.Tensor, shape: Sequence[int], fmt: torch.memory_format) -> torch.Tensor:
+    return like.new_empty(tuple(shape)).contiguous(memory_format=fmt)
+
+
+def _op(name: str, suffix: str):
+    return getattr(torch.ops.dilconv, name + suffix).default
+
+
+# ---------------------------------------------------------------------------------------------
+# fake kernels
+
+
+def _fake_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    n, _, h, w = input.shape
+    k, _, r, s = weight.shape
+    p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
+    q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
+    return _empty(input, (n, k, p, q), output_memory_format(input))
+
+
+def _fake_conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation, groups):
+    return _empty(grad_output, input_size, output_memory_format(grad_output))
+
+
+def _fake_conv2d_weight_grad(grad_output, input, weight_size, stride, padding, dilation, groups):
+    return input.new_empty(tuple(weight_size))
+
+
+def _fake_conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    n, _, h, w = input.shape
+    _, kg, r, s = weight.shape
+    p = conv_transpose_out_size(h, r, stride[0], padding[0], output_padding[0], dilation[0])
+    q = conv_transpose_out_size(w, s, stride[1], padding[1], output_padding[1], dilation[1])
+    return _empty(input, (n, kg * groups, p, q), output_memory_format(input))
+
+
+def _fake_separable_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                           mid_relu, out_relu):
+    n, _, h, w = input.shape
+    r, s = dw_weight.shape[2:]
+    p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
+    q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
+    return _empty(input, (n, pw_weight.shape[0], p, q), output_memory_format(input))
+
+
+def _fake_separable_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias,
+                                    stride, padding, dilation, mid_relu, out_relu):
+    return (
+        _empty(input, input.shape, output_memory_format(grad_output)),
+        dw_weight.new_empty(dw_weight.shape),
+        dw_weight.new_empty(dw_weight.shape[:1]),
+        pw_weight.new_empty(pw_weight.shape),
+        pw_weight.new_empty(pw_weight.shape[:1]),
+    )
+
+
+_FAKES = {
+    "conv2d": _fake_conv2d,
+    "conv2d_input_grad": _fake_conv2d_input_grad,
+    "conv2d_weight_grad": _fake_conv2d_weight_grad,
+    "conv_transpose2d": _fake_conv_transpose2d,
+    "separable_conv2d": _fake_separable_conv2d,
+    "separable_conv2d_backward": _fake_separable_conv2d_backward,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd
+
+
+def _bias_grad(grad: torch.Tensor) -> torch.Tensor:
+    return grad.sum((0, 2, 3))
+
+
+def _autograd_formulas(suffix: str):
+    fprop = lambda *a: _op("conv2d", suffix)(*a)  # noqa: E731
+    dgrad = lambda *a: _op("conv2d_input_grad", suffix)(*a)  # noqa: E731
+    wgrad = lambda *a: _op("conv2d_weight_grad", suffix)(*a)  # noqa: E731
+
+    # conv2d(input, weight, bias, stride, padding, dilation, groups)
+    def conv2d_setup(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    def conv2d_backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        gi = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gi = dgrad(grad, weight, list(input.shape), *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gw = wgrad(grad, input, list(weight.shape), *ctx.conf)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = _bias_grad(grad)
+        return gi, gw, gb, None, None, None, None
+
+    # conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation, groups)
+    def dgrad_setup(ctx, inputs, output):
+        g, weight, _, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(g, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+
+    def dgrad_backward(ctx, grad):
+        g, weight = ctx.saved_tensors
+        gg = gw = None
+        if ctx.needs_input_grad[0]:
+            gg = fprop(grad, weight, None, *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gw = wgrad(g, grad, list(weight.shape), *ctx.conf)
+        return gg, gw, None, None, None, None, None
+
+    # conv2d_weight_grad(grad_output, input, weight_size, stride, padding, dilation, groups)
+    def wgrad_setup(ctx, inputs, output):
+        g, input, _, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(g, input)
+        ctx.conf = (stride, padding, dilation, groups)
+
+    def wgrad_backward(ctx, grad):
+        g, input = ctx.saved_tensors
+        gg = gi = None
+        if ctx.needs_input_grad[0]:
+            gg = fprop(input, grad, None, *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gi = dgrad(g, grad, list(input.shape), *ctx.conf)
+        return gg, gi, None, None, None, None, None
+
+    # conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    def convt_setup(ctx, inputs, output):
+        input, weight, bias, stride, padding, _, groups, dilation = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    def convt_backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        gi = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gi = fprop(grad, weight, None, *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gw = wgrad(input, grad, list(weight.shape), *ctx.conf)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = _bias_grad(grad)
+        return gi, gw, gb, None, None, None, None, None
+
+    # separable_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+    #                  mid_relu, out_relu)
+    def sep_setup(ctx, inputs, output):
+        input, dw_w, dw_b, pw_w, pw_b = inputs[:5]
+        ctx.save_for_backward(input, dw_w, dw_b, pw_w, pw_b)
+        ctx.conf = tuple(inputs[5:])
+
+    def sep_backward(ctx, grad):
+        input, dw_w, dw_b, pw_w, pw_b = ctx.saved_tensors
+        gi, gdw, gdb, gpw, gpb = _op("separable_conv2d_backward", suffix)(
+            grad, input, dw_w, dw_b, pw_w, pw_b, *ctx.conf)
+        return (gi, gdw, gdb if dw_b is not None else None, gpw, gpb if pw_b is not None else None,
+                None, None, None, None, None)
+
+    return {
+        "conv2d": (conv2d_backward, conv2d_setup),
+        "conv2d_input_grad": (dgrad_backward, dgrad_setup),
+        "conv2d_weight_grad": (wgrad_backward, wgrad_setup),
+        "conv_transpose2d": (convt_backward, convt_setup),
+        "separable_conv2d": (sep_backward, sep_setup),
+    }
+
+
+def register_variant(suffix: str, *, fake: bool = True) -> None:
+    """Register fake kernels (unless the variant brings its own, e.g. triton_op) and autograd for
+    the ops `dilconv::<name><suffix>`."""
+    if fake:
+        for name, fn in _FAKES.items():
+            torch.library.register_fake(f"dilconv::{name}{suffix}")(fn)
+    for name, (backward, setup) in _autograd_formulas(suffix).items():
+        torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
+
+
+if _ext.loaded:
+    register_variant("")
+    register_variant("_emu")

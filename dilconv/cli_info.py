@@ -1,0 +1,38 @@
+"""`python -m dilconv info`."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+import dilconv
+from dilconv import _ext
+from dilconv import registry as B
+
+
+def add_arguments(parser):
+    pass
+
+
+def main(args) -> int:
+    bi = _ext.build_info
+    print(f"dilconv {dilconv.__version__}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, "
+          f"torch CUDA {torch.version.cuda or 'none (CPU build)'}")
+    print(f"CUDA device visible: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    if _ext.loaded:
+        print("compiled extension: loaded" + (f" (built against torch {bi.torch_version})" if bi else ""))
+        cuda = _ext.cuda_compiled()
+        archs = bi.cuda_arch_list if bi else "?"
+        print(f"CUDA sources compiled: {'yes, for archs ' + archs if cuda else 'no'}")
+    else:
+        print(f"compiled extension: not available ({_ext.load_error}); {_ext.BUILD_HINT}")
+    print(f"usable backends: {', '.join(B.backends())} (current: {B.current_backend()})")
+    for name in B.NAMES:
+        if name == "auto":
+            continue
+        why = B.get_backend(name).available()
+        if why:
+            print(f"  {name}: not usable: {why}")
+    return 0

@@ -1,0 +1,252 @@
+"""Functional face of dilconv: torch.nn.functional's signatures plus `backend=`.
+
+Arguments are checked here, once, for every backend, so bad input raises the exception type torch
+raises (RuntimeError for the functional API) with a clear message, before any kernel runs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from dilconv import registry as _backends
+from dilconv._ops import conv_out_size, conv_transpose_out_size
+
+IntOr2 = Union[int, Sequence[int]]
+
+
+def _pair(name: str, v: IntOr2) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) == 1:
+        return (v[0], v[0])
+    if len(v) != 2:
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 2 values to match the "
+            f"convolution dimensions, but got {name}={list(v)}")
+    return v
+
+
+def _check_common(op, input, weight, bias, stride, dilation, groups):
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{op}: input and weight must be tensors")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to {op}, but got input of size: "
+            f"{list(input.shape)}")
+    if weight.dim() != 4:
+        raise RuntimeError(f"{op}: expected a 4D weight, but got weight of size {list(weight.shape)}")
+    if input.device != weight.device or (bias is not None and bias.device != weight.device):
+        raise RuntimeError(
+            f"{op}: input, weight and bias must be on the same device, got input on {input.device}, "
+            f"weight on {weight.device}" + (f", bias on {bias.device}" if bias is not None else ""))
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{op}: expected a floating-point input, got {input.dtype}")
+    if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise RuntimeError(
+            f"{op}: Input type ({input.dtype}) and weight type ({weight.dtype})"
+            + (f" and bias type ({bias.dtype})" if bias is not None else "") + " should be the same")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise RuntimeError(f"{op}: non-positive groups is not supported (groups={groups})")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError(f"{op}: non-positive stride is not supported (stride={list(stride)})")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError(f"{op}: dilation should be greater than zero (dilation={list(dilation)})")
+
+
+def _check_padding(op, padding):
+    if any(p < 0 for p in padding):
+        raise RuntimeError(f"{op}: negative padding is not supported (padding={list(padding)})")
+
+
+def _check_bias(op, bias, k):
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != k):
+        raise RuntimeError(
+            f"{op}: expected bias to be 1-dimensional with {k} elements, but got bias of size "
+            f"{list(bias.shape)}")
+
+
+def _check_fits(op, hw, padding, kernel, dilation):
+    padded = [hw[i] + 2 * padding[i] for i in range(2)]
+    eff = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    if padded[0] < eff[0] or padded[1] < eff[1]:
+        raise RuntimeError(
+            f"{op}: Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
+            f"Kernel size: ({eff[0]} x {eff[1]}). Kernel size can't be greater than actual input size")
+
+
+def _resolve_same(op, padding, stride, dilation, kernel):
+    """padding: int/pair/'same'/'valid' -> (symmetric pair, extra right/bottom pad or None)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), None
+        if padding != "same":
+            raise RuntimeError(f"{op}: Invalid padding string: '{padding}'")
+        if any(s != 1 for s in stride):
+            raise RuntimeError(f"{op}: padding='same' is not supported for strided convolutions")
+        total = [dilation[i] * (kernel[i] - 1) for i in range(2)]
+        left = (total[0] // 2, total[1] // 2)
+        extra = (total[0] - 2 * left[0], total[1] - 2 * left[1])
+        # torch puts the odd pixel on the right/bottom; so do we.
+        return left, (extra if any(extra) else None)
+    return _pair("padding", padding), None
+
+
+def _problem(op, input, weight, out_shape, stride, padding, dilation, groups, k, r, s, params,
+             mid_channels=0):
+    n, c, h, w = input.shape
+    numel = 1
+    for d in out_shape:
+        numel *= d
+    return _backends.Problem(
+        op=op, device=input.device.type, dtype=input.dtype, n=n, c=c, h=h, w=w, k=k, r=r, s=s,
+        stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=groups,
+        channels_last=(input.dim() == 4 and not input.is_contiguous()
+                       and input.is_contiguous(memory_format=torch.channels_last)),
+        max_numel=max(input.numel(), weight.numel(), numel),
+        requires_grad=torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params),
+        mid_channels=mid_channels,
+    )
+
+
+def _batched(fn, input, *rest):
+    if input.dim() == 3:
+        return fn(input.unsqueeze(0), *rest).squeeze(0)
+    return fn(input, *rest)
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride: IntOr2 = 1, padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1,
+           groups: int = 1, *, backend: Optional[str] = None) -> torch.Tensor:
+    """`torch.nn.functional.conv2d` computed by a dilconv backend (dense, grouped, depthwise,
+    dilated; any kernel size)."""
+    op = "conv2d"
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    _check_common(op, input, weight, bias, stride, dilation, groups)
+    kernel = tuple(weight.shape[2:])
+    pad, extra = _resolve_same(op, padding, stride, dilation, kernel)
+    _check_padding(op, pad)
+    k, cg = weight.shape[0], weight.shape[1]
+    c = input.shape[-3]
+    if k % groups != 0:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+            f"but got weight of size {list(weight.shape)} instead")
+    if c != cg * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+            f"{list(input.shape)} to have {cg * groups} channels, but got {c} channels instead")
+    _check_bias(op, bias, k)
+    hw = list(input.shape[-2:])
+    if extra is not None:
+        hw = [hw[0] + extra[0], hw[1] + extra[1]]
+    _check_fits(op, hw, pad, kernel, dilation)
+
+    def run(x):
+        if extra is not None:
+            x = F.pad(x, [0, extra[1], 0, extra[0]])
+        out_shape = (x.shape[0], k, conv_out_size(x.shape[2], kernel[0], stride[0], pad[0], dilation[0]),
+                     conv_out_size(x.shape[3], kernel[1], stride[1], pad[1], dilation[1]))
+        p = _problem(op, x, weight, out_shape, stride, pad, dilation, groups, k, *kernel,
+                     (x, weight, bias))
+        b = _backends.resolve(backend, p)
+        return b.conv2d(x, weight, bias, list(stride), list(pad), list(dilation), groups)
+
+    return _batched(run, input)
+
+
+def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: IntOr2 = 1, padding: IntOr2 = 0, output_padding: IntOr2 = 0,
+                     groups: int = 1, dilation: IntOr2 = 1, *,
+                     backend: Optional[str] = None) -> torch.Tensor:
+    """`torch.nn.functional.conv_transpose2d` computed by a dilconv backend."""
+    op = "conv_transpose2d"
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    padding, output_padding = _pair("padding", padding), _pair("output_padding", output_padding)
+    _check_common(op, input, weight, bias, stride, dilation, groups)
+    _check_padding(op, padding)
+    if any(o < 0 for o in output_padding):
+        raise RuntimeError(f"{op}: negative output_padding is not supported")
+    for i in range(2):
+        if output_padding[i] >= stride[i] and output_padding[i] >= dilation[i]:
+            raise RuntimeError(
+                f"{op}: output padding must be smaller than either stride or dilation, but got "
+                f"output_padding={list(output_padding)}, stride={list(stride)}, dilation={list(dilation)}")
+    c = input.shape[-3]
+    if weight.shape[0] != c:
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {list(weight.shape)}, expected input "
+            f"{list(input.shape)} to have {weight.shape[0]} channels, but got {c} channels instead")
+    if c % groups != 0:
+        raise RuntimeError(f"{op}: input channels ({c}) must be divisible by groups ({groups})")
+    k = weight.shape[1] * groups
+    _check_bias(op, bias, k)
+    kernel = tuple(weight.shape[2:])
+    hw = input.shape[-2:]
+    out_hw = [conv_transpose_out_size(hw[i], kernel[i], stride[i], padding[i], output_padding[i],
+                                      dilation[i]) for i in range(2)]
+    if out_hw[0] <= 0 or out_hw[1] <= 0:
+        raise RuntimeError(f"{op}: the output size {out_hw} is too small for input {list(input.shape)}")
+
+    def run(x):
+        p = _problem(op, x, weight, (x.shape[0], k, *out_hw), stride, padding, dilation, groups, k,
+                     *kernel, (x, weight, bias))
+        b = _backends.resolve(backend, p)
+        return b.conv_transpose2d(x, weight, bias, list(stride), list(padding), list(output_padding),
+                                  groups, list(dilation))
+
+    return _batched(run, input)
+
+
+def depthwise_separable_conv2d(input: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                               dw_bias: Optional[torch.Tensor] = None,
+                               pw_bias: Optional[torch.Tensor] = None, stride: IntOr2 = 1,
+                               padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1, *,
+                               mid_relu: bool = False, out_relu: bool = False,
+                               backend: Optional[str] = None) -> torch.Tensor:
+    """Depthwise (possibly dilated, channel multiplier dw_weight.shape[0] // C) then pointwise 1x1:
+    `out = act(pw(act(dw(x) + dw_bias)) + pw_bias)`, where act is ReLU when asked. Backends that
+    fuse it keep the depthwise tile on chip. A folded BatchNorm between the two convs is passed
+    as a scaled dw_weight and shifted dw_bias (see DepthwiseSeparableConv2d)."""
+    op = "separable_conv2d"
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    _check_common(op, input, dw_weight, dw_bias, stride, dilation, 1)
+    if pw_weight.dim() != 4 or tuple(pw_weight.shape[2:]) != (1, 1):
+        raise RuntimeError(f"{op}: pw_weight must be [K, C*M, 1, 1], got {list(pw_weight.shape)}")
+    if pw_weight.dtype != dw_weight.dtype or pw_weight.device != dw_weight.device:
+        raise RuntimeError(f"{op}: pw_weight must have dw_weight's dtype and device")
+    c = input.shape[-3]
+    cm = dw_weight.shape[0]
+    if dw_weight.shape[1] != 1 or cm % c != 0:
+        raise RuntimeError(
+            f"{op}: dw_weight must be [C*M, 1, R, S] for C={c} input channels, got {list(dw_weight.shape)}")
+    if pw_weight.shape[1] != cm:
+        raise RuntimeError(
+            f"{op}: pw_weight {list(pw_weight.shape)} must have {cm} input channels (dw_weight's outputs)")
+    _check_bias(op, dw_bias, cm)
+    _check_bias(op, pw_bias, pw_weight.shape[0])
+    if pw_bias is not None and (pw_bias.dtype != pw_weight.dtype or pw_bias.device != pw_weight.device):
+        raise RuntimeError(f"{op}: pw_bias must have pw_weight's dtype and device")
+    kernel = tuple(dw_weight.shape[2:])
+    pad, extra = _resolve_same(op, padding, stride, dilation, kernel)
+    _check_padding(op, pad)
+    hw = list(input.shape[-2:])
+    if extra is not None:
+        hw = [hw[0] + extra[0], hw[1] + extra[1]]
+    _check_fits(op, hw, pad, kernel, dilation)
+    k = pw_weight.shape[0]
+
+    def run(x):
+        if extra is not None:
+            x = F.pad(x, [0, extra[1], 0, extra[0]])
+        out_shape = (x.shape[0], max(k, cm), conv_out_size(x.shape[2], kernel[0], stride[0], pad[0], dilation[0]),
+                     conv_out_size(x.shape[3], kernel[1], stride[1], pad[1], dilation[1]))
+        p = _problem(op, x, dw_weight, out_shape, stride, pad, dilation, c, k, *kernel,
+                     (x, dw_weight, dw_bias, pw_weight, pw_bias), mid_channels=cm)
+        b = _backends.resolve(backend, p)
+        return b.separable_conv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, list(stride), list(pad),
+                                  list(dilation), bool(mid_relu), bool(out_relu))
+
+    return _batched(run, input)

@@ -1,0 +1,178 @@
+"""Drop-in modules. Each is a torch.nn conv subclass with the same constructor arguments,
+parameters, state_dict keys and initialisation; only the computation goes through a dilconv
+backend (`backend=None` follows `dilconv.use_backend`, default "auto")."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dilconv import registry as _backends
+from dilconv import functional as DF
+
+
+def _check_backend_name(backend: Optional[str]) -> Optional[str]:
+    if backend is not None:
+        _backends.get_backend(backend)  # unknown name -> ValueError
+    return backend
+
+
+class AtrousConv2d(nn.Conv2d):
+    """`nn.Conv2d` (dense, grouped or depthwise; dilated or not) computed by a dilconv backend."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
+                 backend: Optional[str] = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype)
+        self.backend = _check_backend_name(backend)
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        else:
+            padding = self.padding
+        return DF.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                         backend=self.backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", backend={self.backend!r}" if self.backend else "")
+
+
+class GroupedConv2d(AtrousConv2d):
+    """Grouped convolution (ResNeXt, AlexNet's two-group layers): `nn.Conv2d` with `groups`."""
+
+
+class DepthwiseConv2d(AtrousConv2d):
+    """Depthwise convolution: groups = in_channels, out_channels = in_channels * multiplier.
+    Same arguments as nn.Conv2d; `groups` may be left out (it can only be in_channels)."""
+
+    def __init__(self, in_channels, out_channels=None, kernel_size=3, stride=1, padding=0,
+                 dilation=1, groups=None, bias=True, padding_mode="zeros", device=None, dtype=None,
+                 *, backend: Optional[str] = None):
+        out_channels = in_channels if out_channels is None else out_channels
+        if groups is not None and groups != in_channels:
+            raise ValueError(f"DepthwiseConv2d: groups must equal in_channels ({in_channels}), got {groups}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         in_channels, bias, padding_mode, device, dtype, backend=backend)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """`nn.ConvTranspose2d` computed by a dilconv backend."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None, *, backend: Optional[str] = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
+                         groups, bias, dilation, padding_mode, device, dtype)
+        self.backend = _check_backend_name(backend)
+
+    def forward(self, input: torch.Tensor, output_size: Optional[list[int]] = None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        return DF.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                   output_padding, self.groups, self.dilation, backend=self.backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", backend={self.backend!r}" if self.backend else "")
+
+
+def fold_batchnorm(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d):
+    """(weight, bias) of a conv followed by `bn` in eval mode, as one conv: exact, differentiable."""
+    var, mean = bn.running_var, bn.running_mean
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale if bias is None else (bias - mean) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype), shift.to(weight.dtype)
+
+
+class DepthwiseSeparableConv2d(nn.Module):
+    """Depthwise (possibly dilated) conv then pointwise 1x1 conv — the atrous-separable conv of
+    Xception/DeepLabV3+/MobileNet — computed by one fused op where the backend has one.
+
+    state_dict layout (that of the two nn.Conv2d it replaces, as submodules):
+      depthwise.weight  [C*M, 1, R, S]      depthwise.bias  [C*M]  (if depthwise_bias)
+      mid_norm.*        BatchNorm2d(C*M)    (if mid_norm)
+      pointwise.weight  [K, C*M, 1, 1]      pointwise.bias  [K]    (if bias)
+    Forward: out = act_out(pointwise(act_mid(mid_norm(depthwise(x))))) with act = ReLU when
+    mid_relu / out_relu. With no mid_norm, or one in eval mode (folded into the depthwise weights,
+    exactly), it runs as one fused op; a mid_norm in training mode needs batch statistics, so the
+    two convs then run as separate ops with the norm between.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, depth_multiplier=1,
+                 depthwise_bias: Optional[bool] = None, mid_norm: bool = False,
+                 mid_relu: bool = False, out_relu: bool = False, norm_eps: float = 1e-5,
+                 norm_momentum: float = 0.1, backend: Optional[str] = None):
+        super().__init__()
+        mid = in_channels * depth_multiplier
+        if depthwise_bias is None:
+            depthwise_bias = bias and not mid_norm
+        self.backend = _check_backend_name(backend)
+        self.depthwise = DepthwiseConv2d(in_channels, mid, kernel_size, stride, padding, dilation,
+                                         bias=depthwise_bias, padding_mode=padding_mode,
+                                         device=device, dtype=dtype, backend=backend)
+        self.mid_norm = (nn.BatchNorm2d(mid, eps=norm_eps, momentum=norm_momentum, device=device,
+                                        dtype=dtype) if mid_norm else None)
+        self.pointwise = AtrousConv2d(mid, out_channels, 1, bias=bias, device=device, dtype=dtype,
+                                      backend=backend)
+        self.mid_relu = mid_relu
+        self.out_relu = out_relu
+
+    @classmethod
+    def from_convs(cls, depthwise: nn.Conv2d, pointwise: nn.Conv2d, *,
+                   mid_norm: Optional[nn.BatchNorm2d] = None, mid_relu: bool = False,
+                   out_relu: bool = False, backend: Optional[str] = None):
+        """Wrap an existing (depthwise, pointwise) pair; the parameters are shared, not copied."""
+        c = depthwise.in_channels
+        if depthwise.groups != c or pointwise.kernel_size != (1, 1) or pointwise.groups != 1 \
+                or pointwise.in_channels != depthwise.out_channels or pointwise.stride != (1, 1) \
+                or pointwise.padding not in ((0, 0), "valid"):
+            raise ValueError("from_convs expects a depthwise conv (groups == in_channels) and a 1x1, "
+                             "stride-1, unpadded pointwise conv over its outputs")
+        m = cls(c, pointwise.out_channels, depthwise.kernel_size, depthwise.stride, depthwise.padding,
+                depthwise.dilation, bias=pointwise.bias is not None, padding_mode=depthwise.padding_mode,
+                device="meta", depth_multiplier=depthwise.out_channels // c,
+                depthwise_bias=depthwise.bias is not None, mid_relu=mid_relu, out_relu=out_relu,
+                backend=backend)
+        m.depthwise.weight, m.depthwise.bias = depthwise.weight, depthwise.bias
+        m.pointwise.weight, m.pointwise.bias = pointwise.weight, pointwise.bias
+        m.mid_norm = mid_norm
+        return m
+
+    def _fused(self) -> bool:
+        n = self.mid_norm
+        return n is None or not (n.training or n.running_mean is None)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        dw, pw = self.depthwise, self.pointwise
+        if not self._fused():
+            mid = self.mid_norm(dw(input))
+            if self.mid_relu:
+                mid = torch.relu(mid)
+            out = pw(mid)
+            return torch.relu(out) if self.out_relu else out
+        x, padding = input, dw.padding
+        if dw.padding_mode != "zeros":
+            x, padding = F.pad(x, dw._reversed_padding_repeated_twice, mode=dw.padding_mode), 0
+        w, b = dw.weight, dw.bias
+        if self.mid_norm is not None:
+            w, b = fold_batchnorm(w, b, self.mid_norm)
+        return DF.depthwise_separable_conv2d(x, w, pw.weight, b, pw.bias, dw.stride, padding,
+                                             dw.dilation, mid_relu=self.mid_relu,
+                                             out_relu=self.out_relu, backend=self.backend)
+
+    def extra_repr(self):
+        return (f"mid_relu={self.mid_relu}, out_relu={self.out_relu}"
+                + (f", backend={self.backend!r}" if self.backend else ""))

@@ -1,0 +1,309 @@
+"""The backend registry: which implementation computes a dilconv op.
+
+Backends, by name:
+  "torch"    torch.nn.functional (cuDNN on a GPU, oneDNN on the CPU): the reference
+  "cpu"      dilconv's C++ CPU kernels (csrc/cpu)
+  "cuda"     dilconv's hand-written CUDA kernels (csrc/cuda, csrc/kernels)
+  "cuda-emu" the same CUDA kernels compiled for the host against the CUDA emulation, on CPU
+             tensors: the way the CUDA kernels are tested without a GPU
+  "triton"   dilconv's Triton kernels (dilconv/triton); on CPU tensors under TRITON_INTERPRET=1
+  "auto"     the default: per call, the best usable backend for the tensors' device and problem
+
+A backend declares which problems it handles (`unsupported(problem)` returns the reason it does
+not, or None). "auto" only picks backends that handle the problem; an explicitly requested
+backend that does not handle it raises NotImplementedError saying why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import torch
+
+from dilconv import _ext
+
+NAMES = ("torch", "cpu", "cuda", "cuda-emu", "triton", "auto")
+INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What a backend needs to know to accept or refuse a call (all static: safe under
+    torch.compile)."""
+
+    op: str  # "conv2d" | "conv_transpose2d" | "separable_conv2d"
+    device: str  # "cpu" | "cuda" | ...
+    dtype: torch.dtype
+    n: int
+    c: int  # input channels
+    h: int
+    w: int
+    k: int  # output channels
+    r: int  # kernel height
+    s: int  # kernel width
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    channels_last: bool
+    max_numel: int  # largest element count among the tensors involved
+    requires_grad: bool
+    mid_channels: int = 0  # separable_conv2d: depthwise outputs (C * multiplier)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.c
+
+
+class Backend:
+    name: str = ""
+    device_types: tuple = ()
+
+    def available(self) -> Optional[str]:
+        """None when usable on this machine, else why not."""
+        return None
+
+    def unsupported(self, p: Problem) -> Optional[str]:
+        """None when this backend computes problem `p`, else why not."""
+        if p.device not in self.device_types:
+            return f"backend {self.name!r} runs on {'/'.join(self.device_types)} tensors, got {p.device}"
+        return None
+
+    def prefers(self, p: Problem) -> bool:
+        """Whether "auto" should pick this backend over "torch" for `p` (speed policy)."""
+        return True
+
+    # the three forward entry points; autograd comes with the ops
+    def conv2d(self, input, weight, bias, stride, padding, dilation, groups):
+        raise NotImplementedError
+
+    def conv_transpose2d(self, input, weight, bias, stride, padding, output_padding, groups, dilation):
+        raise NotImplementedError
+
+    def separable_conv2d(self, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                         dilation, mid_relu, out_relu):
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    device_types = ("cpu", "cuda", "meta", "mps", "xpu")
+
+    def unsupported(self, p):
+        return None
+
+    def conv2d(self, input, weight, bias, stride, padding, dilation, groups):
+        return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+    def conv_transpose2d(self, input, weight, bias, stride, padding, output_padding, groups, dilation):
+        return torch.nn.functional.conv_transpose2d(
+            input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+    def separable_conv2d(self, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                         dilation, mid_relu, out_relu):
+        mid = torch.nn.functional.conv2d(input, dw_weight, dw_bias, stride, padding, dilation,
+                                         input.shape[1])
+        if mid_relu:
+            mid = torch.relu(mid)
+        out = torch.nn.functional.conv2d(mid, pw_weight, pw_bias)
+        return torch.relu(out) if out_relu else out
+
+
+class OpsBackend(Backend):
+    """A backend whose ops are `torch.ops.dilconv.<name><suffix>` (the compiled extension's, or
+    ops a Python module registers under that suffix)."""
+
+    suffix = ""
+    dispatch_key = "CPU"
+    dtypes: tuple = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+    def available(self):
+        if not _ext.loaded:
+            return f"the compiled extension is not available ({_ext.load_error}); {_ext.BUILD_HINT}"
+        if not _ext.has_kernel("conv2d" + self.suffix, self.dispatch_key):
+            return f"dilconv was built without {self.name!r} kernels; {_ext.BUILD_HINT}"
+        return None
+
+    def unsupported(self, p):
+        why = super().unsupported(p)
+        if why:
+            return why
+        if p.dtype not in self.dtypes:
+            return f"backend {self.name!r} does not support dtype {p.dtype}"
+        if p.max_numel > INT32_MAX:
+            return (f"backend {self.name!r} uses 32-bit indexing and a tensor has {p.max_numel} "
+                    f"elements (> 2**31 - 1); use backend='torch' or split the batch")
+        return None
+
+    def _call(self, name, *args):
+        return getattr(torch.ops.dilconv, name + self.suffix)(*args)
+
+    def conv2d(self, input, weight, bias, stride, padding, dilation, groups):
+        return self._call("conv2d", input, weight, bias, stride, padding, dilation, groups)
+
+    def conv_transpose2d(self, input, weight, bias, stride, padding, output_padding, groups, dilation):
+        return self._call("conv_transpose2d", input, weight, bias, stride, padding, output_padding,
+                          groups, dilation)
+
+    def separable_conv2d(self, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                         dilation, mid_relu, out_relu):
+        return self._call("separable_conv2d", input, dw_weight, dw_bias, pw_weight, pw_bias, stride,
+                          padding, dilation, mid_relu, out_relu)
+
+
+class CpuBackend(OpsBackend):
+    name = "cpu"
+    device_types = ("cpu",)
+
+    def prefers(self, p):
+        # "auto" picks dilconv's CPU kernels only where they beat oneDNN (benchmarks/results).
+        return cpu_auto_policy(p)
+
+
+def cpu_auto_policy(p: Problem) -> bool:
+    """Where dilconv's CPU kernels beat oneDNN. Until tuned, oneDNN everywhere."""
+    return False
+
+
+class CudaBackend(OpsBackend):
+    name = "cuda"
+    device_types = ("cuda",)
+    dispatch_key = "CUDA"
+
+    def available(self):
+        why = super().available()
+        if why:
+            return why
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible"
+        return None
+
+
+class CudaEmuBackend(OpsBackend):
+    name = "cuda-emu"
+    device_types = ("cpu",)
+    suffix = "_emu"
+
+    def prefers(self, p):
+        return False  # a test vehicle, never fast
+
+
+_BACKENDS: dict[str, Backend] = {}
+_lazy: dict[str, Callable[[], Backend]] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+def register_lazy_backend(name: str, factory: Callable[[], Backend]) -> None:
+    """A backend whose module is imported on first use (e.g. Triton, slow to import)."""
+    _lazy[name] = factory
+
+
+for _b in (TorchBackend(), CpuBackend(), CudaBackend(), CudaEmuBackend()):
+    register_backend(_b)
+
+
+def _triton_factory() -> Backend:
+    from dilconv.triton import TritonBackend  # noqa: WPS433 (imports triton)
+
+    return TritonBackend()
+
+
+register_lazy_backend("triton", _triton_factory)
+
+
+class _TritonUnavailable(Backend):
+    name = "triton"
+
+    def __init__(self, why):
+        self.why = why
+
+    def available(self):
+        return self.why
+
+
+def get_backend(name: str) -> Backend:
+    if name not in NAMES:
+        raise ValueError(f"unknown dilconv backend {name!r}; the backends are {', '.join(NAMES)}")
+    if name not in _BACKENDS and name in _lazy:
+        try:
+            _BACKENDS[name] = _lazy[name]()
+        except ImportError as e:
+            return _TritonUnavailable(f"{name} is not importable ({e})")
+    return _BACKENDS[name]
+
+
+def _usable(name: str) -> bool:
+    return name == "auto" or get_backend(name).available() is None
+
+
+def backends() -> list[str]:
+    """The backends usable on this machine."""
+    return [n for n in NAMES if _usable(n)]
+
+
+def check_usable(name: str) -> None:
+    if name == "auto":
+        return
+    why = get_backend(name).available()
+    if why is not None:
+        raise RuntimeError(
+            f"dilconv backend {name!r} is not usable here: {why}. Usable backends: {', '.join(backends())}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the current backend: a global with a context-manager face (a plain global, which
+# torch.compile guards on, rather than a thread-local or contextvar, which it cannot trace)
+
+_current = os.environ.get("DILCONV_BACKEND", "auto")
+
+
+def current_backend() -> str:
+    return _current
+
+
+class use_backend:
+    """Select the backend: `dilconv.use_backend("cpu")` sets it globally;
+    `with dilconv.use_backend("cpu"): ...` sets it for the block and then restores the previous."""
+
+    def __init__(self, name: str):
+        global _current
+        get_backend(name)  # unknown name -> ValueError
+        check_usable(name)
+        self.previous = _current
+        self.name = name
+        _current = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _current
+        _current = self.previous
+        return False
+
+
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton"),
+    "cpu": ("cpu",),
+}
+
+
+def resolve(name: Optional[str], p: Problem) -> Backend:
+    """The backend that computes `p`: `name` (or the current one) checked, or the pick of "auto"."""
+    name = name or _current
+    if name != "auto":
+        b = get_backend(name)
+        check_usable(name)
+        why = b.unsupported(p)
+        if why is not None:
+            raise NotImplementedError(f"dilconv backend {name!r} cannot compute this {p.op}: {why}")
+        return b
+    for cand in AUTO_ORDER.get(p.device, ()):
+        b = get_backend(cand)
+        if b.available() is None and b.unsupported(p) is None and b.prefers(p):
+            return b
+    return _BACKENDS["torch"]
