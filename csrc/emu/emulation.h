@@ -121,7 +121,7 @@ inline half float_to_half_rn(float f) {
 inline float bf16_to_float(bfloat16 b) { return f32_from_bits(uint32_t(b.x) << 16); }
 inline bfloat16 float_to_bf16_rn(float f) {
   const uint32_t u = f32_bits(f);
-  if (std::isnan(f)) return bfloat16{uint16_t(((u >> 16) & 0x8000u) | 0x7FC0u)};
+  if (std::isnan(f)) return bfloat16{0x7FFF};  // the canonical NaN of the GPU's cvt.rn.bf16.f32
   return bfloat16{uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
 }
 

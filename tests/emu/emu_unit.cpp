@@ -3,6 +3,7 @@
 #define DILCONV_EMU 1
 #include "kernels/platform.cuh"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -48,6 +49,108 @@ __global__ void block_sum(const float* in, float* out, int n) {
     for (int off = 16; off > 0; off /= 2) w += __shfl_xor_sync(0xFFFFFFFFu, w, off);
     if (lane == 0) dc::store(out + blockIdx.x, w);
   }
+}
+
+
+// ---- warp intrinsics: every lane writes what it received --------------------------------------
+// mode selects the intrinsic; arg is srcLane/delta/laneMask; width the segment width.
+__global__ void shfl_kernel(float* out, int mode, int arg, int width) {
+  const float v = 100.f + 1.5f * threadIdx.x;
+  float r = 0.f;
+  switch (mode) {
+    case 0: r = __shfl_sync(0xFFFFFFFFu, v, arg, width); break;
+    case 1: r = __shfl_up_sync(0xFFFFFFFFu, v, unsigned(arg), width); break;
+    case 2: r = __shfl_down_sync(0xFFFFFFFFu, v, unsigned(arg), width); break;
+    case 3: r = __shfl_xor_sync(0xFFFFFFFFu, v, arg, width); break;
+  }
+  dc::store(out + threadIdx.x, r);
+}
+
+// lanes of each half warp shuffle among themselves with disjoint masks, concurrently
+__global__ void half_warp_kernel(float* out) {
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned mask = lane < 16 ? 0x0000FFFFu : 0xFFFF0000u;
+  const double v = 1000.0 + threadIdx.x;
+  // rotate by 3 within the own half: srcLane is absolute, so add the half's base
+  const int src = int((lane & 16u) + ((lane + 3u) & 15u));
+  dc::store(out + threadIdx.x, float(__shfl_sync(mask, v, src)));
+}
+
+__global__ void vote_kernel(const int* pred, unsigned* out) {
+  const int p = dc::load(pred + threadIdx.x);
+  const unsigned b = __ballot_sync(0xFFFFFFFFu, p);
+  const int any = __any_sync(0xFFFFFFFFu, p), all = __all_sync(0xFFFFFFFFu, p);
+  const unsigned sum = __reduce_add_sync(0xFFFFFFFFu, unsigned(p) * (threadIdx.x + 1));
+  const int mn = __reduce_min_sync(0xFFFFFFFFu, p ? int(threadIdx.x) : 1000);
+  const unsigned mx = __reduce_max_sync(0xFFFFFFFFu, p ? threadIdx.x : 0u);
+  const int cnt = __syncthreads_count(p), band = __syncthreads_and(p), bor = __syncthreads_or(p);
+  unsigned* o = out + threadIdx.x * 9;
+  dc::store(o + 0, b);
+  dc::store(o + 1, unsigned(any));
+  dc::store(o + 2, unsigned(all));
+  dc::store(o + 3, sum);
+  dc::store(o + 4, unsigned(mn));
+  dc::store(o + 5, mx);
+  dc::store(o + 6, unsigned(cnt));
+  dc::store(o + 7, unsigned(band));
+  dc::store(o + 8, unsigned(bor));
+}
+
+// block of 48 threads: warp 1 has 16 lanes. A full-mask sum over the existing lanes works; a
+// read of a lane beyond the block is NaN.
+__global__ void partial_warp_kernel(float* out) {
+  float v = float(threadIdx.x);
+  const float beyond = __shfl_down_sync(0xFFFFFFFFu, v, 16);  // lanes 0-15 of warp 1 read lanes 16-31
+  for (int off = 8; off > 0; off /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, off, 16);
+  dc::store(out + 2 * threadIdx.x, v);
+  dc::store(out + 2 * threadIdx.x + 1, beyond);
+}
+
+// reverse within a block through shared memory: wrong without the barrier
+template <int N>
+__global__ void reverse_kernel(const float* in, float* out) {
+  __shared__ float tile[N];
+  tile[threadIdx.x] = dc::load(in + blockIdx.x * N + threadIdx.x);
+  __syncthreads();
+  dc::store(out + blockIdx.x * N + threadIdx.x, tile[N - 1 - threadIdx.x]);
+}
+
+// dynamic shared memory: the first half of the threads read what the second half wrote before
+// the barrier; `probe` returns what an unwritten element holds at block start
+__global__ void dyn_smem_kernel(const float* in, float* out, float* probe) {
+  DC_DYNAMIC_SHARED(float, buf);
+  if (threadIdx.x == 0) dc::store(probe + blockIdx.x, buf[blockDim.x]);  // never written
+  __syncthreads();
+  buf[threadIdx.x] = 2.f * dc::load(in + blockIdx.x * blockDim.x + threadIdx.x);
+  __syncthreads();
+  dc::store(out + blockIdx.x * blockDim.x + threadIdx.x, buf[blockDim.x - 1 - threadIdx.x]);
+}
+
+__global__ void atomic_kernel(int* counter, float* fsum, unsigned long long* ull, int* mx, int* cas_winners) {
+  const int gid = blockIdx.x * blockDim.x + threadIdx.x;
+  atomicAdd(counter, 1);
+  atomicAdd(fsum, float(gid % 7));  // integers: exact in float at this size, any order
+  atomicAdd(ull, 1ull << 33);
+  atomicMax(mx, (gid * 37) % 1001);
+  if (atomicCAS(cas_winners, 0, gid + 1) == 0) atomicAdd(cas_winners + 1, 1);
+}
+
+// misuse: returns before a barrier the others reach
+__global__ void early_return_kernel(float* out) {
+  if (threadIdx.x == 5) return;
+  __syncthreads();
+  dc::store(out + threadIdx.x, 1.f);
+}
+// misuse: lane 3 waits in a shuffle the other lanes never execute
+__global__ void divergent_shfl_kernel(float* out) {
+  float v = 1.f;
+  if (threadIdx.x % 32 == 3) v = __shfl_sync(0xFFFFFFFFu, v, 0);
+  dc::store(out + threadIdx.x, v);
+  __syncthreads();
+}
+// misuse: a mask that does not include the calling lane
+__global__ void bad_mask_kernel(float* out) {
+  dc::store(out + threadIdx.x, __shfl_sync(0x1u, 1.f, 0));
 }
 
 }  // namespace DC_TARGET_NS
@@ -101,9 +204,203 @@ void test_block_sum() {
   }
 }
 
+
+// CUDA's shuffle semantics, written independently of the emulation's code
+float expect_shfl(int mode, int lane, int arg, int width) {
+  auto val = [](int l) { return 100.f + 1.5f * l; };
+  const int base = lane - lane % width;
+  switch (mode) {
+    case 0: return val(base + (arg % width + width) % width);
+    case 1: return lane % width >= arg ? val(lane - arg) : val(lane);
+    case 2: return lane % width + arg < width ? val(lane + arg) : val(lane);
+    default: {
+      const int s = lane ^ arg;
+      return s < base + width ? val(s) : val(lane);
+    }
+  }
+}
+
+void test_shfl() {
+  for (int width : {32, 16, 8, 4, 2, 1})
+    for (int mode = 0; mode < 4; ++mode)
+      for (int arg = 0; arg < 40; ++arg) {
+        if (mode == 3 && arg > 31) continue;
+        std::vector<float> out(64, -1.f);
+        dc::launch(dc_emu::shfl_kernel, dim3(1), dim3(64), 0, dc::Stream{}, out.data(), mode, arg, width);
+        for (int t = 0; t < 64; ++t)
+          check(out[t] == expect_shfl(mode, t % 32, arg, width) + 48.f * (t / 32),
+                "shfl mode " + std::to_string(mode) + " arg " + std::to_string(arg) + " width " +
+                    std::to_string(width) + " lane " + std::to_string(t) + " got " + std::to_string(out[t]));
+      }
+}
+
+void test_half_warps() {
+  std::vector<float> out(64, -1.f);
+  dc::launch(dc_emu::half_warp_kernel, dim3(1), dim3(64), 0, dc::Stream{}, out.data());
+  for (int t = 0; t < 64; ++t) {
+    const int lane = t % 32, src = (lane & 16) + ((lane + 3) & 15);
+    check(out[t] == 1000.f + (t - lane) + src, "half warp lane " + std::to_string(t));
+  }
+}
+
+void test_vote() {
+  std::mt19937 g(5);
+  for (int trial = 0; trial < 6; ++trial) {
+    const int nt = 64;
+    std::vector<int> pred(nt);
+    for (auto& p : pred) p = trial == 0 ? 1 : trial == 1 ? 0 : int(g() % 3 == 0) * int(g() % 5 + 1);
+    std::vector<unsigned> out(nt * 9, 12345u);
+    dc::launch(dc_emu::vote_kernel, dim3(1), dim3(nt), 0, dc::Stream{}, pred.data(), out.data());
+    int cnt = 0;
+    for (int t = 0; t < nt; ++t) cnt += pred[t] != 0;
+    for (int t = 0; t < nt; ++t) {
+      const int w = t / 32;
+      unsigned b = 0, sum = 0, mx = 0;
+      int any = 0, all = 1, mn = 1000;
+      for (int l = 0; l < 32; ++l) {
+        const int u = w * 32 + l;
+        const bool p = pred[u] != 0;
+        b |= unsigned(p) << l;
+        any |= p;
+        all &= p;
+        sum += unsigned(pred[u]) * (u + 1);
+        if (p) mn = std::min(mn, u), mx = std::max(mx, unsigned(u));
+      }
+      const unsigned* o = &out[t * 9];
+      const std::string at = " trial " + std::to_string(trial) + " thread " + std::to_string(t);
+      check(o[0] == b, "ballot" + at);
+      check(o[1] == unsigned(any) && o[2] == unsigned(all), "any/all" + at);
+      check(o[3] == sum, "reduce_add" + at);
+      check(o[4] == unsigned(mn) && o[5] == mx, "reduce_min/max" + at);
+      check(o[6] == unsigned(cnt) && o[7] == unsigned(cnt == nt) && o[8] == unsigned(cnt > 0), "syncthreads_count/and/or" + at);
+    }
+  }
+}
+
+void test_partial_warp() {
+  std::vector<float> out(96, -1.f);
+  dc::launch(dc_emu::partial_warp_kernel, dim3(1), dim3(48), 0, dc::Stream{}, out.data());
+  for (int t = 0; t < 48; ++t) {
+    const int seg = t - t % 16;
+    const float sum = 16.f * seg + 120.f;  // sum of seg..seg+15
+    check(out[2 * t] == sum, "partial-warp segment sum thread " + std::to_string(t));
+    const int lane = t % 32;
+    const float beyond = out[2 * t + 1];
+    if (t < 32)  // full warp: lanes < 16 read lane+16, the others keep their own value
+      check(beyond == float(lane < 16 ? t + 16 : t), "full-warp shfl_down thread " + std::to_string(t));
+    else  // lanes 0-15 of warp 1 read lanes 16-31, which do not exist: poisoned
+      check(std::isnan(beyond), "read beyond the block is NaN, thread " + std::to_string(t));
+  }
+}
+
+void test_barrier() {
+  constexpr int N = 128;
+  auto in = randv(3 * N, 7);
+  std::vector<float> out(3 * N, -1.f);
+  dc::launch(dc_emu::reverse_kernel<N>, dim3(3), dim3(N), 0, dc::Stream{}, in.data(), out.data());
+  for (int b = 0; b < 3; ++b)
+    for (int i = 0; i < N; ++i) check(out[b * N + i] == in[b * N + N - 1 - i], "reverse");
+}
+
+void test_dynamic_smem() {
+  for (int nt : {64, 200}) {
+    auto in = randv(4 * nt, 9);
+    std::vector<float> out(4 * nt, -1.f), probe(4, 0.f);
+    dc::launch(dc_emu::dyn_smem_kernel, dim3(4), dim3(nt), sizeof(float) * (nt + 1), dc::Stream{}, in.data(),
+               out.data(), probe.data());
+    for (int b = 0; b < 4; ++b) {
+      check(std::isnan(probe[b]), "dynamic smem is poisoned at block start");
+      for (int i = 0; i < nt; ++i) check(out[b * nt + i] == 2.f * in[b * nt + nt - 1 - i], "dynamic smem exchange");
+    }
+  }
+}
+
+template <typename F>
+void expect_throw(F f, const std::string& needle, const std::string& what) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    check(std::string(e.what()).find(needle) != std::string::npos,
+          what + ": message lacks '" + needle + "': " + e.what());
+    return;
+  }
+  check(false, what + ": no exception");
+}
+
+void test_launch_errors() {
+  std::vector<float> out(2048);
+  float* o = out.data();
+  expect_throw([&] { dc::launch(dc_emu::early_return_kernel, dim3(2), dim3(64), 0, dc::Stream{}, o); },
+               "returned from the kernel", "early return before __syncthreads");
+  expect_throw([&] { dc::launch(dc_emu::divergent_shfl_kernel, dim3(1), dim3(64), 0, dc::Stream{}, o); },
+               "", "divergent shuffle");
+  expect_throw([&] { dc::launch(dc_emu::bad_mask_kernel, dim3(1), dim3(32), 0, dc::Stream{}, o); },
+               "does not include its own lane", "mask without own lane");
+  expect_throw([&] { dc::launch(dc_emu::early_return_kernel, dim3(1), dim3(1025), 0, dc::Stream{}, o); },
+               "1..1024", "block too large");
+  expect_throw([&] { dc::launch(dc_emu::early_return_kernel, dim3(1, 70000), dim3(32), 0, dc::Stream{}, o); },
+               "grid dimension", "grid too large");
+  expect_throw([&] { dc::launch(dc_emu::dyn_smem_kernel, dim3(1), dim3(32), 228 * 1024, dc::Stream{}, o, o, o); },
+               "227 KiB", "dynamic smem too large");
+  expect_throw([] { __syncthreads(); }, "outside an emulated kernel launch", "intrinsic outside a launch");
+  // the process stays usable after failed launches, and an empty grid launches nothing
+  out.assign(out.size(), 0.f);
+  dc::launch(dc_emu::early_return_kernel, dim3(0), dim3(64), 0, dc::Stream{}, o);
+  check(out[0] == 0.f, "empty grid launches nothing");
+  test_barrier();
+}
+
+void test_atomics() {
+  int counter = 0, mx = -1, cas[2] = {0, 0};
+  float fsum = 0.f;
+  unsigned long long ull = 0;
+  const int blocks = 5, nt = 96, n = blocks * nt;
+  dc::launch(dc_emu::atomic_kernel, dim3(blocks), dim3(nt), 0, dc::Stream{}, &counter, &fsum, &ull, &mx, cas);
+  float fref = 0;
+  int mref = 0;
+  for (int g = 0; g < n; ++g) fref += float(g % 7), mref = std::max(mref, (g * 37) % 1001);
+  check(counter == n, "atomicAdd int");
+  check(fsum == fref, "atomicAdd float");
+  check(ull == (unsigned long long)n << 33, "atomicAdd unsigned long long");
+  check(mx == mref, "atomicMax");
+  check(cas[0] >= 1 && cas[0] <= n && cas[1] == 1, "atomicCAS: exactly one winner");
+}
+
+// half/bf16 conversions: `convert in.bin out.bin` reads N float32 and writes N half bits, N bf16
+// bits, then float32 of all 65536 half and all 65536 bf16 bit patterns (compared with torch).
+int convert(const char* in_path, const char* out_path) {
+  FILE* f = std::fopen(in_path, "rb");
+  if (!f) return 2;
+  std::vector<float> in;
+  float x;
+  while (std::fread(&x, 4, 1, f) == 1) in.push_back(x);
+  std::fclose(f);
+  std::vector<uint16_t> h, b;
+  for (float v : in) h.push_back(dc::from_float<dc::half>(v).x), b.push_back(dc::from_float<dc::bfloat16>(v).x);
+  std::vector<float> hf, bf;
+  for (uint32_t u = 0; u < 65536; ++u)
+    hf.push_back(dc::to_float(dc::half{uint16_t(u)})), bf.push_back(dc::to_float(dc::bfloat16{uint16_t(u)}));
+  f = std::fopen(out_path, "wb");
+  std::fwrite(h.data(), 2, h.size(), f);
+  std::fwrite(b.data(), 2, b.size(), f);
+  std::fwrite(hf.data(), 4, hf.size(), f);
+  std::fwrite(bf.data(), 4, bf.size(), f);
+  std::fclose(f);
+  std::printf("OK\n");
+  return 0;
+}
+
 const std::map<std::string, std::function<void()>> tests = {
     {"matmul", test_matmul},
     {"block_sum", test_block_sum},
+    {"shfl", test_shfl},
+    {"half_warps", test_half_warps},
+    {"vote", test_vote},
+    {"partial_warp", test_partial_warp},
+    {"barrier", test_barrier},
+    {"dynamic_smem", test_dynamic_smem},
+    {"launch_errors", test_launch_errors},
+    {"atomics", test_atomics},
 };
 
 }  // namespace
@@ -113,6 +410,7 @@ int main(int argc, char** argv) {
     for (auto& [name, _] : tests) std::printf("%s\n", name.c_str());
     return 0;
   }
+  if (std::string(argv[1]) == "convert" && argc == 4) return convert(argv[2], argv[3]);
   for (int i = 1; i < argc; ++i) {
     auto it = tests.find(argv[i]);
     if (it == tests.end()) {
