@@ -2,6 +2,7 @@
 // one subcommand per test; each prints "OK" on success, or a diagnosis and exits non-zero).
 #define DILCONV_EMU 1
 #include "kernels/platform.cuh"
+#include "kernels/wmma.cuh"
 
 #include <cmath>
 #include <cstdio>
@@ -151,6 +152,66 @@ __global__ void divergent_shfl_kernel(float* out) {
 // misuse: a mask that does not include the calling lane
 __global__ void bad_mask_kernel(float* out) {
   dc::store(out + threadIdx.x, __shfl_sync(0x1u, 1.f, 0));
+}
+
+// ---- WMMA: D[M,N] = alpha * A[M,K] B[K,N] + C, one 16x16 output tile per warp, 2x2 warps ----
+// A is [M,K] (a_row) or [K,M]; B is [K,N] (b_row) or [N,K]; C is read column-major from global.
+template <typename T, typename LA, typename LB>
+__global__ void wmma_gemm(const T* A, const T* B, const float* C, float* D, int M, int N, int K, float alpha) {
+  namespace wm = dc::wmma;
+  constexpr bool a_row = std::is_same_v<LA, wm::row_major>, b_row = std::is_same_v<LB, wm::row_major>;
+  __shared__ __align__(32) T As[32 * 16];
+  __shared__ __align__(32) T Bs[16 * 32];
+  __shared__ __align__(32) float Cs[4][16 * 16];
+  const int warp = threadIdx.x / 32, wm_ = warp / 2, wn = warp % 2;
+  const int m0 = blockIdx.y * 32, n0 = blockIdx.x * 32;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+  wm::fill_fragment(acc, 0.0f);
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    for (int e = threadIdx.x; e < 32 * 16; e += blockDim.x) {
+      // As holds the 32x16 A tile in the fragment's layout: row-major [m][k] or col-major [k][m]
+      const int m = a_row ? e / 16 : e % 32, k = a_row ? e % 16 : e / 32;
+      const bool ok = m0 + m < M && k0 + k < K;
+      As[e] = ok ? dc::load(A + (a_row ? size_t(m0 + m) * K + k0 + k : size_t(k0 + k) * M + m0 + m)) : dc::from_float<T>(0.f);
+      const int kb = b_row ? e / 32 : e % 16, n = b_row ? e % 32 : e / 16;
+      const bool okb = k0 + kb < K && n0 + n < N;
+      Bs[e] = okb ? dc::load(B + (b_row ? size_t(k0 + kb) * N + n0 + n : size_t(n0 + n) * K + k0 + kb)) : dc::from_float<T>(0.f);
+    }
+    __syncthreads();
+    wm::fragment<wm::matrix_a, 16, 16, 16, T, LA> fa;
+    wm::fragment<wm::matrix_b, 16, 16, 16, T, LB> fb;
+    wm::load_matrix_sync(fa, a_row ? As + wm_ * 16 * 16 : As + wm_ * 16, a_row ? 16 : 32);
+    wm::load_matrix_sync(fb, b_row ? Bs + wn * 16 : Bs + wn * 16 * 16, b_row ? 32 : 16);
+    wm::mma_sync(acc, fa, fb, acc);
+    __syncthreads();
+  }
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= alpha;
+  // C tile, column-major in Cs, through an accumulator load with mem_col_major
+  float* cs = Cs[warp];
+  for (int l = threadIdx.x % 32; l < 256; l += 32) {
+    const int m = l % 16, n = l / 16, gm = m0 + wm_ * 16 + m, gn = n0 + wn * 16 + n;
+    cs[l] = gm < M && gn < N ? dc::load(C + size_t(gn) * M + gm) : 0.f;
+  }
+  __syncwarp();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> c;
+  wm::load_matrix_sync(c, cs, 16, wm::mem_col_major);
+  __syncwarp();
+  for (int i = 0; i < c.num_elements; ++i) acc.x[i] += c.x[i];
+  wm::store_matrix_sync(cs, acc, 16, wm::mem_row_major);
+  __syncwarp();
+  for (int l = threadIdx.x % 32; l < 256; l += 32) {
+    const int m = l / 16, n = l % 16, gm = m0 + wm_ * 16 + m, gn = n0 + wn * 16 + n;
+    if (gm < M && gn < N) dc::store(D + size_t(gm) * N + gn, cs[l]);
+  }
+}
+
+// misuse: lanes pass different pointers / a misaligned pointer
+__global__ void wmma_bad_kernel(int mode) {
+  namespace wm = dc::wmma;
+  __shared__ __align__(32) dc::half buf[16 * 64];
+  wm::fragment<wm::matrix_a, 16, 16, 16, dc::half, wm::row_major> fa;
+  const dc::half* p = mode == 0 ? buf + (threadIdx.x % 2) * 16 : mode == 1 ? buf + 8 : buf;
+  wm::load_matrix_sync(fa, p, 64);
 }
 
 }  // namespace DC_TARGET_NS
@@ -390,6 +451,46 @@ int convert(const char* in_path, const char* out_path) {
   return 0;
 }
 
+template <typename T, typename LA, typename LB>
+void wmma_case(int M, int N, int K, unsigned seed) {
+  auto a32 = randv(size_t(M) * K, seed), b32 = randv(size_t(K) * N, seed + 1), c = randv(size_t(M) * N, seed + 2);
+  std::vector<T> a, b;
+  for (float v : a32) a.push_back(dc::from_float<T>(v));
+  for (float v : b32) b.push_back(dc::from_float<T>(v));
+  constexpr bool a_row = std::is_same_v<LA, dc::wmma::row_major>, b_row = std::is_same_v<LB, dc::wmma::row_major>;
+  std::vector<float> d(size_t(M) * N, -5.f);
+  const float alpha = 0.75f;
+  dc::launch(dc_emu::wmma_gemm<T, LA, LB>, dim3(dc::ceil_div(N, 32), dc::ceil_div(M, 32)), dim3(128), 0, dc::Stream{},
+             a.data(), b.data(), c.data(), d.data(), M, N, K, alpha);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double ref = 0;
+      for (int k = 0; k < K; ++k)
+        ref += double(dc::to_float(a[a_row ? size_t(m) * K + k : size_t(k) * M + m])) *
+               dc::to_float(b[b_row ? size_t(k) * N + n : size_t(n) * K + k]);
+      ref = alpha * ref + c[size_t(n) * M + m];
+      check(close(d[size_t(m) * N + n], ref, 1e-5, 1e-5),
+            "wmma " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " at " +
+                std::to_string(m) + "," + std::to_string(n) + ": " + std::to_string(d[size_t(m) * N + n]) + " vs " +
+                std::to_string(ref));
+    }
+}
+
+void test_wmma() {
+  namespace wm = dc::wmma;
+  wmma_case<dc::half, wm::row_major, wm::row_major>(37, 45, 50, 11);
+  wmma_case<dc::half, wm::col_major, wm::row_major>(32, 32, 16, 12);
+  wmma_case<dc::half, wm::row_major, wm::col_major>(20, 33, 40, 13);
+  wmma_case<dc::bfloat16, wm::col_major, wm::col_major>(48, 17, 35, 14);
+  wmma_case<dc::bfloat16, wm::row_major, wm::row_major>(33, 64, 64, 15);
+  expect_throw([] { dc::launch(dc_emu::wmma_bad_kernel, dim3(1), dim3(32), 0, dc::Stream{}, 0); }, "same pointer",
+               "wmma non-uniform pointer");
+  expect_throw([] { dc::launch(dc_emu::wmma_bad_kernel, dim3(1), dim3(32), 0, dc::Stream{}, 1); }, "32-byte",
+               "wmma misaligned pointer");
+  expect_throw([] { dc::launch(dc_emu::wmma_bad_kernel, dim3(1), dim3(48), 0, dc::Stream{}, 2); }, "all 32 lanes",
+               "wmma partial warp");
+}
+
 const std::map<std::string, std::function<void()>> tests = {
     {"matmul", test_matmul},
     {"block_sum", test_block_sum},
@@ -401,6 +502,7 @@ const std::map<std::string, std::function<void()>> tests = {
     {"dynamic_smem", test_dynamic_smem},
     {"launch_errors", test_launch_errors},
     {"atomics", test_atomics},
+    {"wmma", test_wmma},
 };
 
 }  // namespace
