@@ -229,7 +229,7 @@ class Block {
       fail_locked(thread_name(tid) + " called " + what + " while other lanes of mask " + hex(mask) +
                   " wait in " + r->what + " (divergent warp intrinsics)");
     }
-    std::memcpy(r->slot[lane], in, n);
+    if (n) std::memcpy(r->slot[lane], in, n);
     if (++r->arrived == r->expected) {
       if constexpr (!std::is_same_v<std::decay_t<G>, std::nullptr_t>) on_complete(*r, part);
       complete_locked(*r);
