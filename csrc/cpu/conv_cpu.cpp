@@ -225,8 +225,8 @@ void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias,
 }
 
 // ------------------------------------------------------------------------------------------
-// input gradient: gx [N, C, H, W] from gy [N, K, P, Q] (any P, Q not larger than the
-// convolution's own: missing rows count as zero gradient)
+// input gradient: gx [N, C, H, W] from gy [N, K, P, Q] (internally P, Q may be smaller than the
+// convolution's own, for conv_transpose2d: missing rows count as zero gradient)
 
 // the weights of the stride-1 input gradient seen as a forward convolution of gy:
 // [C, Kg, R, S], spatially flipped, groups' in/out roles exchanged
@@ -428,10 +428,8 @@ Geo grad_geo(const char* op, const Tensor& gy, IntArrayRef in_size, IntArrayRef 
               op, ": kernel (dilated) larger than the padded input");
   const int64_t P = out_size(H, R, stride[0], padding[0], dilation[0]);
   const int64_t Q = out_size(W, S, stride[1], padding[1], dilation[1]);
-  // a smaller grad_output (transposed convolution with output_padding >= stride) is the
-  // gradient of the leading rows/columns only
-  TORCH_CHECK(gy.size(2) <= P && gy.size(3) <= Q, op, ": grad_output ", gy.sizes(),
-              " is larger than the convolution output [", P, ", ", Q, "]");
+  TORCH_CHECK(gy.size(2) == P && gy.size(3) == Q, op, ": grad_output ", gy.sizes(),
+              " does not match the convolution output [", P, ", ", Q, "]");
   return make_geo(N, C, H, W, K, gy.size(2), gy.size(3), R, S, stride, padding, dilation, groups);
 }
 
