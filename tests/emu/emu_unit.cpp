@@ -2,7 +2,9 @@
 // one subcommand per test; each prints "OK" on success, or a diagnosis and exits non-zero).
 #define DILCONV_EMU 1
 #include "kernels/platform.cuh"
+#include "kernels/wmma.cuh"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -48,6 +50,168 @@ __global__ void block_sum(const float* in, float* out, int n) {
     for (int off = 16; off > 0; off /= 2) w += __shfl_xor_sync(0xFFFFFFFFu, w, off);
     if (lane == 0) dc::store(out + blockIdx.x, w);
   }
+}
+
+
+// ---- warp intrinsics: every lane writes what it received --------------------------------------
+// mode selects the intrinsic; arg is srcLane/delta/laneMask; width the segment width.
+__global__ void shfl_kernel(float* out, int mode, int arg, int width) {
+  const float v = 100.f + 1.5f * threadIdx.x;
+  float r = 0.f;
+  switch (mode) {
+    case 0: r = __shfl_sync(0xFFFFFFFFu, v, arg, width); break;
+    case 1: r = __shfl_up_sync(0xFFFFFFFFu, v, unsigned(arg), width); break;
+    case 2: r = __shfl_down_sync(0xFFFFFFFFu, v, unsigned(arg), width); break;
+    case 3: r = __shfl_xor_sync(0xFFFFFFFFu, v, arg, width); break;
+  }
+  dc::store(out + threadIdx.x, r);
+}
+
+// lanes of each half warp shuffle among themselves with disjoint masks, concurrently
+__global__ void half_warp_kernel(float* out) {
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned mask = lane < 16 ? 0x0000FFFFu : 0xFFFF0000u;
+  const double v = 1000.0 + threadIdx.x;
+  // rotate by 3 within the own half: srcLane is absolute, so add the half's base
+  const int src = int((lane & 16u) + ((lane + 3u) & 15u));
+  dc::store(out + threadIdx.x, float(__shfl_sync(mask, v, src)));
+}
+
+__global__ void vote_kernel(const int* pred, unsigned* out) {
+  const int p = dc::load(pred + threadIdx.x);
+  const unsigned b = __ballot_sync(0xFFFFFFFFu, p);
+  const int any = __any_sync(0xFFFFFFFFu, p), all = __all_sync(0xFFFFFFFFu, p);
+  const unsigned sum = __reduce_add_sync(0xFFFFFFFFu, unsigned(p) * (threadIdx.x + 1));
+  const int mn = __reduce_min_sync(0xFFFFFFFFu, p ? int(threadIdx.x) : 1000);
+  const unsigned mx = __reduce_max_sync(0xFFFFFFFFu, p ? threadIdx.x : 0u);
+  const int cnt = __syncthreads_count(p), band = __syncthreads_and(p), bor = __syncthreads_or(p);
+  unsigned* o = out + threadIdx.x * 9;
+  dc::store(o + 0, b);
+  dc::store(o + 1, unsigned(any));
+  dc::store(o + 2, unsigned(all));
+  dc::store(o + 3, sum);
+  dc::store(o + 4, unsigned(mn));
+  dc::store(o + 5, mx);
+  dc::store(o + 6, unsigned(cnt));
+  dc::store(o + 7, unsigned(band));
+  dc::store(o + 8, unsigned(bor));
+}
+
+// block of 48 threads: warp 1 has 16 lanes. A full-mask sum over the existing lanes works; a
+// read of a lane beyond the block is NaN.
+__global__ void partial_warp_kernel(float* out) {
+  float v = float(threadIdx.x);
+  const float beyond = __shfl_down_sync(0xFFFFFFFFu, v, 16);  // lanes 0-15 of warp 1 read lanes 16-31
+  for (int off = 8; off > 0; off /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, off, 16);
+  dc::store(out + 2 * threadIdx.x, v);
+  dc::store(out + 2 * threadIdx.x + 1, beyond);
+}
+
+// reverse within a block through shared memory: wrong without the barrier
+template <int N>
+__global__ void reverse_kernel(const float* in, float* out) {
+  __shared__ float tile[N];
+  tile[threadIdx.x] = dc::load(in + blockIdx.x * N + threadIdx.x);
+  __syncthreads();
+  dc::store(out + blockIdx.x * N + threadIdx.x, tile[N - 1 - threadIdx.x]);
+}
+
+// dynamic shared memory: the first half of the threads read what the second half wrote before
+// the barrier; `probe` returns what an unwritten element holds at block start
+__global__ void dyn_smem_kernel(const float* in, float* out, float* probe) {
+  DC_DYNAMIC_SHARED(float, buf);
+  if (threadIdx.x == 0) dc::store(probe + blockIdx.x, buf[blockDim.x]);  // never written
+  __syncthreads();
+  buf[threadIdx.x] = 2.f * dc::load(in + blockIdx.x * blockDim.x + threadIdx.x);
+  __syncthreads();
+  dc::store(out + blockIdx.x * blockDim.x + threadIdx.x, buf[blockDim.x - 1 - threadIdx.x]);
+}
+
+__global__ void atomic_kernel(int* counter, float* fsum, unsigned long long* ull, int* mx, int* cas_winners) {
+  const int gid = blockIdx.x * blockDim.x + threadIdx.x;
+  atomicAdd(counter, 1);
+  atomicAdd(fsum, float(gid % 7));  // integers: exact in float at this size, any order
+  atomicAdd(ull, 1ull << 33);
+  atomicMax(mx, (gid * 37) % 1001);
+  if (atomicCAS(cas_winners, 0, gid + 1) == 0) atomicAdd(cas_winners + 1, 1);
+}
+
+// misuse: returns before a barrier the others reach
+__global__ void early_return_kernel(float* out) {
+  if (threadIdx.x == 5) return;
+  __syncthreads();
+  dc::store(out + threadIdx.x, 1.f);
+}
+// misuse: lane 3 waits in a shuffle the other lanes never execute
+__global__ void divergent_shfl_kernel(float* out) {
+  float v = 1.f;
+  if (threadIdx.x % 32 == 3) v = __shfl_sync(0xFFFFFFFFu, v, 0);
+  dc::store(out + threadIdx.x, v);
+  __syncthreads();
+}
+// misuse: a mask that does not include the calling lane
+__global__ void bad_mask_kernel(float* out) {
+  dc::store(out + threadIdx.x, __shfl_sync(0x1u, 1.f, 0));
+}
+
+// ---- WMMA: D[M,N] = alpha * A[M,K] B[K,N] + C, one 16x16 output tile per warp, 2x2 warps ----
+// A is [M,K] (a_row) or [K,M]; B is [K,N] (b_row) or [N,K]; C is read column-major from global.
+template <typename T, typename LA, typename LB>
+__global__ void wmma_gemm(const T* A, const T* B, const float* C, float* D, int M, int N, int K, float alpha) {
+  namespace wm = dc::wmma;
+  constexpr bool a_row = std::is_same_v<LA, wm::row_major>, b_row = std::is_same_v<LB, wm::row_major>;
+  __shared__ __align__(32) T As[32 * 16];
+  __shared__ __align__(32) T Bs[16 * 32];
+  __shared__ __align__(32) float Cs[4][16 * 16];
+  const int warp = threadIdx.x / 32, wm_ = warp / 2, wn = warp % 2;
+  const int m0 = blockIdx.y * 32, n0 = blockIdx.x * 32;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+  wm::fill_fragment(acc, 0.0f);
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    for (int e = threadIdx.x; e < 32 * 16; e += blockDim.x) {
+      // As holds the 32x16 A tile in the fragment's layout: row-major [m][k] or col-major [k][m]
+      const int m = a_row ? e / 16 : e % 32, k = a_row ? e % 16 : e / 32;
+      const bool ok = m0 + m < M && k0 + k < K;
+      As[e] = ok ? dc::load(A + (a_row ? size_t(m0 + m) * K + k0 + k : size_t(k0 + k) * M + m0 + m)) : dc::from_float<T>(0.f);
+      const int kb = b_row ? e / 32 : e % 16, n = b_row ? e % 32 : e / 16;
+      const bool okb = k0 + kb < K && n0 + n < N;
+      Bs[e] = okb ? dc::load(B + (b_row ? size_t(k0 + kb) * N + n0 + n : size_t(n0 + n) * K + k0 + kb)) : dc::from_float<T>(0.f);
+    }
+    __syncthreads();
+    wm::fragment<wm::matrix_a, 16, 16, 16, T, LA> fa;
+    wm::fragment<wm::matrix_b, 16, 16, 16, T, LB> fb;
+    wm::load_matrix_sync(fa, a_row ? As + wm_ * 16 * 16 : As + wm_ * 16, a_row ? 16 : 32);
+    wm::load_matrix_sync(fb, b_row ? Bs + wn * 16 : Bs + wn * 16 * 16, b_row ? 32 : 16);
+    wm::mma_sync(acc, fa, fb, acc);
+    __syncthreads();
+  }
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= alpha;
+  // C tile, column-major in Cs, through an accumulator load with mem_col_major
+  float* cs = Cs[warp];
+  for (int l = threadIdx.x % 32; l < 256; l += 32) {
+    const int m = l % 16, n = l / 16, gm = m0 + wm_ * 16 + m, gn = n0 + wn * 16 + n;
+    cs[l] = gm < M && gn < N ? dc::load(C + size_t(gn) * M + gm) : 0.f;
+  }
+  __syncwarp();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> c;
+  wm::load_matrix_sync(c, cs, 16, wm::mem_col_major);
+  __syncwarp();
+  for (int i = 0; i < c.num_elements; ++i) acc.x[i] += c.x[i];
+  wm::store_matrix_sync(cs, acc, 16, wm::mem_row_major);
+  __syncwarp();
+  for (int l = threadIdx.x % 32; l < 256; l += 32) {
+    const int m = l / 16, n = l % 16, gm = m0 + wm_ * 16 + m, gn = n0 + wn * 16 + n;
+    if (gm < M && gn < N) dc::store(D + size_t(gm) * N + gn, cs[l]);
+  }
+}
+
+// misuse: lanes pass different pointers / a misaligned pointer
+__global__ void wmma_bad_kernel(int mode) {
+  namespace wm = dc::wmma;
+  __shared__ __align__(32) dc::half buf[16 * 64];
+  wm::fragment<wm::matrix_a, 16, 16, 16, dc::half, wm::row_major> fa;
+  const dc::half* p = mode == 0 ? buf + (threadIdx.x % 2) * 16 : mode == 1 ? buf + 8 : buf;
+  wm::load_matrix_sync(fa, p, 64);
 }
 
 }  // namespace DC_TARGET_NS
@@ -101,9 +265,244 @@ void test_block_sum() {
   }
 }
 
+
+// CUDA's shuffle semantics, written independently of the emulation's code
+float expect_shfl(int mode, int lane, int arg, int width) {
+  auto val = [](int l) { return 100.f + 1.5f * l; };
+  const int base = lane - lane % width;
+  switch (mode) {
+    case 0: return val(base + (arg % width + width) % width);
+    case 1: return lane % width >= arg ? val(lane - arg) : val(lane);
+    case 2: return lane % width + arg < width ? val(lane + arg) : val(lane);
+    default: {
+      const int s = lane ^ arg;
+      return s < base + width ? val(s) : val(lane);
+    }
+  }
+}
+
+void test_shfl() {
+  for (int width : {32, 16, 8, 4, 2, 1})
+    for (int mode = 0; mode < 4; ++mode)
+      for (int arg = 0; arg < 40; ++arg) {
+        if (mode == 3 && arg > 31) continue;
+        std::vector<float> out(64, -1.f);
+        dc::launch(dc_emu::shfl_kernel, dim3(1), dim3(64), 0, dc::Stream{}, out.data(), mode, arg, width);
+        for (int t = 0; t < 64; ++t)
+          check(out[t] == expect_shfl(mode, t % 32, arg, width) + 48.f * (t / 32),
+                "shfl mode " + std::to_string(mode) + " arg " + std::to_string(arg) + " width " +
+                    std::to_string(width) + " lane " + std::to_string(t) + " got " + std::to_string(out[t]));
+      }
+}
+
+void test_half_warps() {
+  std::vector<float> out(64, -1.f);
+  dc::launch(dc_emu::half_warp_kernel, dim3(1), dim3(64), 0, dc::Stream{}, out.data());
+  for (int t = 0; t < 64; ++t) {
+    const int lane = t % 32, src = (lane & 16) + ((lane + 3) & 15);
+    check(out[t] == 1000.f + (t - lane) + src, "half warp lane " + std::to_string(t));
+  }
+}
+
+void test_vote() {
+  std::mt19937 g(5);
+  for (int trial = 0; trial < 6; ++trial) {
+    const int nt = 64;
+    std::vector<int> pred(nt);
+    for (auto& p : pred) p = trial == 0 ? 1 : trial == 1 ? 0 : int(g() % 3 == 0) * int(g() % 5 + 1);
+    std::vector<unsigned> out(nt * 9, 12345u);
+    dc::launch(dc_emu::vote_kernel, dim3(1), dim3(nt), 0, dc::Stream{}, pred.data(), out.data());
+    int cnt = 0;
+    for (int t = 0; t < nt; ++t) cnt += pred[t] != 0;
+    for (int t = 0; t < nt; ++t) {
+      const int w = t / 32;
+      unsigned b = 0, sum = 0, mx = 0;
+      int any = 0, all = 1, mn = 1000;
+      for (int l = 0; l < 32; ++l) {
+        const int u = w * 32 + l;
+        const bool p = pred[u] != 0;
+        b |= unsigned(p) << l;
+        any |= p;
+        all &= p;
+        sum += unsigned(pred[u]) * (u + 1);
+        if (p) mn = std::min(mn, u), mx = std::max(mx, unsigned(u));
+      }
+      const unsigned* o = &out[t * 9];
+      const std::string at = " trial " + std::to_string(trial) + " thread " + std::to_string(t);
+      check(o[0] == b, "ballot" + at);
+      check(o[1] == unsigned(any) && o[2] == unsigned(all), "any/all" + at);
+      check(o[3] == sum, "reduce_add" + at);
+      check(o[4] == unsigned(mn) && o[5] == mx, "reduce_min/max" + at);
+      check(o[6] == unsigned(cnt) && o[7] == unsigned(cnt == nt) && o[8] == unsigned(cnt > 0), "syncthreads_count/and/or" + at);
+    }
+  }
+}
+
+void test_partial_warp() {
+  std::vector<float> out(96, -1.f);
+  dc::launch(dc_emu::partial_warp_kernel, dim3(1), dim3(48), 0, dc::Stream{}, out.data());
+  for (int t = 0; t < 48; ++t) {
+    const int seg = t - t % 16;
+    const float sum = 16.f * seg + 120.f;  // sum of seg..seg+15
+    check(out[2 * t] == sum, "partial-warp segment sum thread " + std::to_string(t));
+    const int lane = t % 32;
+    const float beyond = out[2 * t + 1];
+    if (t < 32)  // full warp: lanes < 16 read lane+16, the others keep their own value
+      check(beyond == float(lane < 16 ? t + 16 : t), "full-warp shfl_down thread " + std::to_string(t));
+    else  // lanes 0-15 of warp 1 read lanes 16-31, which do not exist: poisoned
+      check(std::isnan(beyond), "read beyond the block is NaN, thread " + std::to_string(t));
+  }
+}
+
+void test_barrier() {
+  constexpr int N = 128;
+  auto in = randv(3 * N, 7);
+  std::vector<float> out(3 * N, -1.f);
+  dc::launch(dc_emu::reverse_kernel<N>, dim3(3), dim3(N), 0, dc::Stream{}, in.data(), out.data());
+  for (int b = 0; b < 3; ++b)
+    for (int i = 0; i < N; ++i) check(out[b * N + i] == in[b * N + N - 1 - i], "reverse");
+}
+
+void test_dynamic_smem() {
+  for (int nt : {64, 200}) {
+    auto in = randv(4 * nt, 9);
+    std::vector<float> out(4 * nt, -1.f), probe(4, 0.f);
+    dc::launch(dc_emu::dyn_smem_kernel, dim3(4), dim3(nt), sizeof(float) * (nt + 1), dc::Stream{}, in.data(),
+               out.data(), probe.data());
+    for (int b = 0; b < 4; ++b) {
+      check(std::isnan(probe[b]), "dynamic smem is poisoned at block start");
+      for (int i = 0; i < nt; ++i) check(out[b * nt + i] == 2.f * in[b * nt + nt - 1 - i], "dynamic smem exchange");
+    }
+  }
+}
+
+template <typename F>
+void expect_throw(F f, const std::string& needle, const std::string& what) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    check(std::string(e.what()).find(needle) != std::string::npos,
+          what + ": message lacks '" + needle + "': " + e.what());
+    return;
+  }
+  check(false, what + ": no exception");
+}
+
+void test_launch_errors() {
+  std::vector<float> out(2048);
+  float* o = out.data();
+  expect_throw([&] { dc::launch(dc_emu::early_return_kernel, dim3(2), dim3(64), 0, dc::Stream{}, o); },
+               "returned from the kernel", "early return before __syncthreads");
+  expect_throw([&] { dc::launch(dc_emu::divergent_shfl_kernel, dim3(1), dim3(64), 0, dc::Stream{}, o); },
+               "", "divergent shuffle");
+  expect_throw([&] { dc::launch(dc_emu::bad_mask_kernel, dim3(1), dim3(32), 0, dc::Stream{}, o); },
+               "does not include its own lane", "mask without own lane");
+  expect_throw([&] { dc::launch(dc_emu::early_return_kernel, dim3(1), dim3(1025), 0, dc::Stream{}, o); },
+               "1..1024", "block too large");
+  expect_throw([&] { dc::launch(dc_emu::early_return_kernel, dim3(1, 70000), dim3(32), 0, dc::Stream{}, o); },
+               "grid dimension", "grid too large");
+  expect_throw([&] { dc::launch(dc_emu::dyn_smem_kernel, dim3(1), dim3(32), 228 * 1024, dc::Stream{}, o, o, o); },
+               "227 KiB", "dynamic smem too large");
+  expect_throw([] { __syncthreads(); }, "outside an emulated kernel launch", "intrinsic outside a launch");
+  // the process stays usable after failed launches, and an empty grid launches nothing
+  out.assign(out.size(), 0.f);
+  dc::launch(dc_emu::early_return_kernel, dim3(0), dim3(64), 0, dc::Stream{}, o);
+  check(out[0] == 0.f, "empty grid launches nothing");
+  test_barrier();
+}
+
+void test_atomics() {
+  int counter = 0, mx = -1, cas[2] = {0, 0};
+  float fsum = 0.f;
+  unsigned long long ull = 0;
+  const int blocks = 5, nt = 96, n = blocks * nt;
+  dc::launch(dc_emu::atomic_kernel, dim3(blocks), dim3(nt), 0, dc::Stream{}, &counter, &fsum, &ull, &mx, cas);
+  float fref = 0;
+  int mref = 0;
+  for (int g = 0; g < n; ++g) fref += float(g % 7), mref = std::max(mref, (g * 37) % 1001);
+  check(counter == n, "atomicAdd int");
+  check(fsum == fref, "atomicAdd float");
+  check(ull == (unsigned long long)n << 33, "atomicAdd unsigned long long");
+  check(mx == mref, "atomicMax");
+  check(cas[0] >= 1 && cas[0] <= n && cas[1] == 1, "atomicCAS: exactly one winner");
+}
+
+// half/bf16 conversions: `convert in.bin out.bin` reads N float32 and writes N half bits, N bf16
+// bits, then float32 of all 65536 half and all 65536 bf16 bit patterns (compared with torch).
+int convert(const char* in_path, const char* out_path) {
+  FILE* f = std::fopen(in_path, "rb");
+  if (!f) return 2;
+  std::vector<float> in;
+  float x;
+  while (std::fread(&x, 4, 1, f) == 1) in.push_back(x);
+  std::fclose(f);
+  std::vector<uint16_t> h, b;
+  for (float v : in) h.push_back(dc::from_float<dc::half>(v).x), b.push_back(dc::from_float<dc::bfloat16>(v).x);
+  std::vector<float> hf, bf;
+  for (uint32_t u = 0; u < 65536; ++u)
+    hf.push_back(dc::to_float(dc::half{uint16_t(u)})), bf.push_back(dc::to_float(dc::bfloat16{uint16_t(u)}));
+  f = std::fopen(out_path, "wb");
+  std::fwrite(h.data(), 2, h.size(), f);
+  std::fwrite(b.data(), 2, b.size(), f);
+  std::fwrite(hf.data(), 4, hf.size(), f);
+  std::fwrite(bf.data(), 4, bf.size(), f);
+  std::fclose(f);
+  std::printf("OK\n");
+  return 0;
+}
+
+template <typename T, typename LA, typename LB>
+void wmma_case(int M, int N, int K, unsigned seed) {
+  auto a32 = randv(size_t(M) * K, seed), b32 = randv(size_t(K) * N, seed + 1), c = randv(size_t(M) * N, seed + 2);
+  std::vector<T> a, b;
+  for (float v : a32) a.push_back(dc::from_float<T>(v));
+  for (float v : b32) b.push_back(dc::from_float<T>(v));
+  constexpr bool a_row = std::is_same_v<LA, dc::wmma::row_major>, b_row = std::is_same_v<LB, dc::wmma::row_major>;
+  std::vector<float> d(size_t(M) * N, -5.f);
+  const float alpha = 0.75f;
+  dc::launch(dc_emu::wmma_gemm<T, LA, LB>, dim3(dc::ceil_div(N, 32), dc::ceil_div(M, 32)), dim3(128), 0, dc::Stream{},
+             a.data(), b.data(), c.data(), d.data(), M, N, K, alpha);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double ref = 0;
+      for (int k = 0; k < K; ++k)
+        ref += double(dc::to_float(a[a_row ? size_t(m) * K + k : size_t(k) * M + m])) *
+               dc::to_float(b[b_row ? size_t(k) * N + n : size_t(n) * K + k]);
+      ref = alpha * ref + c[size_t(n) * M + m];
+      check(close(d[size_t(m) * N + n], ref, 1e-5, 1e-5),
+            "wmma " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " at " +
+                std::to_string(m) + "," + std::to_string(n) + ": " + std::to_string(d[size_t(m) * N + n]) + " vs " +
+                std::to_string(ref));
+    }
+}
+
+void test_wmma() {
+  namespace wm = dc::wmma;
+  wmma_case<dc::half, wm::row_major, wm::row_major>(37, 45, 50, 11);
+  wmma_case<dc::half, wm::col_major, wm::row_major>(32, 32, 16, 12);
+  wmma_case<dc::half, wm::row_major, wm::col_major>(20, 33, 40, 13);
+  wmma_case<dc::bfloat16, wm::col_major, wm::col_major>(48, 17, 35, 14);
+  wmma_case<dc::bfloat16, wm::row_major, wm::row_major>(33, 64, 64, 15);
+  expect_throw([] { dc::launch(dc_emu::wmma_bad_kernel, dim3(1), dim3(32), 0, dc::Stream{}, 0); }, "same pointer",
+               "wmma non-uniform pointer");
+  expect_throw([] { dc::launch(dc_emu::wmma_bad_kernel, dim3(1), dim3(32), 0, dc::Stream{}, 1); }, "32-byte",
+               "wmma misaligned pointer");
+  expect_throw([] { dc::launch(dc_emu::wmma_bad_kernel, dim3(1), dim3(48), 0, dc::Stream{}, 2); }, "all 32 lanes",
+               "wmma partial warp");
+}
+
 const std::map<std::string, std::function<void()>> tests = {
     {"matmul", test_matmul},
     {"block_sum", test_block_sum},
+    {"shfl", test_shfl},
+    {"half_warps", test_half_warps},
+    {"vote", test_vote},
+    {"partial_warp", test_partial_warp},
+    {"barrier", test_barrier},
+    {"dynamic_smem", test_dynamic_smem},
+    {"launch_errors", test_launch_errors},
+    {"atomics", test_atomics},
+    {"wmma", test_wmma},
 };
 
 }  // namespace
@@ -113,6 +512,7 @@ int main(int argc, char** argv) {
     for (auto& [name, _] : tests) std::printf("%s\n", name.c_str());
     return 0;
   }
+  if (std::string(argv[1]) == "convert" && argc == 4) return convert(argv[2], argv[3]);
   for (int i = 1; i < argc; ++i) {
     auto it = tests.find(argv[i]);
     if (it == tests.end()) {
