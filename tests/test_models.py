@@ -104,10 +104,12 @@ def test_vgg16_torchvision_layout_and_fcn_surgery():
         fcn = M.VGG16("fcn").eval()
         fcn.load_torchvision(tv.state_dict())
         assert_all_dilconv(fcn)
-        pool5 = torch.randn(2, 512, 7, 7)
+        # (float64: sums of 25088 products; fp32 summation order differs between the two)
+        fcn.double(), tv.double()
+        pool5 = torch.randn(2, 512, 7, 7, dtype=torch.float64)
         ref = tv.classifier[:5](torch.flatten(pool5, 1))
         got = fcn.fc7(torch.relu(fcn.fc6(pool5))).relu()
-        torch.testing.assert_close(got[:, :, 0, 0], ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got[:, :, 0, 0], ref, rtol=1e-10, atol=1e-12)
 
 
 # ---- parameter counts (meta device) --------------------------------------------------------
