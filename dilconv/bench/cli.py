@@ -54,7 +54,7 @@ def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     quick = args.quick
-    budget = args.budget if args.budget is not None else (0.25 if quick else 1.0)
+    budget = args.budget if args.budget is not None else (0.2 if quick else 1.0)
     dtypes = _csv(args.dtype, ("fp32",) if quick else tuple(suite.DTYPES))
     bad = [d for d in dtypes if d not in suite.DTYPES]
     if bad:
@@ -90,9 +90,10 @@ def main(args) -> int:
         print("  note:", n)
     out["peaks"] = machine.peaks(device, dtypes, 2 * budget)
     with tqdm(total=len(cases) + len(nets), unit="case", dynamic_ncols=True) as bar:
-        for c in cases:
+        for i, c in enumerate(cases):
             bar.set_postfix_str(c.id)
             out["ops"].append(run.run_case(c, device, backends, timer, budget))
+            out["ops"][-1]["order"] = i // len(passes)  # passes are innermost in `cases`
             bar.update()
         for n in nets:
             bar.set_postfix_str(n["id"])

@@ -18,33 +18,35 @@ from dilconv.bench import ops
 from dilconv.bench.suite import DTYPES
 from dilconv.bench.timing import measure, paired_speedup
 
-# (name, builder in dilconv.models, kwargs, input side, in --quick)
+# (name, builder in dilconv.models, kwargs, input side, in --quick, input channels)
 NETWORKS = [
-    ("deeplabv3plus_mobilenetv2", "deeplabv3plus", {"backbone": "mobilenet_v2"}, 513, True),
-    ("deeplabv3plus_xception65", "deeplabv3plus", {"backbone": "xception65"}, 513, False),
-    ("deeplabv3plus_resnet101", "deeplabv3plus", {"backbone": "resnet101"}, 513, False),
-    ("deeplabv3plus_resnext50", "deeplabv3plus", {"backbone": "resnext50_32x4d"}, 513, False),
-    ("deeplabv3_resnet101", "deeplabv3", {"backbone": "resnet101"}, 513, False),
-    ("deeplabv3_resnet50_tv", "deeplabv3_resnet50", {}, 513, False),
-    ("deeplabv2_resnet101", "deeplabv2", {}, 513, False),
-    ("fcn_resnet50_tv", "fcn_resnet50", {}, 513, False),
-    ("fcn8s", "fcn8s", {}, 500, False),
-    ("fcn32s", "fcn32s", {}, 500, False),
-    ("dilatednet", "dilatednet", {}, 513, False),
-    ("pspnet_resnet50", "pspnet", {"backbone": "resnet50"}, 473, False),
-    ("unet", "unet", {}, 572, False),
-    ("hypercolumns", "hypercolumns", {}, 513, False),
-    ("multigrid", "multigrid", {}, 256, False),
+    ("deeplabv3plus_mobilenetv2", "deeplabv3plus", {"backbone": "mobilenet_v2"}, 513, True, 3),
+    ("deeplabv3plus_xception65", "deeplabv3plus", {"backbone": "xception65"}, 513, False, 3),
+    ("deeplabv3plus_resnet101", "deeplabv3plus", {"backbone": "resnet101"}, 513, False, 3),
+    ("deeplabv3plus_resnext50", "deeplabv3plus", {"backbone": "resnext50_32x4d"}, 513, False, 3),
+    ("deeplabv3_resnet101", "deeplabv3", {"backbone": "resnet101"}, 513, False, 3),
+    ("deeplabv3_resnet50_tv", "deeplabv3_resnet50", {}, 513, False, 3),
+    ("deeplabv2_resnet101", "deeplabv2", {}, 513, False, 3),
+    ("fcn_resnet50_tv", "fcn_resnet50", {}, 513, False, 3),
+    ("fcn8s", "fcn8s", {}, 500, False, 3),
+    ("fcn16s", "fcn16s", {}, 500, False, 3),
+    ("fcn32s", "fcn32s", {}, 500, False, 3),
+    ("dilatednet_large", "dilatednet", {"context": "large"}, 513, False, 3),
+    ("pspnet_resnet50", "pspnet", {"backbone": "resnet50"}, 473, False, 3),
+    ("unet", "unet", {}, 572, False, 1),
+    ("hypercolumns_alexnet", "hypercolumns", {}, 513, False, 3),
+    ("multigrid", "multigrid", {}, 64, False, 3),
+    ("progressive_multigrid", "progressive_multigrid", {}, 64, False, 3),
 ]
-NOT_NETWORKS = {"make_backbone", "mobilenet_v2", "resnet50", "resnet101", "resnext50_32x4d",
-                "vgg16", "xception65", "alexnet"}  # backbones/classifiers: their layers are in the op suite
+# variants of listed networks (same layers, other depth/width)
+VARIANTS = {"deeplabv3_resnet101", "fcn_resnet101"}
 
 
 def plan(names: str | None, quick: bool, size: int | None, dtypes=("fp32",),
          layouts=("nchw", "nhwc"), device: str = "cpu") -> list[dict]:
     want = [n.strip() for n in names.split(",")] if names else None
     out = []
-    for name, builder, kw, side, q in NETWORKS:
+    for name, builder, kw, side, q, in_ch in NETWORKS:
         if (want and not any(w in name for w in want)) or (quick and not want and not q):
             continue
         s = size or (129 if quick else side)
@@ -52,19 +54,20 @@ def plan(names: str | None, quick: bool, size: int | None, dtypes=("fp32",),
             for lay in layouts:
                 for mode, n in (("inference", 1), ("train step", 2 if device == "cpu" else 8)):
                     out.append({"id": f"{name}/{s}/{dt}/{lay}/{mode}", "network": name,
-                                "builder": builder, "kwargs": kw, "input": f"{n}x3x{s}x{s}",
+                                "builder": builder, "kwargs": kw, "input": f"{n}x{in_ch}x{s}x{s}",
+                                "in_ch": in_ch,
                                 "n": n, "size": s, "dtype": dt, "layout": lay, "mode": mode})
     return out
 
 
 def uncovered() -> list[str]:
-    """Builders in dilconv.models that the suite does not run (so a new one is not missed)."""
+    """Networks dilconv.models offers (its MODELS table) that the suite does not run."""
     try:
         models = importlib.import_module("dilconv.models")
     except ImportError:
         return []
-    known = {b for _, b, _, _, _ in NETWORKS} | NOT_NETWORKS
-    return [n for n in getattr(models, "__all__", []) if n not in known and n[:1].islower()]
+    known = {b for _, b, *_ in NETWORKS} | VARIANTS
+    return [n for n in getattr(models, "MODELS", {}) if n not in known]
 
 
 def _build(net: dict):
@@ -129,7 +132,8 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
     fmt = torch.channels_last if net["layout"] == "nhwc" else torch.contiguous_format
     train = net["mode"] == "train step"
     g = torch.Generator().manual_seed(0)
-    x64 = torch.randn(net["n"], 3, net["size"], net["size"], generator=g, dtype=torch.float64)
+    x64 = torch.randn(net["n"], net.get("in_ch", 3), net["size"], net["size"], generator=g,
+                      dtype=torch.float64)
     x64 = x64.to(dtype).double()
     model.train(train)
     _no_dropout(model)
@@ -143,7 +147,7 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
         return [loss.detach(), *grads]
 
     ref_model = copy.deepcopy(model).double()
-    with dilconv.use_backend("torch"):
+    with dilconv.use_backend("torch"), ops.fast_float64_torch():
         with torch.no_grad():
             y = _out(ref_model(x64))
         target = torch.randint(0, y.shape[1], (y.shape[0], *y.shape[2:]), generator=g)

@@ -170,6 +170,8 @@ def plots(run: dict, outdir: str) -> list[str]:
 
 def write(run: dict, outdir: str, with_plots: bool = True) -> list[str]:
     os.makedirs(outdir, exist_ok=True)
+    # suite order, forward before forward+backward (they are run the other way round)
+    run["ops"] = sorted(run.get("ops", []), key=lambda c: (c.get("order", 0), c["pass"] != "fwd"))
     if with_plots:
         run["plots"] = plots(run, outdir)
     with open(os.path.join(outdir, "results.json"), "w") as f:
