@@ -177,7 +177,7 @@ __device__ __forceinline__ A warp_sum(A v) {
 // ---------------------------------------------------------------------------------------------
 // Forward, tiled. Block = (image n, channel block, output tile).
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     dw_fwd_tiled(DwTile t, const T* __restrict__ x, const T* __restrict__ w,
                  const T* __restrict__ bias, T* __restrict__ y) {
   using A = acc_t<T>;
@@ -279,11 +279,38 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One input-gradient element from the shared grad_output window (see dw_dgrad_tiled).
+template <typename A, bool CL>
+__device__ __forceinline__ A dgrad_point(const DwShape& s, int ih, int iw, const A* gs,
+                                         const A* ws, int nk, int iy, int ix, int cl, int ybase,
+                                         int xbase) {
+  const int M = s.m;
+  A acc = A(0);
+  for (int kr = 0; kr < s.r; ++kr) {
+    const int ty = iy + ybase - kr * s.dh;  // >= 0 by the choice of the window origin
+    if (ty % s.sh != 0) continue;
+    const int gyr = ty / s.sh;
+    for (int ks = 0; ks < s.s; ++ks) {
+      const int tx = ix + xbase - ks * s.dw;
+      if (tx % s.sw != 0) continue;
+      const int gxc = tx / s.sw;
+      const A* wp = ws + (kr * s.s + ks) * nk + cl * M;
+      if (CL) {
+        const A* gp = gs + (gyr * iw + gxc) * nk + cl * M;
+        for (int j = 0; j < M; ++j) acc += gp[j] * wp[j];
+      } else {
+        for (int j = 0; j < M; ++j) acc += gs[(j * ih + gyr) * iw + gxc] * wp[j];
+      }
+    }
+  }
+  return acc;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Input gradient, tiled. Block = (image n, channel block, tile of gx). The shared window holds
 // the grad_output rows/cols [wy0, wy0 + ih) x [wx0, wx0 + iw) of the block's nk = nc*M channels.
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     dw_dgrad_tiled(DwTile t, const T* __restrict__ gy, const T* __restrict__ w,
                    T* __restrict__ gx) {
   using A = acc_t<T>;
@@ -318,36 +345,19 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const int ybase = s.ph - wy0 * s.sh, xbase = s.pw - wx0 * s.sw;  // >= (R-1)*dh - iy0 etc.
-  auto body = [&](int iy, int ix, int cl) {
-    A acc = A(0);
-    for (int kr = 0; kr < s.r; ++kr) {
-      const int ty = iy + ybase - kr * s.dh;  // >= 0 by the choice of wy0
-      if (ty % s.sh != 0) continue;
-      const int gyr = ty / s.sh;
-      for (int ks = 0; ks < s.s; ++ks) {
-        const int tx = ix + xbase - ks * s.dw;
-        if (tx % s.sw != 0) continue;
-        const int gxc = tx / s.sw;
-        const A* wp = ws + (kr * s.s + ks) * nk + cl * M;
-        if (CL) {
-          const A* gp = gs + (gyr * t.iw + gxc) * nk + cl * M;
-          for (int j = 0; j < M; ++j) acc += gp[j] * wp[j];
-        } else {
-          for (int j = 0; j < M; ++j) acc += gs[(j * t.ih + gyr) * t.iw + gxc] * wp[j];
-        }
-      }
-    }
-    return acc;
-  };
   const int iy1 = ::dc::min(iy0 + t.th, s.h), ix1 = ::dc::min(ix0 + t.tw, s.w);
   if (CL) {
     for_window(n * s.h * s.w * s.c, s.w, s.c, iy0, iy1, ix0, ix1, c0, c0 + nc,
                [&](int i, int iy, int ix, int c) {
-                 ::dc::store(gx + i, from_acc<T>(body(iy, ix, c - c0)));
+                 ::dc::store(gx + i, from_acc<T>(dgrad_point<A, CL>(s, t.ih, t.iw, gs, ws, nk, iy,
+                                                                     ix, c - c0, ybase, xbase)));
                });
   } else {
     for_window((n * s.c + c0) * s.h * s.w, s.w, 1, iy0, iy1, ix0, ix1, 0, 1,
-               [&](int i, int iy, int ix, int) { ::dc::store(gx + i, from_acc<T>(body(iy, ix, 0))); });
+               [&](int i, int iy, int ix, int) {
+                 ::dc::store(gx + i, from_acc<T>(dgrad_point<A, CL>(s, t.ih, t.iw, gs, ws, nk, iy,
+                                                                     ix, 0, ybase, xbase)));
+               });
   }
 }
 
@@ -681,88 +691,6 @@ inline void dispatch_cl(bool cl, F f) {
     f(std::false_type{});
 }
 
-inline void launch_depthwise_fwd(const DwShape& s, DType dt, const void* x, const void* w,
-                          const void* bias, void* y, bool relu, void* stream) {
-  if (s.n == 0 || s.c == 0 || s.p == 0 || s.q == 0) return;
-  DwTile t;
-  const bool tiled = plan_fwd(s, dt, t);
-  t.relu = relu;
-  dispatch(dt, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    dispatch_cl(s.channels_last, [&](auto cl) {
-      constexpr bool CL = decltype(cl)::value;
-      if (tiled) {
-        const long long blocks = 1LL * s.n * t.cblocks * t.tiles_h * t.tiles_w;
-        ::dc::launch(dw_fwd_tiled<T, CL>, dim3(unsigned(blocks)), dim3(kThreads), fwd_smem(t, dt),
-                     to_stream(stream), t, static_cast<const T*>(x), static_cast<const T*>(w),
-                     static_cast<const T*>(bias), static_cast<T*>(y));
-      } else {
-        const long long total = 1LL * s.n * s.c * s.m * s.p * s.q;
-        ::dc::launch(dw_fwd_direct<T, CL>, dim3(direct_blocks(total)), dim3(kThreads), 0,
-                     to_stream(stream), s, int(relu), static_cast<const T*>(x),
-                     static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<T*>(y));
-      }
-    });
-  });
-}
-
-inline void launch_depthwise_dgrad(const DwShape& s, DType dt, const void* gy, const void* w, void* gx,
-                            void* stream) {
-  if (s.n == 0 || s.c == 0 || s.h == 0 || s.w == 0) return;
-  DwTile t;
-  const bool tiled = plan_dgrad(s, dt, t);
-  dispatch(dt, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    dispatch_cl(s.channels_last, [&](auto cl) {
-      constexpr bool CL = decltype(cl)::value;
-      if (tiled) {
-        const long long blocks = 1LL * s.n * t.cblocks * t.tiles_h * t.tiles_w;
-        ::dc::launch(dw_dgrad_tiled<T, CL>, dim3(unsigned(blocks)), dim3(kThreads),
-                     dgrad_smem(t, dt), to_stream(stream), t, static_cast<const T*>(gy),
-                     static_cast<const T*>(w), static_cast<T*>(gx));
-      } else {
-        const long long total = 1LL * s.n * s.c * s.h * s.w;
-        ::dc::launch(dw_dgrad_direct<T, CL>, dim3(direct_blocks(total)), dim3(kThreads), 0,
-                     to_stream(stream), s, static_cast<const T*>(gy), static_cast<const T*>(w),
-                     static_cast<T*>(gx));
-      }
-    });
-  });
-}
-
-inline size_t launch_depthwise_wgrad_workspace_bytes(const DwShape& s, DType dt) {
-  DwTile t;
-  if (!plan_wgrad(s, dt, t)) return 0;
-  return size_t(t.chunks) * s.c * s.m * s.r * s.s * acc_bytes(dt);
-}
-
-inline void launch_depthwise_wgrad(const DwShape& s, DType dt, const void* gy, const void* x, void* gw,
-                            void* workspace, void* stream) {
-  const int count = s.c * s.m * s.r * s.s;
-  if (count == 0) return;
-  DwTile t;
-  const bool tiled = plan_wgrad(s, dt, t);
-  dispatch(dt, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    using A = acc_t<T>;
-    dispatch_cl(s.channels_last, [&](auto cl) {
-      constexpr bool CL = decltype(cl)::value;
-      if (tiled && t.chunks > 0) {
-        ::dc::launch(dw_wgrad_tiled<T, CL>, dim3(unsigned(t.cblocks * t.chunks)), dim3(kThreads),
-                     wgrad_smem(t, dt), to_stream(stream), t, static_cast<const T*>(gy),
-                     static_cast<const T*>(x), static_cast<A*>(workspace));
-        ::dc::launch(reduce_chunks<T>, dim3(unsigned((count + kThreads - 1) / kThreads)),
-                     dim3(kThreads), 0, to_stream(stream), static_cast<const A*>(workspace),
-                     t.chunks, count, static_cast<T*>(gw));
-      } else {
-        // empty batch/output (all-zero gradient) or a window beyond shared memory
-        ::dc::launch(dw_wgrad_direct<T, CL>, dim3(unsigned(count)), dim3(kThreads), 0,
-                     to_stream(stream), s, static_cast<const T*>(gy), static_cast<const T*>(x),
-                     static_cast<T*>(gw));
-      }
-    });
-  });
-}
 #endif  // DC_KERNEL_BODIES
 
 }  // namespace dw

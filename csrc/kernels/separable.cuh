@@ -36,8 +36,9 @@ struct SepTile {
 };
 
 #if DC_KERNEL_BODIES
+// (kThreads, 1): ptxas otherwise aims at 128 registers and spills a few accumulators
 template <typename T, bool CL, int OOM>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     sep_fwd(SepTile t, const T* __restrict__ x, const T* __restrict__ dww,
             const T* __restrict__ dwb, const T* __restrict__ pww, const T* __restrict__ pwb,
             T* __restrict__ out) {
@@ -106,19 +107,36 @@ DW_UNROLL
       ms[j * pt + pix] = v;
     }
     __syncthreads();
+    // hold the shorter of the two operand vectors in registers
     for (int j = 0; j < jc; ++j) {
-      A wv[OOM];
+      if constexpr (PPM <= OOM) {
+        A mv[PPM];
 DW_UNROLL
-      for (int jj = 0; jj < OOM; ++jj) {
-        const int o = to + kTO * jj;
-        wv[jj] = o < no ? pws[j * no + o] : A(0);
-      }
+        for (int i = 0; i < PPM; ++i) {
+          const int p = tp + kTP * i;
+          mv[i] = p < pt ? ms[j * pt + p] : A(0);
+        }
 DW_UNROLL
-      for (int i = 0; i < PPM; ++i) {
-        const int p = tp + kTP * i;
-        const A mv = p < pt ? ms[j * pt + p] : A(0);
+        for (int jj = 0; jj < OOM; ++jj) {
+          const int o = to + kTO * jj;
+          const A wv = o < no ? pws[j * no + o] : A(0);
 DW_UNROLL
-        for (int jj = 0; jj < OOM; ++jj) acc[i][jj] += mv * wv[jj];
+          for (int i = 0; i < PPM; ++i) acc[i][jj] += mv[i] * wv;
+        }
+      } else {
+        A wv[OOM];
+DW_UNROLL
+        for (int jj = 0; jj < OOM; ++jj) {
+          const int o = to + kTO * jj;
+          wv[jj] = o < no ? pws[j * no + o] : A(0);
+        }
+DW_UNROLL
+        for (int i = 0; i < PPM; ++i) {
+          const int p = tp + kTP * i;
+          const A mv = p < pt ? ms[j * pt + p] : A(0);
+DW_UNROLL
+          for (int jj = 0; jj < OOM; ++jj) acc[i][jj] += mv * wv[jj];
+        }
       }
     }
     __syncthreads();
