@@ -49,54 +49,89 @@ struct DwTile {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Window copy: global -> shared.
+// Windows of an image in global memory.
 //
-// The source is one image in the layout src[(a * B + b) * Cd + c] (a: rows, b: cols, c: the
-// contiguous dimension: channels for NHWC, Cd = 1 for an NCHW plane), starting at element `off0`
-// of the tensor `base`. Copies a in [a0,a1), b in [b0,b1), c in [c0,c1) to
-// dst[(a - ra) * da + (b - rb) * db + (c - rc) * dc]. Contiguous runs ("segments") are merged:
-// the whole window when it spans full rows, else one per row, else one per pixel.
+// The image is laid out as src[(a * B + b) * Cd + c] from element `off0` of its tensor (a: rows,
+// b: cols, c: the contiguous dimension — channels for NHWC, Cd = 1 for an NCHW plane; or, for a
+// stack of NCHW planes, a: channel, b: row, c: col). A window is a in [a0,a1), b in [b0,b1),
+// c in [c0,c1). Its contiguous runs ("segments") are merged: the whole window when it spans
+// full inner dimensions, else one per row, else one per pixel.
+//
+// window_pieces calls f(e, own) once per lane per warp piece, e the element's tensor offset.
+// Long segments are cut into 32-element chunks aligned to the tensor's 32-element boundaries
+// (one warp request covers the fewest sectors); short segments (<= 16 elements, e.g. the
+// channel block of an NHWC pixel) are packed several per piece. Every lane of a warp executes f
+// for every piece of the warp (own = false: a clamped duplicate element of the same window), so
+// a load can be issued by all lanes — as a converged warp does, and as the emulation's per-warp
+// request counters assume.
 #if DC_KERNEL_BODIES
-template <typename T, typename A>
-__device__ __forceinline__ void copy_window(const T* __restrict__ base, int off0, int B, int Cd,
-                                            int a0, int a1, int b0, int b1, int c0, int c1,
-                                            A* __restrict__ dst, int da, int db, int dcs, int ra,
-                                            int rb, int rc) {
+template <typename F>
+__device__ __forceinline__ void window_pieces(int off0, int B, int Cd, int a0, int a1, int b0,
+                                              int b1, int c0, int c1, F f) {
   if (a0 >= a1 || b0 >= b1 || c0 >= c1) return;
   const bool full_c = c0 == 0 && c1 == Cd;
   const bool full_b = full_c && b0 == 0 && b1 == B;
   const int nb = b1 - b0, na = a1 - a0;
   const int nseg = full_b ? 1 : (full_c ? na : na * nb);
   const int seglen = full_b ? na * B * Cd : (full_c ? nb * Cd : c1 - c0);
-  const int vch = seglen / 32 + 2;  // upper bound on 32-aligned chunks covering a segment
+  auto seg_start = [&](int seg) {
+    if (full_b) return off0 + a0 * B * Cd;
+    if (full_c) return off0 + ((a0 + seg) * B + b0) * Cd;
+    const int sa = seg / nb, sb = seg - sa * nb;
+    return off0 + ((a0 + sa) * B + b0 + sb) * Cd + c0;
+  };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int nwarps = blockDim.x / 32;
+  if (seglen <= 16) {
+    int L = 1;
+    while (L < seglen) L *= 2;
+    const int spp = 32 / L, sub = lane / L, el = lane % L;
+    const int npieces = (nseg + spp - 1) / spp;
+    for (int piece = warp; piece < npieces; piece += nwarps) {
+      const int seg = piece * spp + sub;
+      const bool own = seg < nseg && el < seglen;
+      f(seg_start(::dc::min(seg, nseg - 1)) + ::dc::min(el, seglen - 1), own);
+    }
+    return;
+  }
+  const int vch = seglen / 32 + 2;  // upper bound on 32-aligned chunks covering a segment
   for (int piece = warp; piece < nseg * vch; piece += nwarps) {
     const int seg = piece / vch, ch = piece - seg * vch;
-    int start;
-    if (full_b) {
-      start = off0 + a0 * B * Cd;
-    } else if (full_c) {
-      start = off0 + ((a0 + seg) * B + b0) * Cd;
-    } else {
-      const int sa = seg / nb, sb = seg - sa * nb;
-      start = off0 + ((a0 + sa) * B + b0 + sb) * Cd + c0;
-    }
-    const int end = start + seglen;
-    const int e = (start & ~31) + ch * 32 + lane;
-    if ((start & ~31) + ch * 32 >= end) continue;  // warp-uniform
-    const int ec = ::dc::min(::dc::max(e, start), end - 1);
-    const A v = to_acc(::dc::ldg(base + ec));
-    if (e == ec) {
-      int rel = e - off0, c = 0;
-      if (Cd != 1) {
-        c = rel % Cd;
-        rel /= Cd;
-      }
-      const int a = rel / B, b = rel - a * B;
+    const int start = seg_start(seg), end = start + seglen;
+    const int first = (start & ~31) + ch * 32;
+    if (first >= end) continue;  // warp-uniform
+    const int e = first + lane;
+    const bool own = e >= start && e < end;
+    f(own ? e : ::dc::min(::dc::max(e, start), end - 1), own);
+  }
+}
+
+// Decomposes a tensor offset of a window element into (a, b, c).
+DC_HD void window_coords(int e, int off0, int B, int Cd, int& a, int& b, int& c) {
+  int rel = e - off0;
+  c = 0;
+  if (Cd != 1) {
+    c = rel % Cd;
+    rel /= Cd;
+  }
+  a = rel / B;
+  b = rel - a * B;
+}
+
+// Copies a window to shared memory: element (a, b, c) -> dst[(a-ra)*da + (b-rb)*db + (c-rc)*dcs].
+template <typename T, typename A>
+__device__ __forceinline__ void copy_window(const T* __restrict__ base, int off0, int B, int Cd,
+                                            int a0, int a1, int b0, int b1, int c0, int c1,
+                                            A* __restrict__ dst, int da, int db, int dcs, int ra,
+                                            int rb, int rc) {
+  window_pieces(off0, B, Cd, a0, a1, b0, b1, c0, c1, [&](int e, bool own) {
+    const A v = to_acc(::dc::ldg(base + e));
+    if (own) {
+      int a, b, c;
+      window_coords(e, off0, B, Cd, a, b, c);
       dst[(a - ra) * da + (b - rb) * db + (c - rc) * dcs] = v;
     }
-  }
+  });
 }
 
 // Zeroes the entries of a shared box [na][nb][nc] (strides da, db, dc) whose (row, col) =
@@ -114,44 +149,17 @@ __device__ __forceinline__ void zero_outside(A* dst, int na, int nb, int nch, in
   }
 }
 
-// Runs f(i, a, b, c) for every element of a window of an image laid out like copy_window's
-// source, with i the element's offset in the tensor; used for stores. Warp pieces are
-// 32-aligned; lanes outside the window skip the call (a store cannot be clamped).
+// Runs f(i, a, b, c) for every element of a window (i: its tensor offset), for stores: the
+// same pieces as copy_window, lanes without an element skip (a store cannot be duplicated).
 template <typename F>
 __device__ __forceinline__ void for_window(int off0, int B, int Cd, int a0, int a1, int b0,
                                            int b1, int c0, int c1, F f) {
-  if (a0 >= a1 || b0 >= b1 || c0 >= c1) return;
-  const bool full_c = c0 == 0 && c1 == Cd;
-  const bool full_b = full_c && b0 == 0 && b1 == B;
-  const int nb = b1 - b0, na = a1 - a0;
-  const int nseg = full_b ? 1 : (full_c ? na : na * nb);
-  const int seglen = full_b ? na * B * Cd : (full_c ? nb * Cd : c1 - c0);
-  const int vch = seglen / 32 + 2;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int nwarps = blockDim.x / 32;
-  for (int piece = warp; piece < nseg * vch; piece += nwarps) {
-    const int seg = piece / vch, ch = piece - seg * vch;
-    int start;
-    if (full_b) {
-      start = off0 + a0 * B * Cd;
-    } else if (full_c) {
-      start = off0 + ((a0 + seg) * B + b0) * Cd;
-    } else {
-      const int sa = seg / nb, sb = seg - sa * nb;
-      start = off0 + ((a0 + sa) * B + b0 + sb) * Cd + c0;
-    }
-    const int end = start + seglen;
-    const int e = (start & ~31) + ch * 32 + lane;
-    if ((start & ~31) + ch * 32 >= end) continue;
-    if (e < start || e >= end) continue;
-    int rel = e - off0, c = 0;
-    if (Cd != 1) {
-      c = rel % Cd;
-      rel /= Cd;
-    }
-    const int a = rel / B, b = rel - a * B;
+  window_pieces(off0, B, Cd, a0, a1, b0, b1, c0, c1, [&](int e, bool own) {
+    if (!own) return;
+    int a, b, c;
+    window_coords(e, off0, B, Cd, a, b, c);
     f(e, a, b, c);
-  }
+  });
 }
 
 // Weights of output channels [k0, k0 + nk) of a [K, 1, R, S] tensor, stored as dst[tap*nk + j].
@@ -249,7 +257,7 @@ DC_HD int offset4(bool cl, int n, int c, int y, int x, int C, int H, int W) {
 
 // Forward, direct (window too large for shared memory): one thread per output element.
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     dw_fwd_direct(DwShape s, int relu, const T* __restrict__ x, const T* __restrict__ w,
                   const T* __restrict__ bias, T* __restrict__ y) {
   using A = acc_t<T>;
@@ -363,7 +371,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // Input gradient, direct: one thread per gx element.
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     dw_dgrad_direct(DwShape s, const T* __restrict__ gy, const T* __restrict__ w,
                     T* __restrict__ gx) {
   using A = acc_t<T>;
@@ -401,7 +409,7 @@ __global__ void __launch_bounds__(kThreads)
 // thread (NHWC) or one warp (NCHW): a fixed summation order. Writes its sums to
 // ws[chunk][K][R*S].
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     dw_wgrad_tiled(DwTile t, const T* __restrict__ gy, const T* __restrict__ x,
                    acc_t<T>* __restrict__ wsum) {
   using A = acc_t<T>;
@@ -486,7 +494,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Stage 2: out[e] = sum over chunks of ws[chunk][e], in chunk order.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     reduce_chunks(const acc_t<T>* __restrict__ ws, int chunks, int count, T* __restrict__ out) {
   using A = acc_t<T>;
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
@@ -498,7 +506,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Weight gradient, direct: one block per (output channel, tap), fixed-order block reduction.
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     dw_wgrad_direct(DwShape s, const T* __restrict__ gy, const T* __restrict__ x,
                     T* __restrict__ gw) {
   using A = acc_t<T>;
@@ -534,16 +542,58 @@ inline size_t elem_bytes(DType t) {
   return t == DType::f64 ? 8 : (t == DType::f32 ? 4 : 2);
 }
 
-// Tile choice common to the three ops. `win(th, tw, ih, iw)` gives the shared window a
-// (th x tw) tile needs; `smem(th, tw, ih, iw, cb)` its bytes. Minimises window area / tile area
-// (how often an element is re-read from global memory) among the tiles that fit, preferring
-// larger tiles, over tile widths (whole rows first) and, for NHWC, channel blocks from 32 down to
-// one 32-byte sector. `rows`/`cols`: the tile domain. Returns false when nothing fits.
-template <typename Win, typename Smem>
-inline bool choose_tile(const DwShape& s, DType dt, int rows, int cols, Win win, Smem smem,
-                        DwTile& t) {
+// Geometry of one axis of a tiled op: output extent `out` cut into tiles; each tile reads a
+// window of the source axis (extent `src`). dgrad reads grad_output windows of a gx tile.
+struct AxisGeo {
+  int out, src, stride, pad, dil, k;
+  bool dgrad;
+  int win(int t) const {
+    return dgrad ? ((t - 1) + (k - 1) * dil + stride - 1) / stride + 1
+                 : (t - 1) * stride + (k - 1) * dil + 1;
+  }
+  int origin(int o0) const {
+    return dgrad ? floor_div(o0 + pad - (k - 1) * dil, stride) : o0 * stride - pad;
+  }
+};
+
+// Modelled 32-byte sectors one channel group of one image reads over all its tiles of th x tw:
+// the clipped windows, with `e` contiguous elements per source pixel (1 for NCHW, the channel
+// block for NHWC) and `merged` when a window row is one contiguous run (NCHW, or NHWC with all
+// channels). Whole-width windows merge across rows. Used to choose tiles (a model, no timing).
+inline double model_sectors(const AxisGeo& gy, const AxisGeo& gx, int th, int tw, int e,
+                            bool merged, size_t es) {
+  const int wy = gy.win(th), wx = gx.win(tw);
+  double rows = 0, colterm = 0, full_rows = 0;
+  bool full_width = true;
+  for (int o0 = 0; o0 < gx.out; o0 += tw) {
+    const int org = gx.origin(o0);
+    const int lo = ::dc::max(org, 0), hi = ::dc::min(org + wx, gx.src);
+    if (hi <= lo) continue;
+    full_width = full_width && lo == 0 && hi == gx.src && tw >= gx.out;
+    colterm += merged ? double(hi - lo) * e * es / 32.0 + 0.5
+                      : double(hi - lo) * ((e * es + 31) / 32);
+  }
+  for (int o0 = 0; o0 < gy.out; o0 += th) {
+    const int org = gy.origin(o0);
+    const int lo = ::dc::max(org, 0), hi = ::dc::min(org + wy, gy.src);
+    if (hi <= lo) continue;
+    rows += hi - lo;
+    full_rows += double(hi - lo) * gx.src * e * es / 32.0 + 0.5;
+  }
+  return merged && full_width ? full_rows : rows * colterm;
+}
+
+// Tile choice common to the three ops: among the tiles whose shared-memory footprint
+// `smem(th, tw, ih, iw, cb)` fits the budget, the one with the fewest modelled global sectors
+// (model_sectors over the source windows, plus a per-block overhead), over tile widths (whole
+// rows first) and, for NHWC, channel blocks from 32 down to one 32-byte sector. `rows`/`cols`:
+// the tile domain; `mult`: source channels per block channel (M for dgrad's grad_output).
+template <typename Smem>
+inline bool choose_tile(const DwShape& s, DType dt, const AxisGeo& gy, const AxisGeo& gx,
+                        int mult, Smem smem, DwTile& t) {
+  const int rows = gy.out, cols = gx.out;
   double best = 1e300;
-  int cbs[4] = {1, 0, 0, 0};
+  int cbs[3] = {1, 0, 0};
   if (s.channels_last) {
     const int min_cb = int(32 / elem_bytes(dt));
     cbs[0] = ::dc::min(s.c, 32);
@@ -552,18 +602,18 @@ inline bool choose_tile(const DwShape& s, DType dt, int rows, int cols, Win win,
       cbs[2] = min_cb;
     }
   }
+  const size_t es = elem_bytes(dt);
   const int cand_w[] = {cols, 256, 128, 64, 32, 16, 8, 4, 2, 1};
   for (int cb : cbs) {
     if (cb <= 0) continue;
     const int max_pix = ::dc::max(64, 4096 / (cb * s.m));  // <= 16 outputs per thread
+    const int cblocks = (s.c + cb - 1) / cb;
     for (int tw : cand_w) {
       if (tw > cols || tw < 1 || (tw != cols && tw > 256)) continue;
       int lo = 0, hi = ::dc::min(rows, ::dc::max(1, max_pix / tw));
       while (lo < hi) {  // largest th that fits
         const int mid = (lo + hi + 1) / 2;
-        int ih, iw;
-        win(mid, tw, ih, iw);
-        if (smem(mid, tw, ih, iw, cb) <= kSmemBudget)
+        if (smem(mid, tw, gy.win(mid), gx.win(tw), cb) <= kSmemBudget)
           lo = mid;
         else
           hi = mid - 1;
@@ -572,15 +622,20 @@ inline bool choose_tile(const DwShape& s, DType dt, int rows, int cols, Win win,
       // balance rows across tiles so that the last tile is not a sliver
       const int tiles_h = (rows + lo - 1) / lo;
       const int th = (rows + tiles_h - 1) / tiles_h;
-      int ih, iw;
-      win(th, tw, ih, iw);
-      const double cost = double(ih) * iw / (double(th) * tw) + 4.0 / (double(th) * tw * cb);
+      const int tiles_w = (cols + tw - 1) / tw;
+      double cost;
+      if (s.channels_last)
+        cost = cblocks * model_sectors(gy, gx, th, tw, cb == s.c ? s.c * mult : cb * mult,
+                                       cb == s.c, es);
+      else
+        cost = s.c * mult * model_sectors(gy, gx, th, tw, 1, true, es);
+      cost += 4.0 * tiles_h * tiles_w * cblocks;
       if (cost < best - 1e-9) {
         best = cost;
         t.th = th;
         t.tw = tw;
-        t.ih = ih;
-        t.iw = iw;
+        t.ih = gy.win(th);
+        t.iw = gx.win(tw);
         t.cb = cb;
       }
     }
@@ -596,41 +651,38 @@ inline void fwd_window(const DwShape& s, int th, int tw, int& ih, int& iw) {
   ih = (th - 1) * s.sh + (s.r - 1) * s.dh + 1;
   iw = (tw - 1) * s.sw + (s.s - 1) * s.dw + 1;
 }
+inline AxisGeo fwd_axis_h(const DwShape& s) { return {s.p, s.h, s.sh, s.ph, s.dh, s.r, false}; }
+inline AxisGeo fwd_axis_w(const DwShape& s) { return {s.q, s.w, s.sw, s.pw, s.dw, s.s, false}; }
 
 inline bool plan_fwd(const DwShape& s, DType dt, DwTile& t) {
   t = DwTile{};
   t.s = s;
   const size_t ab = acc_bytes(dt);
-  auto win = [&](int th, int tw, int& ih, int& iw) { fwd_window(s, th, tw, ih, iw); };
   auto smem = [&](int, int, int ih, int iw, int cb) {
     return (size_t(ih) * iw * cb + size_t(s.r) * s.s * cb * s.m + size_t(cb) * s.m) * ab;
   };
-  return choose_tile(s, dt, s.p, s.q, win, smem, t);
+  return choose_tile(s, dt, fwd_axis_h(s), fwd_axis_w(s), 1, smem, t);
 }
 
 inline bool plan_dgrad(const DwShape& s, DType dt, DwTile& t) {
   t = DwTile{};
   t.s = s;
   const size_t ab = acc_bytes(dt);
-  auto win = [&](int th, int tw, int& ih, int& iw) {
-    ih = ((th - 1) + (s.r - 1) * s.dh + s.sh - 1) / s.sh + 1;
-    iw = ((tw - 1) + (s.s - 1) * s.dw + s.sw - 1) / s.sw + 1;
-  };
   auto smem = [&](int, int, int ih, int iw, int cb) {
     return (size_t(ih) * iw * cb * s.m + size_t(s.r) * s.s * cb * s.m) * ab;
   };
-  return choose_tile(s, dt, s.h, s.w, win, smem, t);
+  const AxisGeo gy{s.h, s.p, s.sh, s.ph, s.dh, s.r, true}, gx{s.w, s.q, s.sw, s.pw, s.dw, s.s, true};
+  return choose_tile(s, dt, gy, gx, s.m, smem, t);
 }
 
 inline bool plan_wgrad(const DwShape& s, DType dt, DwTile& t) {
   t = DwTile{};
   t.s = s;
   const size_t ab = acc_bytes(dt);
-  auto win = [&](int th, int tw, int& ih, int& iw) { fwd_window(s, th, tw, ih, iw); };
   auto smem = [&](int th, int tw, int ih, int iw, int cb) {
     return (size_t(ih) * iw * cb + size_t(th) * tw * cb * s.m + size_t(s.r) * s.s * cb * s.m) * ab;
   };
-  if (!choose_tile(s, dt, s.p, s.q, win, smem, t)) return false;
+  if (!choose_tile(s, dt, fwd_axis_h(s), fwd_axis_w(s), 1, smem, t)) return false;
   // spread the (image, tile) items over enough blocks to fill a GPU, no more (fewer partials)
   const int items = s.n * t.tiles_h * t.tiles_w;
   const int want_blocks = 1024;

@@ -25,6 +25,9 @@ namespace dw {
 
 inline constexpr int kTP = 32;  // threads along pixels
 inline constexpr int kTO = 8;   // threads along output channels
+// sep_fwd's registers (> 128 per thread) allow one 256-thread block per SM anyway, so it may use
+// more shared memory than the other kernels (dc::launch opts in above 48 KiB).
+inline constexpr size_t kSepSmemBudget = 96 * 1024;
 
 struct SepTile {
   DwShape s;
@@ -37,12 +40,11 @@ struct SepTile {
 
 #if DC_KERNEL_BODIES
 // (kThreads, 1): ptxas otherwise aims at 128 registers and spills a few accumulators
-template <typename T, bool CL, int OOM>
+template <typename T, bool CL, int OOM, int PPM>
 __global__ void __launch_bounds__(kThreads, 1)
     sep_fwd(SepTile t, const T* __restrict__ x, const T* __restrict__ dww,
             const T* __restrict__ dwb, const T* __restrict__ pww, const T* __restrict__ pwb,
             T* __restrict__ out) {
-  constexpr int PPM = 32 / OOM;
   using A = acc_t<T>;
   DC_DYNAMIC_SHARED(A, sm);
   const DwShape& s = t.s;
@@ -169,7 +171,7 @@ DW_UNROLL
 // out[n, r, pix] = epilogue(sum_j W[r*w_si + j*w_sj] * in[n, j, pix]). Block: 64 rows x 64
 // pixels of one image, 4x4 per thread, inner dimension in steps of 16 through shared memory.
 template <typename T, bool CL, int EP>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     pw_gemm(PwShape ps, const T* __restrict__ in, const T* __restrict__ w,
             const T* __restrict__ bias, const T* __restrict__ aux, T* __restrict__ out) {
   using A = acc_t<T>;
@@ -252,7 +254,7 @@ struct ReduceTile {
 // gw partial[chunk][i][j] = sum over the chunk's pixels of a[i, pix] * b[j, pix], in a fixed
 // order (each thread owns 4 (i, j) pairs).
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     outer_sum_partial(ReduceTile rt, const T* __restrict__ a, const T* __restrict__ bm,
                       acc_t<T>* __restrict__ ws) {
   using A = acc_t<T>;
@@ -289,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // partial[chunk][c] = sum over the chunk's pixels of a[c, pix], in a fixed order.
 template <typename T, bool CL>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     channel_sum_partial(ReduceTile rt, const T* __restrict__ a, acc_t<T>* __restrict__ ws) {
   using A = acc_t<T>;
   __shared__ A As[32 * 32];
@@ -321,7 +323,10 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side
 
+// Register blocking of sep_fwd per thread: OOM output channels x PPM pixels (the block covers
+// kTO*OOM channels x kTP*PPM pixels). Narrow layers get taller tiles (less halo re-reading).
 inline int sep_oom(int o) { return o <= kTO ? 1 : (o <= 4 * kTO ? 4 : 32); }
+inline int sep_ppm(int oom) { return oom == 1 ? 32 : (oom == 4 ? 16 : 1); }
 
 inline size_t sep_smem(const SepTile& t, DType dt) {
   const DwShape& s = t.s;
@@ -331,8 +336,9 @@ inline size_t sep_smem(const SepTile& t, DType dt) {
   return (t.oblk + (loop > stage ? loop : stage)) * acc_bytes(dt);
 }
 
-// Tile choice of the fused forward: minimises the modelled global bytes per output pixel (input
-// window, re-read once per output-channel block, plus the pointwise weights, read once per tile).
+// Tile choice of the fused forward: the fewest modelled global sectors (model_sectors of the
+// input windows, re-read once per output-channel block, plus the pointwise weights, read once per
+// tile), among tiles within the register blocking and the shared-memory budget.
 inline bool plan_sep(const DwShape& s, int o, DType dt, SepTile& t) {
   t = SepTile{};
   t.s = s;
@@ -340,7 +346,10 @@ inline bool plan_sep(const DwShape& s, int o, DType dt, SepTile& t) {
   const int oom = sep_oom(o);
   t.oblk = ::dc::min(o, kTO * oom);
   t.oblocks = (o + t.oblk - 1) / t.oblk;
-  const int pt_max = kTP * (32 / oom);
+  const int pt_max = kTP * sep_ppm(oom);
+  const size_t es = elem_bytes(dt);
+  const AxisGeo gy = fwd_axis_h(s), gx = fwd_axis_w(s);
+  const double pw_sectors = double(o) * s.c * s.m * es / 32.0;
   double best = 1e300;
   const int cand_w[] = {s.q, 64, 32, 16, 8, 4, 2, 1};
   const int cand_c[] = {16, 8, 4, 2, 1};
@@ -349,6 +358,7 @@ inline bool plan_sep(const DwShape& s, int o, DType dt, SepTile& t) {
     const int th0 = ::dc::min(s.p, pt_max / tw);
     const int tiles_h = (s.p + th0 - 1) / th0;
     const int th = (s.p + tiles_h - 1) / tiles_h;
+    const int tiles = tiles_h * ((s.q + tw - 1) / tw);
     SepTile c = t;
     c.th = th;
     c.tw = tw;
@@ -356,9 +366,12 @@ inline bool plan_sep(const DwShape& s, int o, DType dt, SepTile& t) {
     for (int cic : cand_c) {
       if (cic > s.c && cic != 1) continue;
       c.cic = ::dc::min(cic, s.c);
-      if (sep_smem(c, dt) > kSmemBudget) continue;
-      const double cost = (double(s.c) * c.ih * c.iw * t.oblocks + double(o) * s.c * s.m) /
-                          (double(th) * tw);
+      if (sep_smem(c, dt) > kSepSmemBudget) continue;
+      const double xs = s.channels_last
+                            ? model_sectors(gy, gx, th, tw, c.cic == s.c ? s.c : c.cic, c.cic == s.c, es) *
+                                  ((s.c + c.cic - 1) / c.cic)
+                            : model_sectors(gy, gx, th, tw, 1, true, es) * s.c;
+      const double cost = t.oblocks * (xs + tiles * (pw_sectors + 4.0));
       if (cost < best - 1e-9) {
         best = cost;
         t = c;
@@ -415,9 +428,9 @@ inline bool launch_separable_fwd(const DwShape& s, int o, DType dt, const void* 
                      static_cast<const T*>(pwb), static_cast<T*>(out));
       };
       switch (sep_oom(o)) {
-        case 1: go(sep_fwd<T, CL, 1>); break;
-        case 4: go(sep_fwd<T, CL, 4>); break;
-        default: go(sep_fwd<T, CL, 32>); break;
+        case 1: go(sep_fwd<T, CL, 1, 32>); break;
+        case 4: go(sep_fwd<T, CL, 4, 16>); break;
+        default: go(sep_fwd<T, CL, 32, 1>); break;
       }
     });
   });
