@@ -354,15 +354,16 @@ def wgrad(grad_out, x, stride, padding, dilation, groups, out):
 # kernel; every config of each is compiled.
 
 def aot_specs():
-    common = dict(stride_h=2, stride_w=2, dil_h=2, dil_w=2)
+    # NCHW-contiguous operands (unit strides specialised, as the JIT does), fp16 and fp32
+    common = dict(dtypes=("fp16", "fp32"))
     return [
         dict(kernel=conv2d_fprop_kernel, name="conv2d_fprop",
              pointers={"x_ptr": "x", "w_ptr": "x", "b_ptr": "x", "y_ptr": "x"},
-             constexprs={"HAS_BIAS": True}, ints=common),
+             constexprs={"HAS_BIAS": True}, ones=("sxw", "sws", "syq"), **common),
         dict(kernel=conv2d_dgrad_kernel, name="conv2d_dgrad",
              pointers={"dy_ptr": "x", "w_ptr": "x", "b_ptr": "x", "dx_ptr": "x"},
-             constexprs={"HAS_BIAS": False}, ints=common),
+             constexprs={"HAS_BIAS": False}, ones=("sdq", "sws", "sxw"), **common),
         dict(kernel=conv2d_wgrad_kernel, name="conv2d_wgrad",
              pointers={"dy_ptr": "x", "x_ptr": "x", "dw_ptr": "fp32"},
-             constexprs={"ATOMIC": True}, ints=common),
+             constexprs={"ATOMIC": True}, ones=("sdq", "sxw", "sws"), **common),
     ]

@@ -24,5 +24,6 @@ def fprop(x, weight, bias, stride, padding, dilation, groups, out):
 def aot_specs():
     spec = dict(kernel=conv_igemm.conv2d_dgrad_kernel, name="conv_transpose2d",
                 pointers={"dy_ptr": "x", "w_ptr": "x", "b_ptr": "x", "dx_ptr": "x"},
-                constexprs={"HAS_BIAS": True}, ints=dict(stride_h=2, stride_w=2, dil_h=1, dil_w=1))
+                constexprs={"HAS_BIAS": True}, ones=("sdq", "sws", "sxw"),
+                dtypes=("fp16", "fp32"), all_configs=False)
     return [spec]

@@ -262,14 +262,15 @@ def wgrad(grad_out, x, stride, padding, dilation, out, bias_out=None):
 
 
 def aot_specs():
-    common = dict(stride_h=2, stride_w=2, dil_h=2, dil_w=2)
+    # NCHW-contiguous operands; fp16 only (no tl.dot: registers and shared memory do not
+    # depend on the element size the way a tensor-core tile does)
     return [
         dict(kernel=dw_fprop_kernel, name="dw_fprop",
              pointers={"x_ptr": "x", "w_ptr": "x", "b_ptr": "x", "y_ptr": "x"},
-             constexprs={"HAS_BIAS": True}, ints=common),
+             constexprs={"HAS_BIAS": True}, ones=("sxw", "sws", "syq")),
         dict(kernel=dw_dgrad_kernel, name="dw_dgrad",
-             pointers={"dy_ptr": "x", "w_ptr": "x", "dx_ptr": "x"}, constexprs={}, ints=common),
+             pointers={"dy_ptr": "x", "w_ptr": "x", "dx_ptr": "x"}, constexprs={}, ones=("sdq", "sws", "sxw")),
         dict(kernel=dw_wgrad_kernel, name="dw_wgrad",
              pointers={"dy_ptr": "x", "x_ptr": "x", "dw_ptr": "fp32", "db_ptr": "fp32"},
-             constexprs={"ATOMIC": True, "HAS_DB": True}, ints=common),
+             constexprs={"ATOMIC": True, "HAS_DB": True}, ones=("sdq", "sxw", "sws")),
     ]

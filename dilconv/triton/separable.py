@@ -311,19 +311,21 @@ def backward(grad_out, x, dw_weight, dw_bias, pw_weight, pw_bias, stride, paddin
 
 
 def aot_specs():
-    common = dict(stride_h=1, stride_w=1, dil_h=6, dil_w=6)
+    common = dict(dtypes=("fp16", "fp32"))
     return [
         dict(kernel=sep_fprop_kernel, name="sep_fprop",
              pointers={p: "x" for p in ("x_ptr", "dww_ptr", "dwb_ptr", "pww_ptr", "pwb_ptr",
                                         "y_ptr", "mid_ptr")},
              constexprs={"HAS_DW_BIAS": True, "HAS_PW_BIAS": True, "MID_RELU": True,
-                         "OUT_RELU": True, "STORE_MID": False, "COMPUTE_OUT": True}, ints=common),
+                         "OUT_RELU": True, "STORE_MID": False, "COMPUTE_OUT": True},
+             ones=("sxw", "sds", "spc", "syq", "smq"), **common),
         dict(kernel=sep_pw_wgrad_kernel, name="sep_pw_wgrad",
              pointers={"dy_ptr": "x", "y_ptr": "x", "mid_ptr": "x", "dpw_ptr": "fp32",
                        "dpb_ptr": "fp32"},
-             constexprs={"OUT_RELU": True, "ATOMIC": True}, ints={}),
+             constexprs={"OUT_RELU": True, "ATOMIC": True}, ones=("sdq", "syq", "smq", "spc"), **common),
         dict(kernel=sep_mid_grad_kernel, name="sep_mid_grad",
              pointers={"dy_ptr": "x", "y_ptr": "x", "pww_ptr": "x", "mid_ptr": "x",
                        "gmid_ptr": "fp32"},
-             constexprs={"OUT_RELU": True, "MID_RELU": True}, ints={}),
+             constexprs={"OUT_RELU": True, "MID_RELU": True},
+             ones=("sdq", "syq", "spc", "smq", "sgq"), **common),
     ]
