@@ -284,6 +284,8 @@ def test_backend_declares_its_domain():
     assert "32-bit" in b.unsupported(dataclasses_replace(p, dtype=torch.float32, max_numel=2**31))
     assert b.unsupported(dataclasses_replace(p, dtype=torch.float16)) is None
     assert "CUDA" in b.unsupported(dataclasses_replace(p, device="meta"))
+    bf16 = b.unsupported(dataclasses_replace(p, dtype=torch.bfloat16))
+    assert (bf16 is not None and "interpreter" in bf16) if INTERPRET else bf16 is None
 
 
 def dataclasses_replace(p, **kw):
@@ -298,3 +300,6 @@ def test_bad_input_raises():
         T.conv2d_triton(x, wt.half(), None, [1, 1], [1, 1], [1, 1], 1)
     with pytest.raises(RuntimeError, match="not supported"):
         T.conv2d_triton(x.double(), wt.double(), None, [1, 1], [1, 1], [1, 1], 1)
+    if INTERPRET:
+        with pytest.raises(RuntimeError, match="interpreter"):
+            T.conv2d_triton(x.bfloat16(), wt.bfloat16(), None, [1, 1], [1, 1], [1, 1], 1)

@@ -42,6 +42,9 @@ class TritonBackend(registry.OpsBackend):
         if p.dtype not in self.dtypes:
             return (f"backend 'triton' computes float32/float16/bfloat16 (fp32 accumulation), not "
                     f"{p.dtype}; use backend='torch' (or 'cpu'/'cuda') for it")
+        if _common.INTERPRET and p.device == "cpu" and p.dtype == torch.bfloat16:
+            return ("bfloat16 arithmetic is silently wrong in the Triton interpreter "
+                    "(TRITON_INTERPRET=1); bfloat16 runs on CUDA tensors only")
         if p.max_numel > _common.INT32_MAX:
             return (f"backend 'triton' uses 32-bit indexing and a tensor has {p.max_numel} "
                     f"elements (> 2**31 - 1); use backend='torch' or split the batch")

@@ -41,30 +41,33 @@ from dilconv.triton import _common
 # configs
 #
 # fprop/dgrad: M = pixels (large), N = channels of one group pack, K = channels*taps.
-#   64x64x32, 4 warps   default: fits layers with 32-64 channels per group and small images;
-#                       the one config the interpreter runs.
-#   128x128x32, 8 warps wide dense layers (256 channels, ASPP): best tensor-core reuse;
-#                       fp32 operands x 3 stages = 96 KiB shared memory (< sm_80's 164 KiB).
-#   128x64x32, 4 warps  many pixels, <= 64 channels per group.
-#   64x128x32, 4 warps  few pixels (small feature maps, batch 1), many channels.
+#   64x64x32, 8 warps   default: fits layers with 32-64 channels per group and small images; the
+#                       one config the interpreter runs. 8 warps, not 4: the operand tiles are
+#                       gathers (no affine address to hand to TMA/cp.async), each thread holds
+#                       its share in registers, and fp32 operands on the IEEE path (FMA dot) spill
+#                       at 4 warps (aot report).
+#   128x128x32, 8 warps wide dense layers (256 channels, ASPP): most reuse per loaded byte.
+#   128x64x32, 8 warps  many pixels, <= 64 channels per group.
+#   64x128x32, 8 warps  few pixels (small feature maps, batch 1), many channels.
 #   128x32x32, 4 warps  narrow (packed) groups and thin layers: no 64-wide channel tile to fill.
-# BLOCK_K stays 32: a tap's channel slice is the reduction step, and 32 divides the common channel
-# counts; stages 3-4 overlap the gathers of the next step with tl.dot.
+# BLOCK_K = 32: one tap's channel slice per step; 32 divides the common channel counts. Two stages:
+# the nested tap/channel loops are not software-pipelined, the second buffer only lets the next
+# gather start while tl.dot reads the current one.
 _GEMM_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2),
 ]
 # wgrad: M = output channels, N = input channels (per tap), K = pixels (long, split).
 #   64x64x32 default; 128x128x32 for wide dense layers; 32x32x64 for narrow/packed groups and
-#   depth-heavy small layers (longer pixel step, fewer channels).
+#   small layers (longer pixel step, fewer channels).
 _WGRAD_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
 ]
 _KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "G", "stride_h", "stride_w"]
 
@@ -108,6 +111,10 @@ def conv2d_fprop_kernel(
 
     c_base = pack * gp * Cg
     c_count = gp * Cg
+    c_idx = tl.arange(0, BLOCK_K)
+    # w[k, c - k_grp*Cg] = w_ptr + k_off + c*swc: the weight address separates into a k part and
+    # a c part, so only 1-D vectors live across the loops (2-D offset tiles cost registers).
+    k_off = k * swk - k_grp * Cg * swc                               # [BLOCK_N]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for rs in range(0, R * S):
         r = rs // S
@@ -116,16 +123,15 @@ def conv2d_fprop_kernel(
         iw = ow * stride_w - pad_w + s * dil_w
         pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_row = n * sxn + ih * sxh + iw * sxw                        # [BLOCK_M]
+        w_col = k_off + r * swr + s * sws                            # [BLOCK_N]
         for c0 in range(0, c_count, BLOCK_K):
-            c_loc = c0 + tl.arange(0, BLOCK_K)
-            c = c_base + c_loc                                       # [BLOCK_K]
-            c_ok = (c_loc < c_count) & (c < C)
-            a = tl.load(x_ptr + x_row[:, None] + c[None, :] * sxc,
+            c = c_base + c0 + c_idx                                  # [BLOCK_K] input channels
+            c_ok = (c0 + c_idx < c_count) & (c < C)
+            a = tl.load(x_ptr + x_row[:, None] + (c * sxc)[None, :],
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)          # [BLOCK_M, BLOCK_K]
-            wc = c[:, None] - k_grp[None, :] * Cg                    # channel within k's group
-            w_ok = c_ok[:, None] & k_ok[None, :] & (wc >= 0) & (wc < Cg)
-            b = tl.load(w_ptr + k[None, :] * swk + wc * swc + r * swr + s * sws,
-                        mask=w_ok, other=0.0)                                     # [BLOCK_K, BLOCK_N]
+            # block-diagonal weight tile: entries pairing channels of different groups are 0
+            w_ok = c_ok[:, None] & k_ok[None, :] & ((c // Cg)[:, None] == k_grp[None, :])
+            b = tl.load(w_ptr + (c * swc)[:, None] + w_col[None, :], mask=w_ok, other=0.0)  # [BLOCK_K, BLOCK_N]
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     if HAS_BIAS:
@@ -171,6 +177,8 @@ def conv2d_dgrad_kernel(
 
     k_base = pack * gp * Kg
     k_count = gp * Kg
+    k_idx = tl.arange(0, BLOCK_K)
+    c_off = (c - c_grp * Cg) * swc                                   # [BLOCK_N] (see fprop)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r in range(0, R):
         if (ph + pad_h - r * dil_h) % stride_h == 0:                 # tap reaches this phase
@@ -180,16 +188,15 @@ def conv2d_dgrad_kernel(
                 if (pw + pad_w - s * dil_w) % stride_w == 0:
                     q = (w + pad_w - s * dil_w) // stride_w
                     pix_ok = p_ok & (q >= 0) & (q < Q)
-                    dy_row = n * sdn + p * sdp + q * sdq
+                    dy_row = n * sdn + p * sdp + q * sdq             # [BLOCK_M]
+                    w_col = c_off + r * swr + s * sws                # [BLOCK_N]
                     for k0 in range(0, k_count, BLOCK_K):
-                        k_loc = k0 + tl.arange(0, BLOCK_K)
-                        k = k_base + k_loc                           # [BLOCK_K]
-                        k_ok = (k_loc < k_count) & (k < K)
-                        a = tl.load(dy_ptr + dy_row[:, None] + k[None, :] * sdk,
-                                    mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
-                        wc = c[None, :] - (k // Kg)[:, None] * Cg
-                        w_ok = k_ok[:, None] & c_ok[None, :] & (wc >= 0) & (wc < Cg)
-                        b = tl.load(w_ptr + k[:, None] * swk + wc * swc + r * swr + s * sws,
+                        k = k_base + k0 + k_idx                      # [BLOCK_K] output channels
+                        k_ok = (k0 + k_idx < k_count) & (k < K)
+                        a = tl.load(dy_ptr + dy_row[:, None] + (k * sdk)[None, :],
+                                    mask=pix_ok[:, None] & k_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                        w_ok = k_ok[:, None] & c_ok[None, :] & ((k // Kg)[:, None] == c_grp[None, :])
+                        b = tl.load(w_ptr + (k * swk)[:, None] + w_col[None, :],
                                     mask=w_ok, other=0.0)                         # [BLOCK_K, BLOCK_N]
                         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 

@@ -68,6 +68,9 @@ def _check(op, *tensors):
     if dtype not in DTYPES:
         raise RuntimeError(f"dilconv::{op}_triton: dtype {dtype} is not supported "
                            "(float32, float16, bfloat16)")
+    if device.type == "cpu" and _common.INTERPRET and dtype == torch.bfloat16:
+        raise RuntimeError(f"dilconv::{op}_triton: bfloat16 arithmetic is silently wrong in the Triton "
+                           "interpreter; bfloat16 runs on CUDA tensors only")
     if device.type != "cuda" and not (_common.INTERPRET and device.type == "cpu"):
         raise RuntimeError(f"dilconv::{op}_triton: runs on CUDA tensors (CPU tensors only under "
                            f"TRITON_INTERPRET=1), got {device.type}")
