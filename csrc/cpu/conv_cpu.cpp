@@ -125,6 +125,27 @@ bool use_direct(const Geo& g) {
 
 int64_t threads() { return std::max<int64_t>(1, at::get_num_threads()); }
 
+// depthwise with multiplier 1 where both tensors have unit channel stride (channels_last):
+// the channel-vectorised kernels (DILCONV_CPU_PATH=direct|gemm forces the planar/GEMM paths)
+bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH"))
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "gemm")) return false;
+  return g.Cg == 1 && g.Kg == 1 && (a.stride(1) == 1 || g.C == 1) && (b.stride(1) == 1 || g.C == 1);
+}
+
+// the depthwise weight [C, 1, R, S] as [R * S][C]
+Tensor taps_by_channel(const Tensor& w, const Geo& g) {
+  return w.reshape({g.C, g.R * g.S}).t().contiguous();
+}
+
+template <class T>
+void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+                 const Tensor& y);
+template <class T>
+void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx);
+template <class T>
+void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw);
+
 // rows per direct-forward unit: keep the packed window near L2 size and give every thread
 // a few units
 int64_t fwd_rows_per_unit(const Geo& g, int64_t elem, int64_t vec, int64_t other_units) {
@@ -215,10 +236,30 @@ void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
 }
 
 template <class T>
+void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+                 const Tensor& y) {
+  const auto& K = kern<T>();
+  const Tensor wt = taps_by_channel(w, g);
+  const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(bias);
+  T* yp = ptr<T>(y);
+  const Strides xs = strides(x), ys = strides(y);
+  at::parallel_for(0, g.N * g.P, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(4 * g.R * g.S);
+    for (int64_t f = b; f < e;) {
+      const int64_t n = f / g.P, p0 = f % g.P, p1 = std::min(g.P, p0 + (e - f));
+      K.dw_nhwc_fwd(g, xp, xs, wp, bp, relu, yp, ys, n, p0, p1, taps.data());
+      f += p1 - p0;
+    }
+  });
+}
+
+template <class T>
 void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
              const Tensor& y) {
   if (y.numel() == 0) return;
-  if (use_direct(g))
+  if (use_nhwc(g, x, y))
+    dw_fwd_nhwc<T>(g, x, w, bias, relu, y);
+  else if (use_direct(g))
     fwd_direct<T>(g, x, w, bias, relu, y);
   else
     fwd_gemm<T>(g, x, w, bias, relu, y);
@@ -238,16 +279,21 @@ Tensor flipped_weight(const Tensor& w, const Geo& g) {
       .contiguous();
 }
 
+// the stride-1 input gradient as a forward convolution of gy (flipped weights, padding
+// d * (k - 1) - p, negative = cropping)
+Geo dgrad_as_fwd(const Geo& g) {
+  Geo f = g;
+  f.C = g.K, f.H = g.P, f.W = g.Q, f.K = g.C, f.P = g.H, f.Q = g.W;
+  f.Cg = g.Kg, f.Kg = g.Cg;
+  f.ph = g.dh * (g.R - 1) - g.ph, f.pw = g.dw * (g.S - 1) - g.pw;
+  return f;
+}
+
 template <class T>
 void dgrad_direct(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   const auto& K = kern<T>();
   if (g.sh == 1 && g.sw == 1) {
-    // gx = conv(gy, flipped w) with padding d * (k - 1) - p (negative = cropping)
-    Geo f = g;
-    f.C = g.K, f.H = g.P, f.W = g.Q, f.K = g.C, f.P = g.H, f.Q = g.W;
-    f.Cg = g.Kg, f.Kg = g.Cg;
-    f.ph = g.dh * (g.R - 1) - g.ph, f.pw = g.dw * (g.S - 1) - g.pw;
-    fwd_direct<T>(f, gy, flipped_weight(w, g), Tensor(), false, gx);
+    fwd_direct<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
     return;
   }
   const int64_t cc = std::max<int64_t>(1, std::min<int64_t>(g.Cg, (g.N * g.G >= 2 * threads()) ? g.Cg : 1));
@@ -293,13 +339,36 @@ void dgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& w, const Tensor
 }
 
 template <class T>
+void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  if (g.sh == 1 && g.sw == 1) {
+    dw_fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
+    return;
+  }
+  const auto& K = kern<T>();
+  const Tensor wt = taps_by_channel(w, g);
+  const T *gyp = ptr<T>(gy), *wp = ptr<T>(wt);
+  T* gxp = ptr<T>(gx);
+  const Strides gys = strides(gy), gxs = strides(gx);
+  at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(4 * g.R * g.S);
+    for (int64_t f = b; f < e;) {
+      const int64_t n = f / g.H, i0 = f % g.H, i1 = std::min(g.H, i0 + (e - f));
+      K.dw_nhwc_dgrad(g, gyp, gys, wp, gxp, gxs, n, i0, i1, taps.data());
+      f += i1 - i0;
+    }
+  });
+}
+
+template <class T>
 void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   if (gx.numel() == 0) return;
   if (gy.numel() == 0) {
     gx.zero_();
     return;
   }
-  if (use_direct(g))
+  if (use_nhwc(g, gy, gx))
+    dw_dgrad_nhwc<T>(g, gy, w, gx);
+  else if (use_direct(g))
     dgrad_direct<T>(g, gy, w, gx);
   else
     dgrad_gemm<T>(g, gy, w, gx);
@@ -349,13 +418,32 @@ void wgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& x, const Tensor
 }
 
 template <class T>
+void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const auto& K = kern<T>();
+  const int64_t rows = g.N * g.P;
+  const int64_t parts = std::min(threads(), rows);
+  Tensor part = at::zeros({parts, g.R * g.S, g.C}, gy.options());
+  const T *gyp = ptr<T>(gy), *xp = ptr<T>(x);
+  T* pp = ptr<T>(part);
+  const Strides gys = strides(gy), xs = strides(x);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, pp + i * g.R * g.S * g.C, rows * i / parts,
+                      rows * (i + 1) / parts);
+  });
+  gw.view({g.C, g.R * g.S}).copy_(part.sum(0).t());
+}
+
+template <class T>
 void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   if (gw.numel() == 0) return;
   if (gy.numel() == 0 || x.numel() == 0) {
     gw.zero_();
     return;
   }
-  if (use_direct(g))
+  if (use_nhwc(g, gy, x))
+    dw_wgrad_nhwc<T>(g, gy, x, gw);
+  else if (use_direct(g))
     wgrad_direct<T>(g, gy, x, gw);
   else
     wgrad_gemm<T>(g, gy, x, gw);
@@ -560,6 +648,53 @@ Tensor sep_mid(const Geo& g, const Tensor& x, const Tensor& dw, const Tensor& dw
   return mid;
 }
 
+// Fused forward: per tile of output rows, the depthwise result for all mid channels is computed
+// into a cache-sized buffer (never written out as a whole tensor), then multiplied by the
+// pointwise weight straight into y. Both steps use all threads (BLAS is not nested inside
+// parallel_for: nested BLAS threads oversubscribe the cores).
+template <class T>
+void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, const Tensor& dwb,
+                   bool mid_relu, const Tensor& pw, const Tensor& pwb, bool out_relu,
+                   const Tensor& y) {
+  const auto& ks = kern<T>();
+  const bool nhwc = use_nhwc(g, x, y);
+  const int64_t row_bytes = g.Q * g.K * static_cast<int64_t>(sizeof(T));
+  const int64_t rows = std::clamp<int64_t>((2 << 20) / std::max<int64_t>(1, row_bytes), 1, g.P);
+  const Tensor wt = nhwc ? taps_by_channel(dw, g) : dw;
+  const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(dwb);
+  const Strides xs = strides(x);
+  Tensor tile_t = at::empty({rows * g.Q * g.K}, x.options());
+  T* tile = ptr<T>(tile_t);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+      const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
+      Tensor mid;
+      if (nhwc) {
+        // tile [m][CM]; the kernel addresses row p at tile + (p - p0) * Q * CM
+        const Strides ts{0, 1, g.Q * g.K, g.K};
+        at::parallel_for(p0, p1, 1, [&](int64_t b, int64_t e) {
+          std::vector<int64_t> taps(4 * g.R * g.S);
+          ks.dw_nhwc_fwd(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n, b, e, taps.data());
+        });
+        mid = tile_t.narrow(0, 0, m * g.K).as_strided({g.K, m}, {1, g.K});
+      } else {
+        const Strides ts{0, m, g.Q, 1};
+        at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
+          Scratch sm;
+          T* scratch = sm.get<T>(ks.fwd_scratch(g, p1 - p0));
+          for (int64_t c = b; c < e; ++c)
+            ks.fwd(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n, c, 0, g.Kg, p0, p1, scratch);
+        });
+        mid = tile_t.narrow(0, 0, m * g.K).view({g.K, m});
+      }
+      Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)},
+                                y.storage_offset() + n * y.stride(0) + p0 * y.stride(2));
+      at::mm_out(dst, pw, mid);
+      if (pwb.defined()) dst.add_(pwb.view({K, 1}));
+      if (out_relu) dst.relu_();
+    }
+}
+
 Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
                         const std::optional<Tensor>& dw_bias, const Tensor& pw_weight,
                         const std::optional<Tensor>& pw_bias, IntArrayRef stride,
@@ -573,18 +708,10 @@ Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
   if (y.numel() == 0) return finish(y, input.scalar_type());
   with_type(ct, [&](auto t) {
     using T = decltype(t);
-    Tensor mid = sep_mid<T>(g, to_compute(input, ct), to_compute(dw_weight, ct).contiguous(),
-                            dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
-    const Tensor pw = to_compute(pw_weight, ct).view({a.K, g.K});
-    // out_n [K, PQ] = pw @ mid_n, written through a view of y in either layout
-    Tensor yv = y.view({g.N, a.K, g.P * g.Q});
-    Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
-    for (int64_t n = 0; n < g.N; ++n) {
-      Tensor dst = yv[n];
-      at::mm_out(dst, pw, mv[n]);
-    }
-    if (pw_bias) y.add_(to_compute(*pw_bias, ct).view({1, a.K, 1, 1}));
-    if (out_relu) y.relu_();
+    sep_fwd_fused<T>(g, a.K, to_compute(input, ct), to_compute(dw_weight, ct).contiguous(),
+                     dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
+                     to_compute(pw_weight, ct).reshape({a.K, g.K}),
+                     pw_bias ? to_compute(*pw_bias, ct).contiguous() : Tensor(), out_relu, y);
   });
   return finish(y, input.scalar_type());
 }
@@ -619,7 +746,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       const Tensor dw = to_compute(dw_weight, ct).contiguous();
       const Tensor mid =
           sep_mid<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
-      const Tensor pw = to_compute(pw_weight, ct).view({a.K, g.K});
+      const Tensor pw = to_compute(pw_weight, ct).reshape({a.K, g.K});
       const Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
       Tensor gy = to_compute(grad_output, ct).contiguous().view({g.N, a.K, g.P * g.Q});
       if (out_relu) {
