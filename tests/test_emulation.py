@@ -23,6 +23,7 @@ KERNEL_TESTS = {
     "dynamic_smem": "dynamic shared memory exchange; poisoned (NaN) at block start",
     "launch_errors": "misuse fails the launch with a clear error instead of hanging",
     "atomics": "atomicAdd int/float/ull, atomicMax, atomicCAS across threads and blocks",
+    "host_threads_and_fork": "launches from 4 host threads at once, and in a forked child (worker pool)",
     "wmma": "dc::wmma m16n16k16 half/bf16 GEMM, all layout pairs, accumulator load/store, misuse",
 }
 

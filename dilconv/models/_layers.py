@@ -2,7 +2,6 @@
 network's `backend`, so `backend=` on a builder switches the whole network."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -66,13 +65,14 @@ def bilinear_kernel(k: int) -> torch.Tensor:
 
 
 def bilinear_upsampler(channels: int, factor: int, *, depthwise: bool = False,
-                       learnable: bool = False, backend=None) -> ConvTranspose2d:
+                       learnable: bool = False, padding: int = 0, backend=None) -> ConvTranspose2d:
     """Transposed conv, kernel 2*factor, stride factor, no bias, initialised to bilinear
     interpolation per channel (FCN's Deconvolution; only the diagonal of the C x C blob is
     filled). Fixed (requires_grad False, Caffe lr_mult 0) unless learnable."""
     k = 2 * factor
     groups = channels if depthwise else 1
-    up = ConvTranspose2d(channels, channels, k, factor, bias=False, groups=groups, backend=backend)
+    up = ConvTranspose2d(channels, channels, k, factor, padding, bias=False, groups=groups,
+                         backend=backend)
     init_bilinear_(up)
     up.weight.requires_grad_(learnable)
     return up
@@ -166,4 +166,4 @@ def check_output_stride(output_stride: int) -> None:
 
 __all__ = ["conv", "ConvBNAct", "SepConvBN", "bilinear_kernel", "bilinear_upsampler",
            "init_bilinear_", "crop", "center_crop", "mirror_pad", "pad_to_multiple", "resize",
-           "init_kaiming_", "count_params", "rates_for", "check_output_stride", "math"]
+           "init_kaiming_", "count_params", "rates_for", "check_output_stride"]
