@@ -1,7 +1,7 @@
 """Backend "cpu": every code path of csrc/cpu against a float64 torch reference.
 
 The core matrix (tests/test_ops.py) covers the backend through the public API; these tests force
-each internal path (direct stencil kernels / im2col+GEMM, via DILCONV_CPU_PATH) and each
+each internal path (direct stencil kernels / im2col+GEMM / per-tap GEMMs, via DILCONV_CPU_PATH) and each
 instruction-set variant (AVX-512 / AVX2 / SSE2, via DILCONV_CPU_ISA), call the ops directly, and
 check that bad direct calls raise instead of writing out of bounds."""
 import random
@@ -25,7 +25,7 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["auto", "direct", "gemm"])
+@pytest.fixture(params=["auto", "direct", "gemm", "taps"])
 def path(request, monkeypatch):
     # auto: the kernels' own choice (channels-last depthwise kernels included)
     if request.param != "auto":
