@@ -162,8 +162,30 @@ class CpuBackend(OpsBackend):
 
 
 def cpu_auto_policy(p: Problem) -> bool:
-    """Where dilconv's CPU kernels beat oneDNN. Until tuned, oneDNN everywhere."""
-    return False
+    """Where dilconv's CPU kernels beat oneDNN, as measured on the development machine (ratios of
+    torch to "cpu" time in one process; see the cpu backend's report). Everything else goes to
+    oneDNN: dense convolutions (same GEMM, oneDNN's is better blocked), transposed convolutions,
+    half precision (oneDNN has bf16/fp16 kernels, ours convert to float32), strided depthwise
+    forward in NCHW, and small layers where the two are within noise.
+
+    Measured wins: depthwise 3x3 (dilated or not) NCHW stride 1 forward 1.4-2.8x and forward+
+    backward 3-5x (torch's depthwise backward is its weak spot); channels_last depthwise
+    forward+backward 3.5-7x (forward alone ~1.0x: left to oneDNN); ResNeXt-style grouped
+    convolutions with <= 4 channels per group 1.5x forward, 2.2x forward+backward; the fused
+    separable op with wide depthwise stages (Xception's 728 channels) 1.2x when training."""
+    if p.dtype not in (torch.float32, torch.float64):
+        return False
+    if p.op == "separable_conv2d":
+        return p.requires_grad and not p.channels_last and p.mid_channels >= 256
+    if p.op != "conv2d":
+        return False
+    cg = p.c // p.groups
+    if cg == 1:  # depthwise (any channel multiplier)
+        if p.requires_grad:
+            return p.stride == (1, 1) or p.channels_last
+        return p.stride == (1, 1) and not p.channels_last
+    # grouped with few channels per group; the channels-last path of these kernels is planar
+    return cg <= 4 and p.groups > 1 and not p.channels_last
 
 
 def cuda_kernels_unsupported(p: Problem) -> Optional[str]:
