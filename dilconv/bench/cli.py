@@ -25,7 +25,8 @@ def add_arguments(p):
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda if visible")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads); default 2")
     p.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 1.0; --quick 0.25)")
-    p.add_argument("--net-size", type=int, default=None, help="network input side (default 513; --quick 129)")
+    p.add_argument("--net-size", type=int, default=None,
+                   help="network input side (default: each network's own, e.g. 513; --quick 97)")
     p.add_argument("--out", default="bench-results", help="output directory (default ./bench-results)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--gpu-model", action="store_true",
@@ -92,12 +93,14 @@ def main(args) -> int:
     with tqdm(total=len(cases) + len(nets), unit="case", dynamic_ncols=True) as bar:
         for i, c in enumerate(cases):
             bar.set_postfix_str(c.id)
-            out["ops"].append(run.run_case(c, device, backends, timer, budget))
+            out["ops"].append(run.run_case(c, device, backends, timer, budget,
+                                            min_reps=5 if quick else 7))
             out["ops"][-1]["order"] = i // len(passes)  # passes are innermost in `cases`
             bar.update()
         for n in nets:
             bar.set_postfix_str(n["id"])
-            out["networks"].append(networks.run_network(n, device, backends, timer, budget))
+            out["networks"].append(networks.run_network(n, device, backends, timer, budget,
+                                                        min_reps=3 if quick else 5))
             bar.update()
     out["wall_s"] = time.perf_counter() - t0
     files = report.write(out, args.out, with_plots=not args.no_plots)

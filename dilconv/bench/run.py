@@ -60,7 +60,8 @@ def rotation(case: OpCase, device: str) -> int:
     return max(1, min(64, math.ceil(2 * l2 / max(x_bytes, 1))))
 
 
-def run_case(case: OpCase, device: str, backends: list[str], timer, budget_s: float) -> dict:
+def run_case(case: OpCase, device: str, backends: list[str], timer, budget_s: float,
+             min_reps: int = 7) -> dict:
     w = ops.work(case)
     res = {"id": case.id, "op": case.spec.name, "group": case.spec.group, "desc": case.spec.desc(),
            "kind": case.spec.op, "n": case.n, "dtype": case.dtype, "layout": case.layout,
@@ -96,7 +97,7 @@ def run_case(case: OpCase, device: str, backends: list[str], timer, budget_s: fl
         if r["status"] != "ok":
             del fns[name]
     if fns:
-        timed = measure(fns, timer, budget_s=budget_s)
+        timed = measure(fns, timer, budget_s=budget_s, min_reps=min_reps)
         base = timed.get("torch")
         for name, (st, samples) in timed.items():
             r = res["results"][name]
