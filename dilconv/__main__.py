@@ -11,6 +11,7 @@ COMMANDS = {
     "demo": ("dilconv.cli_demo", "every usable backend on an atrous block vs torch"),
     "train": ("dilconv.train", "train a segmentation network (single process or under torchrun)"),
     "eval": ("dilconv.evaluate", "mIoU and pixel accuracy of a trained segmentation network"),
+    "kernels": ("dilconv.kernels_report", "static resource report of the CUDA kernels (registers, spills, smem, occupancy)"),
 }
 
 

@@ -166,10 +166,26 @@ def cpu_auto_policy(p: Problem) -> bool:
     return False
 
 
+def cuda_kernels_unsupported(p: Problem) -> Optional[str]:
+    """Which problems dilconv's CUDA kernels (csrc/kernels, shared by "cuda" and "cuda-emu")
+    compute; mirrors the kernel selection in csrc/kernels/aten_glue.h."""
+    if p.op == "separable_conv2d":
+        return None  # fused depthwise + pointwise (separable.cuh)
+    if p.op == "conv2d" and p.depthwise and p.k % p.c == 0:
+        return None  # depthwise, any channel multiplier (depthwise.cuh)
+    if p.op == "conv2d":
+        return (f"its CUDA kernels cover depthwise convolution only (groups == input channels); "
+                f"got groups={p.groups} with {p.c} input channels")
+    return f"its CUDA kernels do not implement {p.op}"
+
+
 class CudaBackend(OpsBackend):
     name = "cuda"
     device_types = ("cuda",)
     dispatch_key = "CUDA"
+
+    def unsupported(self, p):
+        return super().unsupported(p) or cuda_kernels_unsupported(p)
 
     def available(self):
         why = super().available()
@@ -180,10 +196,19 @@ class CudaBackend(OpsBackend):
         return None
 
 
+class AutoBackend(Backend):
+    """Placeholder entry: "auto" is resolved per call by `resolve()`."""
+
+    name = "auto"
+
+
 class CudaEmuBackend(OpsBackend):
     name = "cuda-emu"
     device_types = ("cpu",)
     suffix = "_emu"
+
+    def unsupported(self, p):
+        return super().unsupported(p) or cuda_kernels_unsupported(p)
 
     def prefers(self, p):
         return False  # a test vehicle, never fast
@@ -202,7 +227,7 @@ def register_lazy_backend(name: str, factory: Callable[[], Backend]) -> None:
     _lazy[name] = factory
 
 
-for _b in (TorchBackend(), CpuBackend(), CudaBackend(), CudaEmuBackend()):
+for _b in (TorchBackend(), CpuBackend(), CudaBackend(), CudaEmuBackend(), AutoBackend()):
     register_backend(_b)
 
 
