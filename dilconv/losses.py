@@ -72,7 +72,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IG
     _check(logits, target, ignore_index)
     n, c = logits.shape[:2]
     valid = (target != ignore_index)
-    prob = torch.softmax(logits.float(), dim=1) * valid.unsqueeze(1)
+    # fp16/bf16 logits (autocast) are summed in fp32; fp64 stays fp64
+    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    prob = torch.softmax(logits.to(work), dim=1) * valid.unsqueeze(1)
     onehot = F.one_hot(torch.where(valid, target.long(), 0), c).permute(0, 3, 1, 2)
     onehot = onehot.to(prob.dtype) * valid.unsqueeze(1)
     dims = (2, 3) if per_image else (0, 2, 3)

@@ -96,11 +96,9 @@ def build_model(name: str, num_classes: int, backbone: Optional[str] = None,
         import dilconv.models as zoo
     except ImportError as e:
         raise RuntimeError(f"dilconv.models is not available ({e}); --model tiny works without it") from e
-    builder = getattr(zoo, name, None)
-    if builder is None or name.startswith("_") or not callable(builder):
-        names = sorted(n for n in dir(zoo) if not n.startswith("_") and callable(getattr(zoo, n))
-                       and n[0].islower())
-        raise ValueError(f"unknown model {name!r}; dilconv.models has: {', '.join(names)} (and 'tiny')")
+    builder = zoo.MODELS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(zoo.MODELS)} or 'tiny'")
     kw["num_classes"] = num_classes
     if backbone is not None:
         kw["backbone"] = backbone
