@@ -90,7 +90,7 @@ class VOCSegmentation(SegmentationDataset):
         if not os.path.isfile(lst):
             have = sorted(f[:-4] for f in os.listdir(os.path.dirname(lst))) if os.path.isdir(
                 os.path.dirname(lst)) else []
-            raise FileNotFoundError(f"no split list {lst} (splits here: {have or 'none'})")
+            raise FileNotFoundError(f"no split list {lst} (splits here: {', '.join(have) or 'none'})")
         with open(lst) as f:
             self.ids = [line.split()[0] for line in f if line.strip()]
         self.images = [os.path.join(self.root, "JPEGImages", i + ".jpg") for i in self.ids]
