@@ -121,6 +121,11 @@ def _outputs(result) -> "OrderedDict[str, torch.Tensor]":
     return result
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    # losses of fp16/bf16 (autocast) logits are computed in fp32; fp64 stays fp64
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def align_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """The target for an output of a different size: valid-convolution networks (the classic U-Net)
     predict a centred window of their input, so the target is cropped to it."""
@@ -255,7 +260,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
     cm = metrics.ConfusionMatrix(num_classes, ignore_index, device=device)
     bar = _bar(len(loader), "eval", progress)
     for images, target in loader:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, next(model.parameters()).dtype, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
@@ -351,6 +356,8 @@ def _add_common(p, train: bool):
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     r.add_argument("--amp", default="auto", choices=("auto", "off", "fp16", "bf16"),
                    help="mixed precision: auto = bf16 (else fp16) on CUDA, off on the CPU")
+    r.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="parameter/compute dtype (float64: for verifying backends against each other)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--dist-backend", default=None, help="torch.distributed backend (default nccl "
                    "on CUDA, gloo on the CPU)")
@@ -376,6 +383,8 @@ def add_arguments(p):
     c.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' "
                    "(OUT/checkpoint.pt when it exists)")
     c.add_argument("--checkpoint-every", type=int, default=500)
+    c.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep every checkpoint as OUT/checkpoint_<step>.pt")
     c.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end only)")
     c.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     c.add_argument("--per-rank-weights", action="store_true",
@@ -404,10 +413,13 @@ def _datasets(args, split):
 def _setup_model(args, env, num_classes):
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts)
     model = build_model(args.model, num_classes, args.backbone, args.output_stride, args.aux_loss,
-                        _parse_model_args(args.model_arg)).to(env.device)
+                        _parse_model_args(args.model_arg)).to(env.device, _DTYPES[args.dtype])
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _check_classes(args, ds):
@@ -440,6 +452,8 @@ def main(args) -> int:
 def _train(args, env: Env) -> int:
     dilconv.use_backend(args.backend)
     dtype = amp_dtype(args.amp, env.device)
+    if dtype is not None and args.dtype == "float64":
+        raise ValueError("--dtype float64 and --amp do not mix; pass --amp off")
     train_set = _datasets(args, "train")
     num_classes = _check_classes(args, train_set)
     val_set = None if args.no_eval and not args.eval_every else _datasets(args, "val")
@@ -530,6 +544,8 @@ def _train(args, env: Env) -> int:
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
             _save(state, ckpt_path)
+            if args.keep_checkpoints:
+                _save(state, os.path.join(args.out, f"checkpoint_{step:07d}.pt"))
 
     def run_eval():
         res = evaluate(model, val_loader(), num_classes, env.device, dtype, ignore,
@@ -547,7 +563,7 @@ def _train(args, env: Env) -> int:
     while step < args.steps:
         epoch, skip = divmod(step, steps_per_epoch)
         for images, target in loader_for(epoch, skip):
-            images = images.to(env.device, non_blocking=True)
+            images = images.to(env.device, _DTYPES[args.dtype], non_blocking=True)
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             target = target.to(env.device, non_blocking=True)
@@ -556,9 +572,9 @@ def _train(args, env: Env) -> int:
                 g["lr"] = cur_lr
             with _autocast(env.device, dtype):
                 out = _outputs(net(images))
-                loss = criterion(out["out"].float(), target)
+                loss = criterion(_upcast(out["out"]), target)
                 if "aux" in out and args.aux_loss:
-                    loss = loss + args.aux_weight * criterion(out["aux"].float(), target)
+                    loss = loss + args.aux_weight * criterion(_upcast(out["aux"]), target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
