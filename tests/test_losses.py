@@ -1,7 +1,6 @@
 """Losses (cross-entropy, soft Dice, U-Net border weights) and metrics (confusion matrix, mIoU,
 pixel accuracy, distributed all-reduce) against hand-computed values and float64 references."""
 import math
-import os
 import socket
 
 import numpy as np

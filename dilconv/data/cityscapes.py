@@ -15,8 +15,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
-
 from dilconv.data.base import SegmentationDataset
 from dilconv.data.voc import read_image
 
@@ -75,6 +73,8 @@ class Cityscapes(SegmentationDataset):
         return len(self.images)
 
     def load(self, index):
+        from PIL import Image
+
         image = read_image(self.images[index])
         with Image.open(self.masks[index]) as im:
             if im.mode not in ("L", "P", "I", "I;16"):

@@ -14,8 +14,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
-
 from dilconv.data.base import SegmentationDataset
 
 CLASS_NAMES = (
@@ -41,6 +39,8 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 
 
 def read_image(path: str) -> torch.Tensor:
+    from PIL import Image  # Pillow: needed by the file loaders only
+
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
@@ -49,6 +49,8 @@ def read_image(path: str) -> torch.Tensor:
 def read_voc_mask(path: str) -> torch.Tensor:
     """Class indices from a palette ('P') or 8-bit ('L') PNG; an RGB PNG is decoded through the VOC
     palette (colours outside it raise)."""
+    from PIL import Image
+
     with Image.open(path) as im:
         if im.mode in ("P", "L"):
             arr = np.asarray(im).astype(np.int64)
