@@ -263,7 +263,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   using A = acc_t<T>;
   const int K = s.c * s.m;
   const int total = s.n * K * s.p * s.q;
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+  // 64-bit loop counter: i + grid stride may pass 2^31 near the end of a large tensor
+  for (long long li = 1LL * blockIdx.x * blockDim.x + threadIdx.x; li < total;
+       li += 1LL * gridDim.x * blockDim.x) {
+    const int i = int(li);
     int k, oy, ox, n, r = i;
     if (CL) {
       k = r % K; r /= K; ox = r % s.q; r /= s.q; oy = r % s.p; n = r / s.p;
@@ -377,7 +380,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   using A = acc_t<T>;
   const int K = s.c * s.m;
   const int total = s.n * s.c * s.h * s.w;
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+  // 64-bit loop counter: i + grid stride may pass 2^31 near the end of a large tensor
+  for (long long li = 1LL * blockIdx.x * blockDim.x + threadIdx.x; li < total;
+       li += 1LL * gridDim.x * blockDim.x) {
+    const int i = int(li);
     int c, iy, ix, n, r = i;
     if (CL) {
       c = r % s.c; r /= s.c; ix = r % s.w; r /= s.w; iy = r % s.h; n = r / s.h;

@@ -62,8 +62,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   A* xs = pbs + t.oblk;                 // CL: [ih][iw][nci]; else [nci][ih][iw]
   A* dws = xs + t.cic * t.ih * t.iw;    // [RS][jc]
   A* dbs = dws + RS * jcmax;            // [jc]
-  A* ms = dbs + jcmax;                  // [jc][pt]: the depthwise tile, on chip only
-  A* pws = ms + jcmax * pt;             // [jc][no]
+  A* ms = dbs + jcmax;                  // the depthwise tile, on chip only: NCHW [jc][pt],
+                                        // NHWC [pt][jcmax | 1] (odd stride: no bank conflicts)
+  const int msw = jcmax | 1;
+  auto MS = [&](int j, int p) { return CL ? p * msw + j : j * pt + p; };
+  A* pws = ms + (jcmax + 1) * pt;       // [jc][no]
   A* st = xs;                           // after the loop: [no][pt] output staging
   const int tp = threadIdx.x % kTP, to = threadIdx.x / kTP;
   if (t.has_pwb) load_vec(pwb, o0, no, pbs);
@@ -92,7 +95,9 @@ DW_UNROLL
     copy_window(pww, 0, CM, 1, o0, o0 + no, j0, j0 + jc, 0, 1, pws, 1, no, 0, o0, j0, 0);
     __syncthreads();
     for (int i = threadIdx.x; i < jc * pt; i += blockDim.x) {
-      const int j = i / pt, pix = i - j * pt, py = pix / t.tw, px = pix - py * t.tw, cl = j / M;
+      // NCHW: lanes along pixels; NHWC: lanes along channels (consecutive shared words)
+      const int j = CL ? i % jc : i / pt, pix = CL ? i / jc : i - j * pt;
+      const int py = pix / t.tw, px = pix - py * t.tw, cl = j / M;
       A v = t.has_dwb ? dbs[j] : A(0);
       if (CL) {
         const A* xp = xs + (py * s.sh * t.iw + px * s.sw) * nci + cl;
@@ -106,7 +111,7 @@ DW_UNROLL
             v += xp[kr * s.dh * t.iw + ks * s.dw] * dws[(kr * s.s + ks) * jc + j];
       }
       if (t.mid_relu) v = v > A(0) ? v : A(0);
-      ms[j * pt + pix] = v;
+      ms[MS(j, pix)] = v;
     }
     __syncthreads();
     // hold the shorter of the two operand vectors in registers
@@ -116,7 +121,7 @@ DW_UNROLL
 DW_UNROLL
         for (int i = 0; i < PPM; ++i) {
           const int p = tp + kTP * i;
-          mv[i] = p < pt ? ms[j * pt + p] : A(0);
+          mv[i] = p < pt ? ms[MS(j, p)] : A(0);
         }
 DW_UNROLL
         for (int jj = 0; jj < OOM; ++jj) {
@@ -135,7 +140,7 @@ DW_UNROLL
 DW_UNROLL
         for (int i = 0; i < PPM; ++i) {
           const int p = tp + kTP * i;
-          const A mv = p < pt ? ms[j * pt + p] : A(0);
+          const A mv = p < pt ? ms[MS(j, p)] : A(0);
 DW_UNROLL
           for (int jj = 0; jj < OOM; ++jj) acc[i][jj] += mv * wv[jj];
         }
@@ -331,7 +336,7 @@ inline int sep_ppm(int oom) { return oom == 1 ? 32 : (oom == 4 ? 16 : 1); }
 inline size_t sep_smem(const SepTile& t, DType dt) {
   const DwShape& s = t.s;
   const size_t jc = size_t(t.cic) * s.m, pt = size_t(t.th) * t.tw;
-  const size_t loop = size_t(t.cic) * t.ih * t.iw + size_t(s.r) * s.s * jc + jc + jc * pt + jc * t.oblk;
+  const size_t loop = size_t(t.cic) * t.ih * t.iw + size_t(s.r) * s.s * jc + jc + (jc + 1) * pt + jc * t.oblk;
   const size_t stage = size_t(t.oblk) * pt;
   return (t.oblk + (loop > stage ? loop : stage)) * acc_bytes(dt);
 }
