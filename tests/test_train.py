@@ -18,6 +18,15 @@ TINY = ["--model", "tiny", "--data", "synthetic:16,6", "--crop-size", "32", "--b
         "--workers", "0", "--no-progress", "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # CI shares its 2 cores; oversubscribed OpenMP threads spin and can cost 10x the time
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _log(out):
     with open(os.path.join(out, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
