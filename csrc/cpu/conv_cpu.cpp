@@ -118,18 +118,141 @@ T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 bool use_direct(const Geo& g) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
     if (!std::strcmp(e, "direct")) return true;
-    if (!std::strcmp(e, "gemm")) return false;
+    if (!std::strcmp(e, "gemm") || !std::strcmp(e, "taps")) return false;
   }
   return g.Cg <= 8;
 }
 
 int64_t threads() { return std::max<int64_t>(1, at::get_num_threads()); }
 
+// Output indices [lo, hi) whose tap k_idx reads inside the input (input index = o * s + k * d - p).
+std::pair<int64_t, int64_t> tap_range(int64_t out, int64_t in, int64_t k, int64_t s, int64_t p,
+                                      int64_t d) {
+  const int64_t o = k * d - p;
+  int64_t lo = o >= 0 ? 0 : (-o + s - 1) / s;
+  int64_t hi = in - 1 - o >= 0 ? (in - 1 - o) / s + 1 : 0;
+  hi = std::min(hi, out);
+  lo = std::min(lo, hi);
+  return {lo, hi};
+}
+
+// The share of (tap, output) pairs that read inside the input: small for large dilations on
+// small maps (ASPP rates 18-36), where most of an im2col/oneDNN GEMM multiplies padding zeros.
+double valid_fraction(const Geo& g) {
+  double rows = 0, cols = 0;
+  for (int64_t r = 0; r < g.R; ++r) {
+    auto [a, b] = tap_range(g.P, g.H, r, g.sh, g.ph, g.dh);
+    rows += b - a;
+  }
+  for (int64_t s = 0; s < g.S; ++s) {
+    auto [a, b] = tap_range(g.Q, g.W, s, g.sw, g.pw, g.dw);
+    cols += b - a;
+  }
+  return rows * cols / std::max<double>(1.0, double(g.R * g.S * g.P * g.Q));
+}
+
+// per-tap GEMMs over the valid output rectangle of each tap (dense/wide-group convolutions)
+bool use_taps(const Geo& g) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) return !std::strcmp(e, "taps");
+  return valid_fraction(g) < 0.75;
+}
+
+struct TapRect {
+  int64_t pa, pb, qa, qb, ih0, iw0;
+  bool empty() const { return pa >= pb || qa >= qb; }
+  bool full_rows(const Geo& g) const { return qa == 0 && qb == g.Q; }
+};
+
+TapRect tap_rect(const Geo& g, int64_t r, int64_t s) {
+  auto [pa, pb] = tap_range(g.P, g.H, r, g.sh, g.ph, g.dh);
+  auto [qa, qb] = tap_range(g.Q, g.W, s, g.sw, g.pw, g.dw);
+  return {pa, pb, qa, qb, pa * g.sh + r * g.dh - g.ph, qa * g.sw + s * g.dw - g.pw};
+}
+
+// the input (or input-gradient) pixels a tap's rectangle touches, channels [c0, c0 + nc)
+Tensor tap_input(const Tensor& t, const Geo& g, const TapRect& b, int64_t c0, int64_t nc) {
+  return t.narrow(0, c0, nc)
+      .slice(1, b.ih0, b.ih0 + (b.pb - b.pa - 1) * g.sh + 1, g.sh)
+      .slice(2, b.iw0, b.iw0 + (b.qb - b.qa - 1) * g.sw + 1, g.sw);
+}
+
+Tensor tap_output(const Tensor& t, const TapRect& b, int64_t k0, int64_t nk) {
+  return t.narrow(0, k0, nk).narrow(1, b.pa, b.pb - b.pa).narrow(2, b.qa, b.qb - b.qa);
+}
+
+// y[n] = sum over taps of W_tap @ x(rect), accumulated in acc [K, P, Q]
+void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+              const Tensor& y) {
+  const Tensor wt = w.permute({2, 3, 0, 1}).contiguous();  // [R, S, K, Cg]
+  const bool in_place = y.is_contiguous();
+  Tensor buf = in_place ? Tensor() : at::empty({g.K, g.P, g.Q}, y.options());
+  for (int64_t n = 0; n < g.N; ++n) {
+    Tensor acc = in_place ? y[n] : buf;
+    acc.zero_();
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const TapRect b = tap_rect(g, r, s);
+          if (b.empty()) continue;
+          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
+          const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
+          const Tensor wk = wt[r][s].narrow(0, grp * g.Kg, g.Kg);
+          Tensor dst = tap_output(acc, b, grp * g.Kg, g.Kg);
+          if (b.full_rows(g))
+            dst.view({g.Kg, m}).addmm_(wk, src);
+          else
+            dst.add_(at::mm(wk, src).view({g.Kg, b.pb - b.pa, b.qb - b.qa}));
+        }
+    if (bias.defined()) acc.add_(bias.view({g.K, 1, 1}));
+    if (relu) acc.relu_();
+    if (!in_place) y[n].copy_(acc);
+  }
+}
+
+void dgrad_taps(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  const Tensor wt = w.permute({2, 3, 1, 0}).contiguous();  // [R, S, Cg, K]
+  const bool in_place = gx.is_contiguous();
+  Tensor buf = in_place ? Tensor() : at::empty({g.C, g.H, g.W}, gx.options());
+  for (int64_t n = 0; n < g.N; ++n) {
+    Tensor acc = in_place ? gx[n] : buf;
+    acc.zero_();
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const TapRect b = tap_rect(g, r, s);
+          if (b.empty()) continue;
+          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
+          const Tensor src = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
+          const Tensor wk = wt[r][s].narrow(1, grp * g.Kg, g.Kg);  // [Cg, Kg]
+          tap_input(acc, g, b, grp * g.Cg, g.Cg)
+              .add_(at::mm(wk, src).view({g.Cg, b.pb - b.pa, b.qb - b.qa}));
+        }
+    if (!in_place) gx[n].copy_(acc);
+  }
+}
+
+void wgrad_taps(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  Tensor acc = at::zeros({g.R, g.S, g.K, g.Cg}, gw.options());
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const TapRect b = tap_rect(g, r, s);
+          if (b.empty()) continue;
+          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
+          const Tensor a = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
+          const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
+          acc[r][s].narrow(0, grp * g.Kg, g.Kg).addmm_(a, src.t());
+        }
+  gw.copy_(acc.permute({2, 3, 0, 1}));
+}
+
 // depthwise with multiplier 1 where both tensors have unit channel stride (channels_last):
 // the channel-vectorised kernels (DILCONV_CPU_PATH=direct|gemm forces the planar/GEMM paths)
 bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH"))
-    if (!std::strcmp(e, "direct") || !std::strcmp(e, "gemm")) return false;
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "gemm") || !std::strcmp(e, "taps"))
+      return false;
   return g.Cg == 1 && g.Kg == 1 && (a.stride(1) == 1 || g.C == 1) && (b.stride(1) == 1 || g.C == 1);
 }
 
@@ -261,6 +384,8 @@ void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias,
     dw_fwd_nhwc<T>(g, x, w, bias, relu, y);
   else if (use_direct(g))
     fwd_direct<T>(g, x, w, bias, relu, y);
+  else if (use_taps(g))
+    fwd_taps(g, x, w, bias, relu, y);
   else
     fwd_gemm<T>(g, x, w, bias, relu, y);
 }
@@ -370,6 +495,8 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
     dw_dgrad_nhwc<T>(g, gy, w, gx);
   else if (use_direct(g))
     dgrad_direct<T>(g, gy, w, gx);
+  else if (use_taps(g))
+    dgrad_taps(g, gy, w, gx);
   else
     dgrad_gemm<T>(g, gy, w, gx);
 }
@@ -445,6 +572,8 @@ void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw
     dw_wgrad_nhwc<T>(g, gy, x, gw);
   else if (use_direct(g))
     wgrad_direct<T>(g, gy, x, gw);
+  else if (use_taps(g))
+    wgrad_taps(g, gy, x, gw);
   else
     wgrad_gemm<T>(g, gy, x, gw);
 }
@@ -640,13 +769,6 @@ SepArgs sep_check(const char* op, const Tensor& input, const Tensor& dw_weight,
   return {make_geo(N, C, H, W, CM, P, Q, R, S, stride, padding, dilation, C), K};
 }
 
-// mid [N, CM, P, Q] contiguous, compute type
-template <class T>
-Tensor sep_mid(const Geo& g, const Tensor& x, const Tensor& dw, const Tensor& dwb, bool relu) {
-  Tensor mid = at::empty({g.N, g.K, g.P, g.Q}, x.options());
-  if (mid.numel()) fwd_direct<T>(g, x, dw, dwb, relu, mid);
-  return mid;
-}
 
 // Fused forward: per tile of output rows, the depthwise result for all mid channels is computed
 // into a cache-sized buffer (never written out as a whole tensor), then multiplied by the
@@ -744,11 +866,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       using T = decltype(t);
       const Tensor x = to_compute(input, ct);
       const Tensor dw = to_compute(dw_weight, ct).contiguous();
-      const Tensor mid =
-          sep_mid<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
+      // mid and its gradient in the layout of grad_output, so that channels-last training
+      // runs the channel-vectorised depthwise kernels; [N, C, PQ] matrix views of either layout
+      // go to BLAS as they are
+      const bool cl = out_format(grad_output) == at::MemoryFormat::ChannelsLast;
+      Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, opts, out_format(grad_output));
+      fwd_any<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
+                 mid);
       const Tensor pw = to_compute(pw_weight, ct).reshape({a.K, g.K});
-      const Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
-      Tensor gy = to_compute(grad_output, ct).contiguous().view({g.N, a.K, g.P * g.Q});
+      const Tensor mv = mid.flatten(2);
+      Tensor gy = to_compute(grad_output, ct).flatten(2);
       if (out_relu) {
         Tensor out = at::matmul(pw, mv);
         if (pw_bias) out.add_(to_compute(*pw_bias, ct).view({1, a.K, 1}));
@@ -756,12 +883,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       }
       gpb.copy_(gy.sum({0, 2}));
       gpw.view({a.K, g.K}).copy_(at::matmul(gy, mv.transpose(1, 2)).sum(0));
-      Tensor gmid = at::matmul(pw.t(), gy);  // [N, CM, PQ]
+      Tensor gmid = cl ? at::matmul(gy.transpose(1, 2), pw).transpose(1, 2)  // [N, CM, PQ]
+                       : at::matmul(pw.t(), gy);
       if (mid_relu) gmid.mul_(mv.gt(0));
       gdb.copy_(gmid.sum({0, 2}));
       const Tensor gm4 = gmid.view({g.N, g.K, g.P, g.Q});
-      wgrad_direct<T>(g, gm4, x, gdw);
-      dgrad_direct<T>(g, gm4, dw, gx);
+      wgrad_any<T>(g, gm4, x, gdw);
+      dgrad_any<T>(g, gm4, dw, gx);
     });
   }
   return {finish(gx, dtype), finish(gdw, dtype), finish(gdb, dtype), finish(gpw, dtype),

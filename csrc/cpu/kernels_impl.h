@@ -281,9 +281,12 @@ void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, St
         __builtin_memcpy(drow, prow + g.pw, sizeof(T) * m);
         for (int64_t j = m; j < g.W; ++j) drow[j] = 0;
       } else {
-        for (int64_t j = 0; j < g.W; ++j) {
-          const int64_t pj = j + g.pw;
-          drow[j * gxs.w] = pj < wp ? prow[(pj % g.sw) * Wph + pj / g.sw] : T(0);
+        // column j = m * sw + f - pw for phase f (no division per element)
+        for (int64_t f = 0; f < g.sw; ++f) {
+          const T* ph = prow + f * Wph;
+          int64_t m = g.pw - f > 0 ? (g.pw - f + g.sw - 1) / g.sw : 0;
+          for (int64_t j = m * g.sw + f - g.pw; j < g.W; j += g.sw, ++m)
+            drow[j * gxs.w] = m * g.sw + f < wp ? ph[m] : T(0);
         }
       }
     }
@@ -503,6 +506,40 @@ inline void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, c
   }
 }
 
+template <class T, int U>
+inline void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+                        int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
+  V<T> a[4][U];
+  for (int u = 0; u < U; ++u) a[0][u] = a[1][u] = a[2][u] = a[3][u] = bias ? ld(bias + cs[u]) : V<T>{};
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* xp = x + xo[t];
+    const T* wp = w + wo[t];
+    for (int u = 0; u < U; ++u) {
+      const V<T> wv = ld(wp + cs[u]);
+      for (int i = 0; i < 4; ++i) a[i][u] += wv * ld(xp + i * px + cs[u]);
+    }
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int u = 0; u < U; ++u) st(y + i * py + cs[u], relu ? relu_v<T>(a[i][u]) : a[i][u]);
+}
+
+// four interior pixels, two vectors of channels at a time
+template <class T>
+void nhwc_pixel4(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+                 int64_t nt, const T* bias, bool relu, T* y, int64_t py) {
+  const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  int64_t cs[2];
+  for (int64_t v = 0; v < nv; v += 2) {
+    cs[0] = vstart<T>(v, C);
+    if (nv - v >= 2) {
+      cs[1] = vstart<T>(v + 1, C);
+      nhwc_chunk4<T, 2>(x, xo, px, w, wo, nt, bias, relu, y, py, cs);
+    } else {
+      nhwc_chunk4<T, 1>(x, xo, px, w, wo, nt, bias, relu, y, py, cs);
+    }
+  }
+}
+
 template <class T>
 void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
                  int64_t nt, const T* bias, bool relu, T* y, int64_t py) {
@@ -567,6 +604,8 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
     int64_t q = qa;
     if (vec) {
       const int64_t px = g.sw * xs.w;
+      for (; q + 4 <= qb; q += 4)
+        nhwc_pixel4<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, relu, yrow + q * ys.w, ys.w);
       for (; q + 2 <= qb; q += 2)
         nhwc_pixel2<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, relu, yrow + q * ys.w, ys.w);
     }

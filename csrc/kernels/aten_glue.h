@@ -24,8 +24,11 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
 #include <climits>
+#include <optional>
 #include <string>
+#include <tuple>
 
 #include "kernels/depthwise_api.h"
 
