@@ -7,6 +7,8 @@
 """
 from dilconv import _ext, _ops  # noqa: F401  (loads the extension; registers fake/autograd)
 from dilconv import functional
+
+_ext._warm_cache()
 from dilconv.registry import backends, current_backend, use_backend
 from dilconv.convert import convert
 from dilconv.modules import (

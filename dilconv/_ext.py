@@ -28,11 +28,26 @@ except ImportError:
     build_info = None
 
 
+_kernel_cache: dict = {}
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether the op `dilconv::<op>` has an implementation for the dispatch key."""
+    """Whether the op `dilconv::<op>` has an implementation for the dispatch key. Cached: the
+    answer cannot change once the library is loaded, and torch.compile cannot trace the query."""
     if not loaded:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"dilconv::{op}", dispatch_key)
+    key = (op, dispatch_key)
+    if key not in _kernel_cache:
+        _kernel_cache[key] = torch._C._dispatch_has_kernel_for_dispatch_key(f"dilconv::{op}", dispatch_key)
+    return _kernel_cache[key]
+
+
+def _warm_cache():
+    from dilconv._ops import OP_NAMES
+
+    for name in OP_NAMES:
+        for suffix, key in (("", "CPU"), ("", "CUDA"), ("_emu", "CPU")):
+            has_kernel(name + suffix, key)
 
 
 def cuda_compiled() -> bool:

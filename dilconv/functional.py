@@ -42,8 +42,6 @@ def _check_common(op, input, weight, bias, stride, dilation, groups):
         raise RuntimeError(
             f"{op}: input, weight and bias must be on the same device, got input on {input.device}, "
             f"weight on {weight.device}" + (f", bias on {bias.device}" if bias is not None else ""))
-    if not input.dtype.is_floating_point:
-        raise RuntimeError(f"{op}: expected a floating-point input, got {input.dtype}")
     if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
         raise RuntimeError(
             f"{op}: Input type ({input.dtype}) and weight type ({weight.dtype})"

@@ -180,6 +180,12 @@ class CudaBackend(OpsBackend):
         return None
 
 
+class AutoBackend(Backend):
+    """Placeholder entry: "auto" is resolved per call by `resolve()`."""
+
+    name = "auto"
+
+
 class CudaEmuBackend(OpsBackend):
     name = "cuda-emu"
     device_types = ("cpu",)
@@ -202,7 +208,7 @@ def register_lazy_backend(name: str, factory: Callable[[], Backend]) -> None:
     _lazy[name] = factory
 
 
-for _b in (TorchBackend(), CpuBackend(), CudaBackend(), CudaEmuBackend()):
+for _b in (TorchBackend(), CpuBackend(), CudaBackend(), CudaEmuBackend(), AutoBackend()):
     register_backend(_b)
 
 

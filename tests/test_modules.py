@@ -1,0 +1,185 @@
+"""Drop-in modules and convert(): same constructor, parameters, state_dict, init and results as
+torch.nn, on every usable backend."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import dilconv
+
+BACKENDS = [b for b in dilconv.backends()]
+
+
+def _skip_unsupported(fn):
+    try:
+        return fn()
+    except NotImplementedError as e:
+        if str(e).startswith("dilconv backend"):
+            pytest.skip(str(e))
+        raise
+
+
+def _close(a, b, tol=1e-5):
+    scale = max(b.abs().max().item(), 1e-30)
+    assert (a - b).abs().max().item() <= tol * scale
+
+
+CONV_ARGS = [
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, dilation=2),
+    dict(in_channels=4, out_channels=6, kernel_size=(1, 5), padding="same", dilation=(1, 2)),
+    dict(in_channels=4, out_channels=8, kernel_size=3, stride=2, padding=1, groups=2, bias=False),
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding=3, dilation=3, groups=4),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, padding_mode="replicate"),
+    dict(in_channels=4, out_channels=6, kernel_size=4, padding="same", padding_mode="circular"),
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding="valid"),
+]
+
+
+def _cls_for(kw):
+    g = kw.get("groups", 1)
+    if g == kw["in_channels"] and g > 1:
+        return dilconv.DepthwiseConv2d
+    return dilconv.GroupedConv2d if g > 1 else dilconv.AtrousConv2d
+
+
+@pytest.mark.parametrize("kw", CONV_ARGS, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_module_matches_nn_conv2d(backend, kw):
+    torch.manual_seed(1)
+    ref = nn.Conv2d(**kw)
+    torch.manual_seed(1)
+    mod = _cls_for(kw)(**kw, backend=backend)
+    # same initialisation from the same seed, same parameter names and shapes
+    assert list(mod.state_dict()) == list(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(mod.state_dict()[k], v)
+    # a torch.nn state_dict loads and gives the same outputs and gradients
+    mod.load_state_dict(copy.deepcopy(ref.state_dict()))
+    x = torch.randn(2, 4, 11, 10, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    y = _skip_unsupported(lambda: mod(x))
+    yr = ref(xr)
+    _close(y, yr)
+    g = torch.randn_like(yr)
+    y.backward(g)
+    yr.backward(g)
+    _close(x.grad, xr.grad)
+    _close(mod.weight.grad, ref.weight.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_transpose_module_matches_nn(backend):
+    kw = dict(in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=1, groups=2, dilation=1)
+    torch.manual_seed(2)
+    ref = nn.ConvTranspose2d(**kw)
+    torch.manual_seed(2)
+    mod = dilconv.ConvTranspose2d(**kw, backend=backend)
+    assert list(mod.state_dict()) == list(ref.state_dict())
+    assert torch.equal(mod.weight, ref.weight)
+    x = torch.randn(2, 4, 5, 6)
+    _close(_skip_unsupported(lambda: mod(x)), ref(x))
+    # output_size selects output_padding, as in torch
+    y = _skip_unsupported(lambda: mod(x, output_size=[11, 13]))
+    assert y.shape[-2:] == (11, 13)
+    _close(y, ref(x, output_size=[11, 13]))
+
+
+def test_depthwise_module_arguments():
+    m = dilconv.DepthwiseConv2d(8, 16, 3, padding=1)
+    assert m.groups == 8 and m.weight.shape == (16, 1, 3, 3)
+    with pytest.raises(ValueError):
+        dilconv.DepthwiseConv2d(8, 16, 3, groups=2)
+    with pytest.raises(ValueError):  # as nn.Conv2d: out_channels must be divisible by groups
+        dilconv.DepthwiseConv2d(8, 12, 3)
+    with pytest.raises(ValueError):  # nn.Conv2d's own constructor checks
+        dilconv.AtrousConv2d(4, 6, 3, groups=3)
+    with pytest.raises(ValueError):
+        dilconv.AtrousConv2d(4, 6, 3, stride=2, padding="same")
+
+
+@pytest.mark.parametrize("mid_norm", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_separable_module_matches_two_convs(backend, mid_norm):
+    torch.manual_seed(3)
+    dw = nn.Conv2d(6, 12, 3, padding=4, dilation=4, groups=6, bias=not mid_norm)
+    bn = nn.BatchNorm2d(12) if mid_norm else None
+    pw = nn.Conv2d(12, 5, 1)
+    if bn is not None:  # non-trivial running statistics and affine parameters
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-1, 1)
+    ref = nn.Sequential(dw, *(() if bn is None else (bn,)), nn.ReLU(), pw, nn.ReLU()).eval()
+    mod = dilconv.DepthwiseSeparableConv2d.from_convs(dw, pw, mid_norm=bn, mid_relu=True,
+                                                      out_relu=True, backend=backend).eval()
+    assert mod.depthwise.weight is dw.weight  # shared, not copied
+    x = torch.randn(2, 6, 13, 12)
+    _close(_skip_unsupported(lambda: mod(x)), ref(x))
+    # its state_dict is that of the two convs (+ norm) under documented names
+    keys = set(mod.state_dict())
+    assert {"depthwise.weight", "pointwise.weight", "pointwise.bias"} <= keys
+    assert ("mid_norm.running_mean" in keys) == mid_norm
+    # a fresh module loads it and agrees
+    fresh = dilconv.DepthwiseSeparableConv2d(6, 5, 3, padding=4, dilation=4, depth_multiplier=2,
+                                             mid_norm=mid_norm, depthwise_bias=not mid_norm,
+                                             mid_relu=True, out_relu=True, backend=backend).eval()
+    fresh.load_state_dict(mod.state_dict())
+    _close(_skip_unsupported(lambda: fresh(x)), ref(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_separable_module_training_mode_uses_batch_statistics(backend):
+    torch.manual_seed(4)
+    m = dilconv.DepthwiseSeparableConv2d(4, 6, 3, padding=1, mid_norm=True, mid_relu=True,
+                                         backend=backend).train()
+    ref = nn.Sequential(copy.deepcopy(m.depthwise), copy.deepcopy(m.mid_norm), nn.ReLU(),
+                        copy.deepcopy(m.pointwise))
+    for mod in ref:
+        if hasattr(mod, "backend"):
+            mod.backend = "torch"
+    x = torch.randn(3, 4, 9, 9)
+    _close(_skip_unsupported(lambda: m(x)), ref(x))
+    assert torch.allclose(m.mid_norm.running_mean, ref[1].running_mean)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_convert_torchvision_model(backend):
+    torch.manual_seed(5)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    ref = copy.deepcopy(model)
+    params_before = {n: p for n, p in model.named_parameters()}
+    converted = dilconv.convert(model, backend=backend)
+    kinds = {type(m) for m in converted.modules()}
+    assert nn.Conv2d not in kinds and dilconv.DepthwiseConv2d in kinds and dilconv.AtrousConv2d in kinds
+    # the same Parameter objects, so optimisers and tied weights keep working
+    assert all(p is params_before[n] for n, p in converted.named_parameters())
+    assert converted.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    y = _skip_unsupported(lambda: converted(x))
+    yr = ref(xr)
+    _close(y, yr, 1e-4)  # a deep network: fp32 rounding accumulates over ~50 layers
+    y.sum().backward()
+    yr.sum().backward()
+    _close(x.grad, xr.grad, 1e-4)
+
+
+def test_convert_transposed_and_bare_conv():
+    m = nn.Sequential(nn.ConvTranspose2d(3, 4, 2, stride=2), nn.Conv2d(4, 4, 3, groups=2))
+    dilconv.convert(m)
+    assert isinstance(m[0], dilconv.ConvTranspose2d) and isinstance(m[1], dilconv.GroupedConv2d)
+    bare = dilconv.convert(nn.Conv2d(3, 3, 3, groups=3), backend="torch")
+    assert isinstance(bare, dilconv.DepthwiseConv2d) and bare.backend == "torch"
+
+
+def test_module_pickles_and_deepcopies():
+    import pickle
+
+    m = dilconv.AtrousConv2d(2, 3, 3, dilation=2, backend="torch")
+    m2 = pickle.loads(pickle.dumps(m))
+    x = torch.randn(1, 2, 7, 7)
+    assert torch.equal(m(x), m2(x)) and m2.backend == "torch"
+    assert "backend='torch'" in repr(m)
