@@ -26,8 +26,15 @@ struct alignas(BYTES) raw_bytes {
   unsigned char b[BYTES];
 };
 
+// In the emulation the caller's source location is forwarded to dc::load, so the traffic
+// counters attribute each copy to the loader line that issued it.
 template <int BYTES>
-__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src, bool valid) {
+__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src, bool valid
+#if defined(DC_MODE_EMU)
+                                         ,
+                                         const std::source_location& loc = std::source_location::current()
+#endif
+) {
   static_assert(BYTES == 2 || BYTES == 4 || BYTES == 8 || BYTES == 16, "cp_async: bad size");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (BYTES >= 4) {
@@ -49,7 +56,7 @@ __device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src, b
 #if defined(__CUDACC__)
     v = *static_cast<const V*>(gmem_src);
 #else
-    v = dc::load(static_cast<const V*>(gmem_src));
+    v = dc::load(static_cast<const V*>(gmem_src), loc);
 #endif
   } else {
     for (int i = 0; i < BYTES; ++i) v.b[i] = 0;

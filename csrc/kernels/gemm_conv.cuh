@@ -49,71 +49,56 @@
 #include <string>
 #include <type_traits>
 
-#include "kernels/cp_async.cuh"
 #include "kernels/platform.cuh"
+#include "kernels/gemm_api.h"
 
-#ifndef __CUDACC__
-#ifndef __launch_bounds__
-#define __launch_bounds__(...)
+#if DC_KERNEL_BODIES
+#include "kernels/cp_async.cuh"
+#endif
+
+// Tensor cores through dc::wmma (csrc/kernels/wmma.cuh: nvcuda::wmma under nvcc, emulated
+// fragments in the emulation). Until that header exists the emulation builds SIMT-only.
+// The host-only glue mode must agree with nvcc (workspace sizes depend on the config choice).
+#if defined(DC_MODE_EMU)
+#if __has_include("kernels/wmma.cuh")
+#include "kernels/wmma.cuh"
+#define DC_IGEMM_WMMA 1
+#else
+#define DC_IGEMM_WMMA 0
+#endif
+#else
+#define DC_IGEMM_WMMA 1
+#if defined(__CUDACC__)
+#if __has_include("kernels/wmma.cuh")
+#include "kernels/wmma.cuh"
+#else
+#include <mma.h>
+namespace dc {
+namespace wmma = nvcuda::wmma;
+}
+#endif
 #endif
 #endif
 
 namespace DC_TARGET_NS {
 namespace igemm {
 
-// ---------------------------------------------------------------------------------------------
-// public host API
+// The public host API (shapes, tensor views, config ids, type-erased entry points) is in
+// kernels/gemm_api.h; the templates below implement it.
 
-struct ConvShape {
-  int n, c, h, w;  // conv2d input (for dgrad / conv_transpose2d: the tensor computed)
-  int k, p, q;     // conv2d output channels and size (for conv_transpose2d: its input)
-  int r, s;
-  int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-  int groups;
-};
-
-struct Act {  // an activation tensor [N][C][H][W] given by element strides
-  const void* ptr;
-  int64_t sn, sc, sh, sw;
-};
-
-// A weight [groups][K/g][C/g][R][S] given by element strides (sk: output channel within the
-// group, sc: input channel within the group). torch's [K][C/g][R][S] tensor w has
-// sg = (K/g) * w.stride(0), sk = w.stride(0), sc = w.stride(1), sr = w.stride(2), ss = w.stride(3).
-struct Wt {
-  const void* ptr;
-  int64_t sg, sk, sc, sr, ss;
-};
-
-// Tile configurations the launchers can run; kAuto = the heuristic in select_* below.
-enum Config : int {
-  kAuto = -1,
-  kSimt64 = 0,       // SIMT 64x64, 3 stages (fp32/fp16/bf16)
-  kSimtNarrow = 1,   // SIMT 64x64 with a 64-channel A tile: packs narrow groups
-  kWmma128 = 2,      // tensor cores 128x64 (fp16/bf16)
-  kWmma64 = 3,       // tensor cores 64x64 (fp16/bf16), for problems that underfill the GPU
-  kSimt64Double = 4  // SIMT 64x64, 2 stages (fp64)
-};
-const char* config_name(int cfg);
-// fprop/dgrad configurations valid for a dtype (for the autotuner); returns the count.
 template <typename T>
 int conv_configs(int* out, int cap);
-
 template <typename T>
 void fprop(const ConvShape& sh, Act x, Wt w, const void* bias, Act y, dc::Stream stream,
            int config = kAuto);
-// dx = dgrad(dy, w) (+ bias[c] per output channel: conv_transpose2d)
 template <typename T>
 void dgrad(const ConvShape& sh, Act dy, Wt w, const void* bias, Act dx, dc::Stream stream,
            int config = kAuto);
-// dw[k][c][r][s] (element strides dw_s) = wgrad(dy, x). `workspace` must hold
-// wgrad_workspace_bytes<T>(sh) bytes (may be null when that is 0).
 template <typename T>
 size_t wgrad_workspace_bytes(const ConvShape& sh);
 template <typename T>
 void wgrad(const ConvShape& sh, Act dy, Act x, void* dw, const int64_t dw_s[4], void* workspace,
-           dc::Stream stream);
-// The config the heuristic picks (exposed for tests and the resource report).
+           size_t workspace_bytes, dc::Stream stream);
 template <typename T>
 int select_conv_config(const ConvShape& sh, bool dgrad);
 int wgrad_splits(const ConvShape& sh, int bm, int bn, int bk);
@@ -121,34 +106,9 @@ int wgrad_splits(const ConvShape& sh, int bm, int bn, int bk);
 // ---------------------------------------------------------------------------------------------
 // numeric helpers
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename T>
-using acc_t = typename AccOf<T>::type;
-
-template <typename T>
-__device__ __forceinline__ acc_t<T> to_acc(T v) {
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return dc::to_float(v);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_t<T> v) {
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return dc::from_float<T>(v);
-  }
-}
+using dc::acc_t;
+using dc::from_acc;
+using dc::to_acc;
 
 template <typename T>
 constexpr bool is_16bit() {
@@ -242,6 +202,7 @@ struct ConvParams {
   int cl_out;   // epilogue: 1 = channels fastest, 0 = pixels fastest
 };
 
+#if DC_KERNEL_BODIES
 template <typename T, bool DGRAD, typename Tile, int V>
 __global__ void __launch_bounds__(Tile::THREADS, 2)
     igemm_conv_kernel(ConvParams p) {
@@ -351,6 +312,7 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
   }
 
   Acc* smC = reinterpret_cast<Acc*>(smem_raw);
+#if DC_IGEMM_WMMA
   if constexpr (Tile::WMMA) {
     namespace wm = dc::wmma;
     constexpr int WM = Tile::WM, WN = Tile::WN, FM = WM / 16, FN = WN / 16;
@@ -389,7 +351,10 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
       for (int j = 0; j < FN; ++j)
         wm::store_matrix_sync(smC + (wmi * WM + i * 16) * LDC + wn * WN + j * 16, c[i][j], LDC,
                               wm::mem_row_major);
-  } else {
+  } else
+#endif
+  {
+    static_assert(!Tile::WMMA, "tensor-core tile without dc::wmma");
     constexpr int TM = Tile::TM, TN = Tile::TN, NT = BN / TN;
     const int tn = tid % NT, tm = tid / NT;
     Acc acc[TM][TN];
@@ -462,6 +427,8 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
   }
 }
 
+#endif  // DC_KERNEL_BODIES
+
 // ---------------------------------------------------------------------------------------------
 // wgrad kernel
 
@@ -480,6 +447,7 @@ struct WgradParams {
   int cl_a, cl_b;  // loader mappings: 1 = channels fastest
 };
 
+#if DC_KERNEL_BODIES
 template <typename T, typename Tile, int V>
 __global__ void __launch_bounds__(Tile::THREADS, 2)
     igemm_wgrad_kernel(WgradParams p) {
@@ -577,6 +545,7 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
   }
 
   Acc* smC = reinterpret_cast<Acc*>(smem_raw);
+#if DC_IGEMM_WMMA
   if constexpr (Tile::WMMA) {
     namespace wm = dc::wmma;
     constexpr int WM = Tile::WM, WN = Tile::WN, FM = WM / 16, FN = WN / 16;
@@ -616,7 +585,10 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
       for (int j = 0; j < FN; ++j)
         wm::store_matrix_sync(smC + (wmi * WM + i * 16) * LDC + wn * WN + j * 16, c[i][j], LDC,
                               wm::mem_row_major);
-  } else {
+  } else
+#endif
+  {
+    static_assert(!Tile::WMMA, "tensor-core tile without dc::wmma");
     constexpr int TM = Tile::TM, TN = Tile::TN, NT = BN / TN;
     const int tn = tid % NT, tm = tid / NT;
     Acc acc[TM][TN];
@@ -691,8 +663,10 @@ __global__ void __launch_bounds__(256) igemm_wgrad_reduce_kernel(WgradParams p) 
 }
 
 
+#endif  // DC_KERNEL_BODIES
+
 // ---------------------------------------------------------------------------------------------
-// host side: kernel selection and launch
+// host side: kernel selection (no kernel bodies needed: also visible to the host-only glue)
 
 namespace detail {
 
@@ -717,6 +691,104 @@ inline void check_grid(int64_t gx, int64_t gy, int64_t gz) {
     throw std::invalid_argument("dilconv igemm: problem too large for the launch grid");
 }
 
+}  // namespace detail
+
+inline const char* config_name_of(int cfg) {
+  switch (cfg) {
+    case kSimt64: return "simt64x64x16_s3";
+    case kSimtNarrow: return "simt64x64_narrow_s2";
+    case kWmma128: return "wmma128x64x32_s3";
+    case kWmma64: return "wmma64x64x32_s3";
+    case kSimt64Double: return "simt64x64x16_s2_f64";
+    default: return "?";
+  }
+}
+
+template <typename T>
+int conv_configs(int* out, int cap) {
+  int all[4], n = 0;
+  if constexpr (std::is_same_v<T, double>) {
+    all[n++] = kSimt64Double;
+  } else {
+    all[n++] = kSimt64;
+    all[n++] = kSimtNarrow;
+    if constexpr (is_16bit<T>() && DC_IGEMM_WMMA) {
+      all[n++] = kWmma128;
+      all[n++] = kWmma64;
+    }
+  }
+  for (int i = 0; i < n && i < cap; ++i) out[i] = all[i];
+  return n;
+}
+
+// The heuristic (documented in docs of `dilconv.autotune`; the autotuner may override it):
+//   float64                          -> SIMT, 2 stages
+//   fp16/bf16, >= 32 output and >= 16 reduction channels per group
+//                                    -> tensor cores; 128x64 tiles unless that gives fewer than
+//                                       ~2 CTAs per SM of an H100 (264 CTAs), then 64x64
+//   grouped, < 64 output channels per group, a multiple of 4
+//                                    -> SIMT with narrow groups packed side by side in a tile
+//   otherwise                        -> SIMT 64x64 (1x1 convs included: with R = S = 1 the K loop
+//                                       is a plain GEMM over channel chunks)
+template <typename T>
+int select_conv_config(const ConvShape& sh, bool dgrad) {
+  if (std::is_same_v<T, double>) return kSimt64Double;
+  const int g = sh.groups;
+  const int co = (dgrad ? sh.c : sh.k) / g, cr = (dgrad ? sh.k : sh.c) / g;
+  const int64_t m = int64_t(sh.n) * (dgrad ? int64_t(sh.h) * sh.w : int64_t(sh.p) * sh.q);
+  if (DC_IGEMM_WMMA && is_16bit<T>() && co >= 32 && cr >= 16) {
+    const int64_t ctas = (m + 127) / 128 * ((co + 63) / 64) * g;
+    return ctas >= 264 ? kWmma128 : kWmma64;
+  }
+  if (g > 1 && co < 64 && co % 4 == 0) return kSimtNarrow;
+  return kSimt64;
+}
+
+// split-K factor: enough CTAs for ~2 per SM of an H100 (264), each split >= 4 K steps. A function
+// of the shape only, so the reduction order (and the result bits) never depend on the device.
+inline int wgrad_splits(const ConvShape& sh, int bm, int bn, int bk) {
+  const int co = sh.k / sh.groups, ncols = sh.c / sh.groups * sh.r * sh.s;
+  const int64_t npq = int64_t(sh.n) * sh.p * sh.q;
+  const int64_t tiles = int64_t(detail::ceil_div(ncols, bn)) * detail::ceil_div(co, bm) * sh.groups;
+  const int64_t steps = (npq + bk - 1) / bk;
+  int64_t splits = (264 + tiles - 1) / tiles;
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, steps / 4));
+  splits = std::min<int64_t>(splits, std::min<int64_t>(64, 65535 / sh.groups));
+  splits = std::max<int64_t>(splits, 1);
+  const int64_t per = (steps + splits - 1) / splits * bk;
+  return npq == 0 ? 1 : int((npq + per - 1) / per);
+}
+
+namespace detail {
+template <typename T>
+int wgrad_config(const ConvShape& sh) {
+  if (std::is_same_v<T, double>) return 2;
+  return DC_IGEMM_WMMA && is_16bit<T>() && sh.k / sh.groups >= 32 ? 1 : 0;
+}
+template <typename T>
+int wgrad_bk(const ConvShape& sh) {
+  switch (wgrad_config<T>(sh)) {
+    case 1: return TileWgradWmma::BKA;
+    case 2: return TileWgradSimtDouble::BKA;
+    default: return TileWgradSimt::BKA;
+  }
+}
+
+}  // namespace detail
+
+template <typename T>
+size_t wgrad_workspace_bytes(const ConvShape& sh) {
+  const int splits = wgrad_splits(sh, 64, 64, detail::wgrad_bk<T>(sh));
+  if (splits <= 1) return 0;
+  return size_t(splits) * sh.k * (sh.c / sh.groups) * sh.r * sh.s * sizeof(acc_t<T>);
+}
+
+#if DC_KERNEL_BODIES
+// ---------------------------------------------------------------------------------------------
+// host side: launch
+
+namespace detail {
+
 struct ConvPlan {
   int v, gt, kc, nchunks;
   int64_t gx, gy, gz;
@@ -727,8 +799,10 @@ template <typename Tile>
 ConvPlan plan_conv(int m, int co, int cr, int groups, int vmax) {
   ConvPlan pl{};
   int gt = 1;
-  if (!Tile::WMMA && groups > 1 && co < Tile::BN && co % Tile::TN == 0)
-    gt = std::min(std::min(Tile::BN / co, groups), Tile::BKA);
+  if constexpr (!Tile::WMMA) {
+    if (groups > 1 && co < Tile::BN && co % Tile::TN == 0)
+      gt = std::min(std::min(Tile::BN / co, groups), Tile::BKA);
+  }
   int kc = Tile::WMMA ? std::min(Tile::BKA, (cr + 15) / 16 * 16)
                       : std::min(cr, std::min(Tile::BKB, Tile::BKA / gt));
   int v = vmax;
@@ -820,109 +894,16 @@ void run_conv(const ConvShape& sh, Act a, int ah, int aw, Wt w, const void* bias
       case kSimtNarrow: launch_conv<T, DGRAD, TileSimtNarrow>(p, vmax, stream); break;
       case kWmma128:
       case kWmma64:
+#if DC_IGEMM_WMMA
         if constexpr (is_16bit<T>()) {
           if (config == kWmma128) launch_conv<T, DGRAD, TileWmma128>(p, vmax, stream);
           else launch_conv<T, DGRAD, TileWmma64>(p, vmax, stream);
           break;
         }
+#endif
         [[fallthrough]];
       default: throw std::invalid_argument("dilconv igemm: config not valid for this dtype");
     }
-  }
-}
-
-}  // namespace detail
-
-inline const char* config_name(int cfg) {
-  switch (cfg) {
-    case kSimt64: return "simt64x64x16_s3";
-    case kSimtNarrow: return "simt64x64_narrow_s2";
-    case kWmma128: return "wmma128x64x32_s3";
-    case kWmma64: return "wmma64x64x32_s3";
-    case kSimt64Double: return "simt64x64x16_s2_f64";
-    default: return "?";
-  }
-}
-
-template <typename T>
-int conv_configs(int* out, int cap) {
-  int all[4], n = 0;
-  if constexpr (std::is_same_v<T, double>) {
-    all[n++] = kSimt64Double;
-  } else {
-    all[n++] = kSimt64;
-    all[n++] = kSimtNarrow;
-    if constexpr (is_16bit<T>()) {
-      all[n++] = kWmma128;
-      all[n++] = kWmma64;
-    }
-  }
-  for (int i = 0; i < n && i < cap; ++i) out[i] = all[i];
-  return n;
-}
-
-// The heuristic (documented in docs of `dilconv.autotune`; the autotuner may override it):
-//   float64                          -> SIMT, 2 stages
-//   fp16/bf16, >= 32 output and >= 16 reduction channels per group
-//                                    -> tensor cores; 128x64 tiles unless that gives fewer than
-//                                       ~2 CTAs per SM of an H100 (264 CTAs), then 64x64
-//   grouped, < 64 output channels per group, a multiple of 4
-//                                    -> SIMT with narrow groups packed side by side in a tile
-//   otherwise                        -> SIMT 64x64 (1x1 convs included: with R = S = 1 the K loop
-//                                       is a plain GEMM over channel chunks)
-template <typename T>
-int select_conv_config(const ConvShape& sh, bool dgrad) {
-  if (std::is_same_v<T, double>) return kSimt64Double;
-  const int g = sh.groups;
-  const int co = (dgrad ? sh.c : sh.k) / g, cr = (dgrad ? sh.k : sh.c) / g;
-  const int64_t m = int64_t(sh.n) * (dgrad ? int64_t(sh.h) * sh.w : int64_t(sh.p) * sh.q);
-  if (is_16bit<T>() && co >= 32 && cr >= 16) {
-    const int64_t ctas = (m + 127) / 128 * ((co + 63) / 64) * g;
-    return ctas >= 264 ? kWmma128 : kWmma64;
-  }
-  if (g > 1 && co < 64 && co % 4 == 0) return kSimtNarrow;
-  return kSimt64;
-}
-
-template <typename T>
-void fprop(const ConvShape& sh, Act x, Wt w, const void* bias, Act y, dc::Stream stream, int config) {
-  detail::run_conv<T, false>(sh, x, sh.h, sh.w, w, bias, y, sh.p, sh.q, sh.c / sh.groups,
-                             sh.k / sh.groups, stream, config);
-}
-
-template <typename T>
-void dgrad(const ConvShape& sh, Act dy, Wt w, const void* bias, Act dx, dc::Stream stream, int config) {
-  detail::run_conv<T, true>(sh, dy, sh.p, sh.q, w, bias, dx, sh.h, sh.w, sh.k / sh.groups,
-                            sh.c / sh.groups, stream, config);
-}
-
-// split-K factor: enough CTAs for ~2 per SM of an H100 (264), each split >= 4 K steps. A function
-// of the shape only, so the reduction order (and the result bits) never depend on the device.
-inline int wgrad_splits(const ConvShape& sh, int bm, int bn, int bk) {
-  const int co = sh.k / sh.groups, ncols = sh.c / sh.groups * sh.r * sh.s;
-  const int64_t npq = int64_t(sh.n) * sh.p * sh.q;
-  const int64_t tiles = int64_t(detail::ceil_div(ncols, bn)) * detail::ceil_div(co, bm) * sh.groups;
-  const int64_t steps = (npq + bk - 1) / bk;
-  int64_t splits = (264 + tiles - 1) / tiles;
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, steps / 4));
-  splits = std::min<int64_t>(splits, std::min<int64_t>(64, 65535 / sh.groups));
-  splits = std::max<int64_t>(splits, 1);
-  const int64_t per = (steps + splits - 1) / splits * bk;
-  return npq == 0 ? 1 : int((npq + per - 1) / per);
-}
-
-namespace detail {
-template <typename T>
-int wgrad_config(const ConvShape& sh) {
-  if (std::is_same_v<T, double>) return 2;
-  return is_16bit<T>() && sh.k / sh.groups >= 32 ? 1 : 0;
-}
-template <typename T>
-int wgrad_bk(const ConvShape& sh) {
-  switch (wgrad_config<T>(sh)) {
-    case 1: return TileWgradWmma::BKA;
-    case 2: return TileWgradSimtDouble::BKA;
-    default: return TileWgradSimt::BKA;
   }
 }
 
@@ -935,7 +916,7 @@ void launch_wgrad(WgradParams p, bool vec, dc::Stream stream) {
   const int64_t gx = ceil_div(p.ncols, Tile::BN), gy = ceil_div(p.co, Tile::BM),
                 gz = int64_t(p.groups) * p.splits;
   check_grid(gx, gy, gz);
-  const dim3 grid(unsigned(gx), unsigned(gy), unsigned(gz)), block(Tile::THREADS);
+  const dim3 grid{unsigned(gx), unsigned(gy), unsigned(gz)}, block{unsigned(Tile::THREADS)};
   constexpr int VV = 16 / int(sizeof(T));
   bool done = false;
   if constexpr (VV > 1 && !std::is_same_v<T, double>) {
@@ -954,15 +935,20 @@ void launch_wgrad(WgradParams p, bool vec, dc::Stream stream) {
 }  // namespace detail
 
 template <typename T>
-size_t wgrad_workspace_bytes(const ConvShape& sh) {
-  const int splits = wgrad_splits(sh, 64, 64, detail::wgrad_bk<T>(sh));
-  if (splits <= 1) return 0;
-  return size_t(splits) * sh.k * (sh.c / sh.groups) * sh.r * sh.s * sizeof(acc_t<T>);
+void fprop(const ConvShape& sh, Act x, Wt w, const void* bias, Act y, dc::Stream stream, int config) {
+  detail::run_conv<T, false>(sh, x, sh.h, sh.w, w, bias, y, sh.p, sh.q, sh.c / sh.groups,
+                             sh.k / sh.groups, stream, config);
+}
+
+template <typename T>
+void dgrad(const ConvShape& sh, Act dy, Wt w, const void* bias, Act dx, dc::Stream stream, int config) {
+  detail::run_conv<T, true>(sh, dy, sh.p, sh.q, w, bias, dx, sh.h, sh.w, sh.k / sh.groups,
+                            sh.c / sh.groups, stream, config);
 }
 
 template <typename T>
 void wgrad(const ConvShape& sh, Act dy, Act x, void* dw, const int64_t dw_s[4], void* workspace,
-           dc::Stream stream) {
+           size_t workspace_bytes, dc::Stream stream) {
   detail::check_offsets("grad_output", sh.n, sh.k, sh.p, sh.q, dy.sn, dy.sc, dy.sh, dy.sw);
   detail::check_offsets("input", sh.n, sh.c, sh.h, sh.w, x.sn, x.sc, x.sh, x.sw);
   detail::check_offsets("weight grad", sh.k, sh.c / sh.groups, sh.r, sh.s, dw_s[0], dw_s[1], dw_s[2],
@@ -987,24 +973,27 @@ void wgrad(const ConvShape& sh, Act dy, Act x, void* dw, const int64_t dw_s[4], 
   p.cl_a = dy.sc <= dy.sw;
   p.cl_b = x.sc <= x.sw;
   p.splits = wgrad_splits(sh, 64, 64, detail::wgrad_bk<T>(sh));
-  if (p.splits > 1 && workspace == nullptr)
-    throw std::invalid_argument("dilconv igemm: wgrad needs a workspace");
+  if (p.splits > 1 && (workspace == nullptr || workspace_bytes < wgrad_workspace_bytes<T>(sh)))
+    throw std::invalid_argument("dilconv igemm: wgrad workspace missing or too small");
   constexpr int VV = 16 / int(sizeof(T));
   const bool vec = !std::is_same_v<T, double> && p.cl_a && p.cl_b && p.co % VV == 0 &&
                    p.cr % VV == 0 && p.d_sn % VV == 0 && p.d_sh % VV == 0 && p.d_sw % VV == 0 &&
                    p.x_sn % VV == 0 && p.x_sh % VV == 0 && p.x_sw % VV == 0 &&
                    detail::aligned16(dy.ptr) && detail::aligned16(x.ptr);
-  switch (detail::wgrad_config<T>(sh)) {
-    case 2: detail::launch_wgrad<T, TileWgradSimtDouble>(p, false, stream); break;
-    case 1:
-      if constexpr (is_16bit<T>()) {
-        detail::launch_wgrad<T, TileWgradWmma>(p, vec, stream);
-        break;
-      }
-      [[fallthrough]];
-    default: detail::launch_wgrad<T, TileWgradSimt>(p, vec, stream); break;
+  if constexpr (std::is_same_v<T, double>) {
+    detail::launch_wgrad<T, TileWgradSimtDouble>(p, false, stream);
+  } else {
+#if DC_IGEMM_WMMA
+    if (is_16bit<T>() && detail::wgrad_config<T>(sh) == 1) {
+      if constexpr (is_16bit<T>()) detail::launch_wgrad<T, TileWgradWmma>(p, vec, stream);
+      return;
+    }
+#endif
+    detail::launch_wgrad<T, TileWgradSimt>(p, vec, stream);
   }
 }
+
+#endif  // DC_KERNEL_BODIES
 
 }  // namespace igemm
 }  // namespace DC_TARGET_NS
