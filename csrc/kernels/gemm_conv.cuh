@@ -196,6 +196,7 @@ struct ConvParams {
   int cr, co, groups;    // reduction / output channels per group
   int r, s, sh, sw, ph, pw, dh, dw;
   int gt;       // groups per CTA (1 unless packing narrow groups)
+  int cw;       // packed: N-tile columns per group (co rounded up to TN)
   int kc;       // reduction channels per group per K step
   int nchunks;  // ceil(cr / kc)
   int cl;       // A loader: 1 = channels fastest, 0 = pixels fastest
@@ -262,8 +263,8 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
       gl = 0;
       coi = co0 + n;
     } else {
-      gl = n / p.co;
-      coi = n - gl * p.co;
+      gl = n / p.cw;
+      coi = n - gl * p.cw;
     }
     const bool ok = gl < p.gt && g0 + gl < p.groups && coi < p.co;
     b_off[i] = ok ? (g0 + gl) * p.b_sg + coi * p.b_sco + kk * p.b_scr : -1;
@@ -362,8 +363,8 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
     for (int i = 0; i < TM; ++i)
 #pragma unroll
       for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
-    // the thread's TN columns lie in one group (the host packs only when co % TN == 0)
-    const int my_gl = p.gt > 1 ? (tn * TN) / p.co : 0;
+    // the thread's TN columns lie in one group's slot (slots are cw = co rounded up to TN wide)
+    const int my_gl = p.gt > 1 ? (tn * TN) / p.cw : 0;
     const bool active = my_gl < p.gt;
     const int acol = my_gl * p.kc;
     for (int step = 0; step < nsteps; ++step) {
@@ -414,8 +415,8 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
       gl = 0;
       coi = co0 + col;
     } else {
-      gl = col / p.co;
-      coi = col - gl * p.co;
+      gl = col / p.cw;
+      coi = col - gl * p.cw;
     }
     if (gl >= p.gt || g0 + gl >= p.groups || coi >= p.co) continue;
     const int ch = (g0 + gl) * p.co + coi;
@@ -726,7 +727,7 @@ int conv_configs(int* out, int cap) {
 //   fp16/bf16, >= 32 output and >= 16 reduction channels per group
 //                                    -> tensor cores; 128x64 tiles unless that gives fewer than
 //                                       ~2 CTAs per SM of an H100 (264 CTAs), then 64x64
-//   grouped, < 64 output channels per group, a multiple of 4
+//   grouped, <= 32 output channels per group
 //                                    -> SIMT with narrow groups packed side by side in a tile
 //   otherwise                        -> SIMT 64x64 (1x1 convs included: with R = S = 1 the K loop
 //                                       is a plain GEMM over channel chunks)
@@ -740,7 +741,7 @@ int select_conv_config(const ConvShape& sh, bool dgrad) {
     const int64_t ctas = (m + 127) / 128 * ((co + 63) / 64) * g;
     return ctas >= 264 ? kWmma128 : kWmma64;
   }
-  if (g > 1 && co < 64 && co % 4 == 0) return kSimtNarrow;
+  if (g > 1 && co <= 32) return kSimtNarrow;
   return kSimt64;
 }
 
@@ -790,7 +791,7 @@ size_t wgrad_workspace_bytes(const ConvShape& sh) {
 namespace detail {
 
 struct ConvPlan {
-  int v, gt, kc, nchunks;
+  int v, gt, cw, kc, nchunks;
   int64_t gx, gy, gz;
 };
 
@@ -798,10 +799,12 @@ struct ConvPlan {
 template <typename Tile>
 ConvPlan plan_conv(int m, int co, int cr, int groups, int vmax) {
   ConvPlan pl{};
-  int gt = 1;
+  int gt = 1, cw = co;
   if constexpr (!Tile::WMMA) {
-    if (groups > 1 && co < Tile::BN && co % Tile::TN == 0)
-      gt = std::min(std::min(Tile::BN / co, groups), Tile::BKA);
+    // pack groups whose output channels (rounded up to the thread's TN columns) fill at most
+    // half the N tile
+    cw = (co + Tile::TN - 1) / Tile::TN * Tile::TN;
+    if (groups > 1 && 2 * cw <= Tile::BN) gt = std::min(std::min(Tile::BN / cw, groups), Tile::BKA);
   }
   int kc = Tile::WMMA ? std::min(Tile::BKA, (cr + 15) / 16 * 16)
                       : std::min(cr, std::min(Tile::BKB, Tile::BKA / gt));
@@ -812,6 +815,7 @@ ConvPlan plan_conv(int m, int co, int cr, int groups, int vmax) {
   }
   pl.v = v;
   pl.gt = gt;
+  pl.cw = gt > 1 ? cw : co;
   pl.kc = kc;
   pl.nchunks = ceil_div(cr, kc);
   pl.gx = ceil_div(m, Tile::BM);
@@ -824,6 +828,7 @@ template <typename T, bool DGRAD, typename Tile>
 void launch_conv(ConvParams prm, int vmax, dc::Stream stream) {
   const ConvPlan pl = plan_conv<Tile>(prm.m, prm.co, prm.cr, prm.groups, vmax);
   prm.gt = pl.gt;
+  prm.cw = pl.cw;
   prm.kc = pl.kc;
   prm.nchunks = pl.nchunks;
   check_grid(pl.gx, pl.gy, pl.gz);
