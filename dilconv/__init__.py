@@ -20,7 +20,12 @@ from dilconv.modules import (
     fold_batchnorm,
 )
 
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("dilconv")
+except Exception:  # a source checkout that was never installed
+    __version__ = "0.1.0"
 
 __all__ = [
     "AtrousConv2d", "ConvTranspose2d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",

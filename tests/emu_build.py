@@ -75,4 +75,28 @@ def build(name: str, sources, flags, link_flags=()) -> str:
     tmp = f"{exe}.{os.getpid()}.tmp"
     _run([compiler, *flags, *objs, "-o", tmp, *link_flags])
     os.replace(tmp, exe)
+    _prune(name, keep=exe)
     return exe
+
+
+def _prune(name, keep):
+    """Drop older builds of program `name` (objects are left: other programs share them)."""
+    for p in glob.glob(os.path.join(BUILD_DIR, f"{name}-*")):
+        if p != keep and len(os.path.basename(p)) == len(os.path.basename(keep)):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+
+
+def emu_family_sources():
+    """csrc/emu/*.cpp files that do not include torch headers: the emulated kernel
+    instantiations (and the runtime's C ABI), buildable without torch."""
+    out = []
+    for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "emu", "*.cpp"))):
+        with open(p, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if any(s in text for s in ("<torch/", "<ATen/", "<c10/", '"torch/', '"ATen/', '"c10/')):
+            continue
+        out.append(os.path.relpath(p, ROOT))
+    return out

@@ -33,6 +33,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <source_location>
 #include <stdexcept>
@@ -119,9 +120,11 @@ inline half float_to_half_rn(float f) {
   return half{uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
 }
 inline float bf16_to_float(bfloat16 b) { return f32_from_bits(uint32_t(b.x) << 16); }
+inline float to_float_any(half h) { return half_to_float(h); }
+inline float to_float_any(bfloat16 b) { return bf16_to_float(b); }
 inline bfloat16 float_to_bf16_rn(float f) {
   const uint32_t u = f32_bits(f);
-  if (std::isnan(f)) return bfloat16{uint16_t(((u >> 16) & 0x8000u) | 0x7FC0u)};
+  if (std::isnan(f)) return bfloat16{0x7FFF};  // the canonical NaN of the GPU's cvt.rn.bf16.f32
   return bfloat16{uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
 }
 
@@ -133,7 +136,7 @@ struct Rendezvous {
   bool done = false;
   long long acc = 0;  // __syncthreads_count/and/or
   std::condition_variable cv;
-  alignas(16) unsigned char slot[32][16];  // warp intrinsics: each lane's operand
+  alignas(16) unsigned char slot[32][32];  // warp intrinsics: each lane's operand
 };
 inline constexpr const char* kEndOfBlock = "<return from kernel>";
 
@@ -145,11 +148,12 @@ class Block {
       : grid_(grid), block_(block), nthreads_(block.x * block.y * block.z),
         nwarps_((nthreads_ + 31) / 32), running_(nthreads_), exited_(nwarps_, 0),
         open_(nwarps_), dyn_bytes_(dyn_bytes),
-        // exact size so that AddressSanitizer's redzones catch any overrun
-        dyn_(new unsigned char[dyn_bytes ? dyn_bytes : 1]) {
+        // exact size so that AddressSanitizer's redzones catch any overrun; 128-byte aligned like
+        // DC_DYNAMIC_SHARED's declaration under nvcc
+        dyn_(new (std::align_val_t(128)) unsigned char[dyn_bytes ? dyn_bytes : 1]) {
     poison_dynamic();
   }
-  ~Block() { delete[] dyn_; }
+  ~Block() { ::operator delete[](dyn_, std::align_val_t(128)); }
 
   unsigned nthreads() const { return nthreads_; }
   dim3 grid() const { return grid_; }
@@ -195,10 +199,13 @@ class Block {
     return r->acc;
   }
 
-  // Warp collective: deposit `n` bytes, wait for every lane of (mask & existing lanes), then
-  // call read(slots, participants) while the slots are stable.
-  template <typename F>
-  void warp_collective(const char* what, unsigned tid, uint32_t mask, const void* in, size_t n, F&& read) {
+  // Warp collective: deposit `n` (<= 32) bytes, wait for every lane of (mask & existing lanes),
+  // then call read(rendezvous, participants, lane) while the slots are stable. `on_complete`
+  // (optional) runs once, in the last lane to arrive, before any lane is released: it may write
+  // into the other lanes' memory (WMMA fragments), which they see after the rendezvous.
+  template <typename F, typename G = std::nullptr_t>
+  void warp_collective(const char* what, unsigned tid, uint32_t mask, const void* in, size_t n, F&& read,
+                       G&& on_complete = nullptr) {
     const unsigned warp = tid / 32, lane = tid % 32;
     std::unique_lock<std::mutex> lk(mu_);
     if (failed_) throw Abort{};
@@ -222,8 +229,9 @@ class Block {
       fail_locked(thread_name(tid) + " called " + what + " while other lanes of mask " + hex(mask) +
                   " wait in " + r->what + " (divergent warp intrinsics)");
     }
-    std::memcpy(r->slot[lane], in, n);
+    if (n) std::memcpy(r->slot[lane], in, n);
     if (++r->arrived == r->expected) {
+      if constexpr (!std::is_same_v<std::decay_t<G>, std::nullptr_t>) on_complete(*r, part);
       complete_locked(*r);
       auto& v = open_[warp];
       v.erase(std::find(v.begin(), v.end(), r));

@@ -22,7 +22,7 @@
 //       no initialiser on __shared__ variables (as in CUDA), no __shared__ in recursive code, and
 //       the emulation cannot see races BETWEEN blocks (no inter-block communication in kernels).
 //   DC_DYNAMIC_SHARED(T, name);  declares `T* name` = the block's dynamic shared memory (the
-//       dyn_smem bytes of dc::launch; 16-byte aligned). Emulation: an exact-size heap buffer
+//       dyn_smem bytes of dc::launch; 128-byte aligned). Emulation: an exact-size heap buffer
 //       (AddressSanitizer catches overruns), filled with 0xFF bytes at every block start
 //       (uninitialised float reads give NaN).
 //   __syncthreads(), __syncthreads_count/and/or(pred), __syncwarp(mask)
@@ -213,7 +213,7 @@ __device__ __forceinline__ void store(T* p, identity_t<T> v) {
 }
 
 #define DC_DYNAMIC_SHARED(T, name)                                   \
-  extern __shared__ __align__(16) unsigned char dc_dynamic_smem_[]; \
+  extern __shared__ __align__(128) unsigned char dc_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(dc_dynamic_smem_)
 
 inline void cuda_check(cudaError_t e, const char* what) {

@@ -1,0 +1,654 @@
+// Backend "cpu": the CPU-key implementations of the plain dilconv ops.
+//
+// Two paths, chosen per call (use_direct):
+//   direct  the kernels of kernels_impl.h: packed, padded input windows and register-blocked
+//           stencils. Used where a GEMM is mostly overhead: depthwise (with or without channel
+//           multiplier) and grouped convolutions with few channels per group.
+//   gemm    per group im2col/col2im and at::mm (BLAS) for the channel contraction: dense and
+//           wide-group convolutions.
+// fp16/bf16 are computed in float32 (converted on entry, rounded once on exit), float64 in
+// float64. Outputs follow dilconv._ops.output_memory_format; the kernels read and write any
+// strides, so inputs are never made contiguous just for layout.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+
+#include "cpu/kernels.h"
+
+namespace dilconv::cpu {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+// ------------------------------------------------------------------------------------------
+// argument checks (the Python layer validates already; ops can also be called directly)
+
+void check_pair(const char* op, const char* name, IntArrayRef v, int64_t min) {
+  TORCH_CHECK(v.size() == 2, op, ": expected ", name, " to have 2 elements, got ", v.size());
+  TORCH_CHECK(v[0] >= min && v[1] >= min, op, ": ", name, " must be >= ", min, ", got ", v);
+}
+
+void check_float(const char* op, const Tensor& t, const char* name, const Tensor& ref) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but expected ", ref.scalar_type());
+}
+
+void check_dtype(const char* op, const Tensor& t) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
+}
+
+void check_dim(const char* op, const Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, op, ": expected ", name, " to be ", dim, "-D, got ", t.sizes());
+}
+
+void check_bias(const char* op, const std::optional<Tensor>& b, const Tensor& ref, int64_t k,
+                const char* name = "bias") {
+  if (!b) return;
+  check_float(op, *b, name, ref);
+  TORCH_CHECK(b->dim() == 1 && b->size(0) == k, op, ": expected ", name, " of size [", k,
+              "], got ", b->sizes());
+}
+
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+at::ScalarType compute_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::MemoryFormat out_format(const Tensor& t) {
+  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+// new_empty(shape).contiguous(memory_format=fmt), without touching memory
+Tensor empty_fmt(IntArrayRef shape, at::TensorOptions opts, at::MemoryFormat fmt) {
+  Tensor t = at::empty(shape, opts);
+  if (fmt == at::MemoryFormat::ChannelsLast && !t.is_contiguous(fmt))
+    t = at::empty(shape, opts.memory_format(fmt));
+  return t;
+}
+
+Strides strides(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+Geo make_geo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t P, int64_t Q,
+             int64_t R, int64_t S, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+             int64_t groups) {
+  Geo g;
+  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.P = P, g.Q = Q, g.R = R, g.S = S;
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1];
+  g.dh = dilation[0], g.dw = dilation[1];
+  g.G = groups, g.Cg = C / groups, g.Kg = K / groups;
+  return g;
+}
+
+template <class T>
+const Kernels<T>& kern();
+template <>
+const Kernels<float>& kern<float>() { return kernels_f32(); }
+template <>
+const Kernels<double>& kern<double>() { return kernels_f64(); }
+
+template <class F>
+void with_type(at::ScalarType ct, F&& f) {
+  if (ct == at::kDouble)
+    f(double{});
+  else
+    f(float{});
+}
+
+template <class T>
+T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+// ------------------------------------------------------------------------------------------
+// path choice
+
+bool use_direct(const Geo& g) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
+    if (!std::strcmp(e, "direct")) return true;
+    if (!std::strcmp(e, "gemm")) return false;
+  }
+  return g.Cg <= 8;
+}
+
+int64_t threads() { return std::max<int64_t>(1, at::get_num_threads()); }
+
+// rows per direct-forward unit: keep the packed window near L2 size and give every thread
+// a few units
+int64_t fwd_rows_per_unit(const Geo& g, int64_t elem, int64_t vec, int64_t other_units) {
+  const int64_t row_bytes = g.Cg * g.sh * g.sw * packed_width(g, vec) * elem;
+  int64_t rows = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, row_bytes));
+  const int64_t want = 4 * threads();
+  if (other_units < want) rows = std::min(rows, std::max<int64_t>(1, g.P * other_units / want));
+  return std::min(rows, g.P);
+}
+
+struct Scratch {
+  std::unique_ptr<char[]> mem;
+  template <class T>
+  T* get(int64_t n) {
+    mem.reset(new char[sizeof(T) * n + 64]);
+    return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(mem.get()) + 63) & ~uintptr_t(63));
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// forward
+
+// y = act(conv(x, w) + bias) into y (compute type, any strides); w contiguous.
+template <class T>
+void fwd_direct(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+                const Tensor& y) {
+  const auto& K = kern<T>();
+  const int64_t kc = std::min<int64_t>(g.Kg, 16);
+  const int64_t nk = (g.Kg + kc - 1) / kc;
+  const int64_t rows = fwd_rows_per_unit(g, sizeof(T), K.vec, g.N * g.G * nk);
+  const int64_t np = (g.P + rows - 1) / rows;
+  const T *xp = ptr<T>(x), *wp = ptr<T>(w), *bp = ptr<T>(bias);
+  T* yp = ptr<T>(y);
+  const Strides xs = strides(x), ys = strides(y);
+  at::parallel_for(0, g.N * g.G * nk * np, 1, [&](int64_t b, int64_t e) {
+    Scratch s;
+    T* scratch = s.get<T>(K.fwd_scratch(g, rows));
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t pi = u % np, ki = u / np % nk, grp = u / np / nk % g.G, n = u / np / nk / g.G;
+      const int64_t p0 = pi * rows, p1 = std::min(g.P, p0 + rows);
+      const int64_t k0 = ki * kc, k1 = std::min(g.Kg, k0 + kc);
+      K.fwd(g, xp, xs, wp, bp, relu, yp, ys, n, grp, k0, k1, p0, p1, scratch);
+    }
+  });
+}
+
+// rows of output per GEMM chunk: bound the im2col buffer to ~8 MiB
+int64_t gemm_rows(const Geo& g, int64_t elem) {
+  const int64_t per_row = std::max<int64_t>(1, g.Cg * g.R * g.S * g.Q * elem);
+  return std::clamp<int64_t>((8 << 20) / per_row, 1, std::max<int64_t>(1, g.P));
+}
+
+template <class T>
+void im2col_chunk(const Geo& g, const Tensor& x, int64_t n, int64_t grp, int64_t p0, int64_t p1,
+                  const Tensor& col) {
+  const auto& K = kern<T>();
+  const T* xp = ptr<T>(x);
+  T* cp = ptr<T>(col);
+  const Strides xs = strides(x);
+  at::parallel_for(0, g.Cg, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) K.im2col(g, xp, xs, n, grp, c, p0, p1, cp);
+  });
+}
+
+template <class T>
+void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+              const Tensor& y) {
+  const auto ct = y.scalar_type();
+  const bool direct_out = y.is_contiguous();
+  Tensor out = direct_out ? y : at::empty(y.sizes(), y.options());
+  const int64_t rows = gemm_rows(g, sizeof(T));
+  const Tensor w2 = w.view({g.G, g.Kg, g.Cg * g.R * g.S});
+  Tensor colbuf = at::empty({g.Cg * g.R * g.S * rows * g.Q}, x.options().dtype(ct));
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+        const int64_t p1 = std::min(g.P, p0 + rows);
+        Tensor col = colbuf.narrow(0, 0, g.Cg * g.R * g.S * (p1 - p0) * g.Q)
+                         .view({g.Cg * g.R * g.S, (p1 - p0) * g.Q});
+        im2col_chunk<T>(g, x, n, grp, p0, p1, col);
+        Tensor dst = out[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(
+            1, p0 * g.Q, (p1 - p0) * g.Q);
+        at::mm_out(dst, w2[grp], col);
+      }
+  if (bias.defined()) out.add_(bias.view({1, g.K, 1, 1}));
+  if (relu) out.relu_();
+  if (!direct_out) y.copy_(out);
+}
+
+template <class T>
+void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+             const Tensor& y) {
+  if (y.numel() == 0) return;
+  if (use_direct(g))
+    fwd_direct<T>(g, x, w, bias, relu, y);
+  else
+    fwd_gemm<T>(g, x, w, bias, relu, y);
+}
+
+// ------------------------------------------------------------------------------------------
+// input gradient: gx [N, C, H, W] from gy [N, K, P, Q] (internally P, Q may be smaller than the
+// convolution's own, for conv_transpose2d: missing rows count as zero gradient)
+
+// the weights of the stride-1 input gradient seen as a forward convolution of gy:
+// [C, Kg, R, S], spatially flipped, groups' in/out roles exchanged
+Tensor flipped_weight(const Tensor& w, const Geo& g) {
+  return w.view({g.G, g.Kg, g.Cg, g.R, g.S})
+      .transpose(1, 2)
+      .flip({3, 4})
+      .reshape({g.C, g.Kg, g.R, g.S})
+      .contiguous();
+}
+
+template <class T>
+void dgrad_direct(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  const auto& K = kern<T>();
+  if (g.sh == 1 && g.sw == 1) {
+    // gx = conv(gy, flipped w) with padding d * (k - 1) - p (negative = cropping)
+    Geo f = g;
+    f.C = g.K, f.H = g.P, f.W = g.Q, f.K = g.C, f.P = g.H, f.Q = g.W;
+    f.Cg = g.Kg, f.Kg = g.Cg;
+    f.ph = g.dh * (g.R - 1) - g.ph, f.pw = g.dw * (g.S - 1) - g.pw;
+    fwd_direct<T>(f, gy, flipped_weight(w, g), Tensor(), false, gx);
+    return;
+  }
+  const int64_t cc = std::max<int64_t>(1, std::min<int64_t>(g.Cg, (g.N * g.G >= 2 * threads()) ? g.Cg : 1));
+  const int64_t ncu = (g.Cg + cc - 1) / cc;
+  const T *gyp = ptr<T>(gy), *wp = ptr<T>(w);
+  T* gxp = ptr<T>(gx);
+  const Strides gys = strides(gy), gxs = strides(gx);
+  at::parallel_for(0, g.N * g.G * ncu, 1, [&](int64_t b, int64_t e) {
+    Scratch s;
+    T* scratch = s.get<T>(K.dgrad_scatter_scratch(g, cc));
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t ci = u % ncu, grp = u / ncu % g.G, n = u / ncu / g.G;
+      const int64_t c0 = ci * cc, c1 = std::min(g.Cg, c0 + cc);
+      K.dgrad_scatter(g, gyp, gys, wp, gxp, gxs, n, grp, c0, c1, scratch);
+    }
+  });
+}
+
+template <class T>
+void dgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& w, const Tensor& gx) {
+  const auto& K = kern<T>();
+  const Tensor gy = gy_in.contiguous();
+  gx.zero_();
+  const int64_t rows = gemm_rows(g, sizeof(T));
+  const Tensor w2 = w.view({g.G, g.Kg, g.Cg * g.R * g.S});
+  Tensor colbuf = at::empty({g.Cg * g.R * g.S * rows * g.Q}, gy.options());
+  T* gxp = ptr<T>(gx);
+  const Strides gxs = strides(gx);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+        const int64_t p1 = std::min(g.P, p0 + rows);
+        Tensor col = colbuf.narrow(0, 0, g.Cg * g.R * g.S * (p1 - p0) * g.Q)
+                         .view({g.Cg * g.R * g.S, (p1 - p0) * g.Q});
+        Tensor src = gy[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(
+            1, p0 * g.Q, (p1 - p0) * g.Q);
+        at::mm_out(col, w2[grp].t(), src);
+        const T* cp = ptr<T>(col);
+        at::parallel_for(0, g.Cg, 1, [&](int64_t b, int64_t e) {
+          for (int64_t c = b; c < e; ++c) K.col2im(g, cp, gxp, gxs, n, grp, c, p0, p1);
+        });
+      }
+}
+
+template <class T>
+void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  if (gx.numel() == 0) return;
+  if (gy.numel() == 0) {
+    gx.zero_();
+    return;
+  }
+  if (use_direct(g))
+    dgrad_direct<T>(g, gy, w, gx);
+  else
+    dgrad_gemm<T>(g, gy, w, gx);
+}
+
+// ------------------------------------------------------------------------------------------
+// weight gradient: gw [K, Cg, R, S] contiguous
+
+template <class T>
+void wgrad_direct(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const auto& K = kern<T>();
+  const int64_t kc = std::min<int64_t>(g.Kg, g.G >= 2 * threads() ? g.Kg : std::max<int64_t>(1, g.Kg / (2 * threads())));
+  const int64_t nk = (g.Kg + kc - 1) / kc;
+  const T *gyp = ptr<T>(gy), *xp = ptr<T>(x);
+  T* gwp = ptr<T>(gw);
+  const Strides gys = strides(gy), xs = strides(x);
+  at::parallel_for(0, g.G * nk, 1, [&](int64_t b, int64_t e) {
+    Scratch s;
+    T* scratch = s.get<T>(K.wgrad_scratch(g, kc));
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t ki = u % nk, grp = u / nk;
+      const int64_t k0 = ki * kc, k1 = std::min(g.Kg, k0 + kc);
+      K.wgrad(g, gyp, gys, xp, xs, gwp, grp, k0, k1, scratch);
+    }
+  });
+}
+
+template <class T>
+void wgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& x, const Tensor& gw) {
+  const Tensor gy = gy_in.contiguous();
+  gw.zero_();
+  const int64_t rows = gemm_rows(g, sizeof(T));
+  const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg * g.R * g.S});
+  Tensor colbuf = at::empty({g.Cg * g.R * g.S * rows * g.Q}, gy.options());
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+        const int64_t p1 = std::min(g.P, p0 + rows);
+        Tensor col = colbuf.narrow(0, 0, g.Cg * g.R * g.S * (p1 - p0) * g.Q)
+                         .view({g.Cg * g.R * g.S, (p1 - p0) * g.Q});
+        im2col_chunk<T>(g, x, n, grp, p0, p1, col);
+        Tensor src = gy[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(
+            1, p0 * g.Q, (p1 - p0) * g.Q);
+        Tensor dst = gw2[grp];
+        dst.addmm_(src, col.t());
+      }
+}
+
+template <class T>
+void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  if (gw.numel() == 0) return;
+  if (gy.numel() == 0 || x.numel() == 0) {
+    gw.zero_();
+    return;
+  }
+  if (use_direct(g))
+    wgrad_direct<T>(g, gy, x, gw);
+  else
+    wgrad_gemm<T>(g, gy, x, gw);
+}
+
+// ------------------------------------------------------------------------------------------
+// ops
+
+Tensor to_compute(const Tensor& t, at::ScalarType ct) {
+  return t.scalar_type() == ct ? t : t.to(ct);
+}
+
+Tensor finish(const Tensor& r, at::ScalarType dtype) {
+  return r.scalar_type() == dtype ? r : r.to(dtype);
+}
+
+Tensor conv2d(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+              IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "dilconv::conv2d";
+  check_dim(op, input, "input", 4);
+  check_dim(op, weight, "weight", 4);
+  check_dtype(op, input);
+  check_float(op, weight, "weight", input);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t K = weight.size(0), R = weight.size(2), S = weight.size(3);
+  TORCH_CHECK(K % groups == 0 && C % groups == 0 && weight.size(1) * groups == C, op,
+              ": weight ", weight.sizes(), " does not match input ", input.sizes(), " with groups=",
+              groups);
+  TORCH_CHECK(R > 0 && S > 0, op, ": empty kernel ", weight.sizes());
+  check_bias(op, bias, input, K);
+  const int64_t P = out_size(H, R, stride[0], padding[0], dilation[0]);
+  const int64_t Q = out_size(W, S, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(H + 2 * padding[0] >= dilation[0] * (R - 1) + 1 &&
+                  W + 2 * padding[1] >= dilation[1] * (S - 1) + 1,
+              op, ": kernel (dilated) larger than the padded input");
+  const auto ct = compute_type(input.scalar_type());
+  Geo g = make_geo(N, C, H, W, K, P, Q, R, S, stride, padding, dilation, groups);
+  Tensor y = empty_fmt({N, K, P, Q}, input.options().dtype(ct), out_format(input));
+  with_type(ct, [&](auto t) {
+    using T = decltype(t);
+    fwd_any<T>(g, to_compute(input, ct), to_compute(weight, ct).contiguous(),
+               bias ? to_compute(*bias, ct).contiguous() : Tensor(), false, y);
+  });
+  return finish(y, input.scalar_type());
+}
+
+// Checks shared by the two gradient ops; returns the geometry.
+Geo grad_geo(const char* op, const Tensor& gy, IntArrayRef in_size, IntArrayRef w_size,
+             IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  TORCH_CHECK(in_size.size() == 4 && w_size.size() == 4, op, ": sizes must have 4 elements");
+  for (auto v : in_size) TORCH_CHECK(v >= 0, op, ": negative input size ", in_size);
+  for (auto v : w_size) TORCH_CHECK(v >= 0, op, ": negative weight size ", w_size);
+  const int64_t N = in_size[0], C = in_size[1], H = in_size[2], W = in_size[3];
+  const int64_t K = w_size[0], R = w_size[2], S = w_size[3];
+  TORCH_CHECK(R > 0 && S > 0, op, ": empty kernel ", w_size);
+  TORCH_CHECK(K % groups == 0 && C % groups == 0 && w_size[1] * groups == C, op, ": weight ",
+              w_size, " does not match input ", in_size, " with groups=", groups);
+  TORCH_CHECK(gy.size(0) == N && gy.size(1) == K, op, ": grad_output ", gy.sizes(),
+              " does not match input ", in_size, " and weight ", w_size);
+  TORCH_CHECK(H + 2 * padding[0] >= dilation[0] * (R - 1) + 1 &&
+                  W + 2 * padding[1] >= dilation[1] * (S - 1) + 1,
+              op, ": kernel (dilated) larger than the padded input");
+  const int64_t P = out_size(H, R, stride[0], padding[0], dilation[0]);
+  const int64_t Q = out_size(W, S, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(gy.size(2) == P && gy.size(3) == Q, op, ": grad_output ", gy.sizes(),
+              " does not match the convolution output [", P, ", ", Q, "]");
+  return make_geo(N, C, H, W, K, gy.size(2), gy.size(3), R, S, stride, padding, dilation, groups);
+}
+
+Tensor conv2d_input_grad(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size,
+                         IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                         int64_t groups) {
+  const char* op = "dilconv::conv2d_input_grad";
+  check_dim(op, grad_output, "grad_output", 4);
+  check_dim(op, weight, "weight", 4);
+  check_dtype(op, grad_output);
+  check_float(op, weight, "weight", grad_output);
+  Geo g = grad_geo(op, grad_output, input_size, weight.sizes(), stride, padding, dilation, groups);
+  const auto ct = compute_type(grad_output.scalar_type());
+  Tensor gx = empty_fmt(input_size, grad_output.options().dtype(ct), out_format(grad_output));
+  with_type(ct, [&](auto t) {
+    using T = decltype(t);
+    dgrad_any<T>(g, to_compute(grad_output, ct), to_compute(weight, ct).contiguous(), gx);
+  });
+  return finish(gx, grad_output.scalar_type());
+}
+
+Tensor conv2d_weight_grad(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
+                          IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                          int64_t groups) {
+  const char* op = "dilconv::conv2d_weight_grad";
+  check_dim(op, grad_output, "grad_output", 4);
+  check_dim(op, input, "input", 4);
+  check_dtype(op, grad_output);
+  check_float(op, input, "input", grad_output);
+  Geo g = grad_geo(op, grad_output, input.sizes(), weight_size, stride, padding, dilation, groups);
+  const auto ct = compute_type(grad_output.scalar_type());
+  Tensor gw = at::empty(weight_size, grad_output.options().dtype(ct));
+  with_type(ct, [&](auto t) {
+    using T = decltype(t);
+    wgrad_any<T>(g, to_compute(grad_output, ct), to_compute(input, ct), gw);
+  });
+  return finish(gw, grad_output.scalar_type());
+}
+
+Tensor conv_transpose2d(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                        IntArrayRef stride, IntArrayRef padding, IntArrayRef output_padding,
+                        int64_t groups, IntArrayRef dilation) {
+  const char* op = "dilconv::conv_transpose2d";
+  check_dim(op, input, "input", 4);
+  check_dim(op, weight, "weight", 4);
+  check_dtype(op, input);
+  check_float(op, weight, "weight", input);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "output_padding", output_padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  for (int i = 0; i < 2; ++i)
+    TORCH_CHECK(output_padding[i] < stride[i] || output_padding[i] < dilation[i], op,
+                ": output padding must be smaller than either stride or dilation");
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t R = weight.size(2), S = weight.size(3);
+  TORCH_CHECK(weight.size(0) == C && C % groups == 0, op, ": weight ", weight.sizes(),
+              " does not match input ", input.sizes(), " with groups=", groups);
+  TORCH_CHECK(R > 0 && S > 0, op, ": empty kernel ", weight.sizes());
+  const int64_t K = weight.size(1) * groups;
+  check_bias(op, bias, input, K);
+  const int64_t Ho = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (R - 1) + output_padding[0] + 1;
+  const int64_t Wo = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (S - 1) + output_padding[1] + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, op, ": output size [", Ho, ", ", Wo, "] is not positive");
+  // the input gradient of conv2d(out [N, K, Ho, Wo], weight [C, K/g, R, S]) -> [N, C, H, W]
+  Geo g = make_geo(N, K, Ho, Wo, C, H, W, R, S, stride, padding, dilation, groups);
+  // output_padding >= stride (allowed when < dilation) leaves conv outputs past the input:
+  // they read as zero gradient
+  g.P = std::min(H, out_size(Ho, R, stride[0], padding[0], dilation[0]));
+  g.Q = std::min(W, out_size(Wo, S, stride[1], padding[1], dilation[1]));
+  const auto ct = compute_type(input.scalar_type());
+  Tensor y = empty_fmt({N, K, Ho, Wo}, input.options().dtype(ct), out_format(input));
+  with_type(ct, [&](auto t) {
+    using T = decltype(t);
+    Tensor x = to_compute(input, ct);
+    if (g.P < H || g.Q < W) x = x.narrow(2, 0, g.P).narrow(3, 0, g.Q);
+    dgrad_any<T>(g, x, to_compute(weight, ct).contiguous(), y);
+    if (bias && y.numel()) y.add_(to_compute(*bias, ct).view({1, K, 1, 1}));
+  });
+  return finish(y, input.scalar_type());
+}
+
+// ------------------------------------------------------------------------------------------
+// separable: mid = act(dw(x) + dw_bias), out = act(pw(mid) + pw_bias)
+
+struct SepArgs {
+  Geo dw;  // the depthwise convolution (groups = C, Kg = multiplier)
+  int64_t K;  // pointwise outputs
+};
+
+SepArgs sep_check(const char* op, const Tensor& input, const Tensor& dw_weight,
+                  const std::optional<Tensor>& dw_bias, const Tensor& pw_weight,
+                  const std::optional<Tensor>& pw_bias, IntArrayRef stride, IntArrayRef padding,
+                  IntArrayRef dilation) {
+  check_dim(op, input, "input", 4);
+  check_dim(op, dw_weight, "dw_weight", 4);
+  check_dim(op, pw_weight, "pw_weight", 4);
+  check_dtype(op, input);
+  check_float(op, dw_weight, "dw_weight", input);
+  check_float(op, pw_weight, "pw_weight", input);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t CM = dw_weight.size(0), R = dw_weight.size(2), S = dw_weight.size(3);
+  TORCH_CHECK(C > 0 && dw_weight.size(1) == 1 && CM % C == 0 && CM > 0, op, ": dw_weight ",
+              dw_weight.sizes(), " must be [C*M, 1, R, S] for input ", input.sizes());
+  TORCH_CHECK(R > 0 && S > 0, op, ": empty kernel ", dw_weight.sizes());
+  TORCH_CHECK(pw_weight.size(1) == CM && pw_weight.size(2) == 1 && pw_weight.size(3) == 1, op,
+              ": pw_weight ", pw_weight.sizes(), " must be [K, ", CM, ", 1, 1]");
+  const int64_t K = pw_weight.size(0);
+  check_bias(op, dw_bias, input, CM, "dw_bias");
+  check_bias(op, pw_bias, input, K, "pw_bias");
+  TORCH_CHECK(H + 2 * padding[0] >= dilation[0] * (R - 1) + 1 &&
+                  W + 2 * padding[1] >= dilation[1] * (S - 1) + 1,
+              op, ": kernel (dilated) larger than the padded input");
+  const int64_t P = out_size(H, R, stride[0], padding[0], dilation[0]);
+  const int64_t Q = out_size(W, S, stride[1], padding[1], dilation[1]);
+  return {make_geo(N, C, H, W, CM, P, Q, R, S, stride, padding, dilation, C), K};
+}
+
+// mid [N, CM, P, Q] contiguous, compute type
+template <class T>
+Tensor sep_mid(const Geo& g, const Tensor& x, const Tensor& dw, const Tensor& dwb, bool relu) {
+  Tensor mid = at::empty({g.N, g.K, g.P, g.Q}, x.options());
+  if (mid.numel()) fwd_direct<T>(g, x, dw, dwb, relu, mid);
+  return mid;
+}
+
+Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
+                        const std::optional<Tensor>& dw_bias, const Tensor& pw_weight,
+                        const std::optional<Tensor>& pw_bias, IntArrayRef stride,
+                        IntArrayRef padding, IntArrayRef dilation, bool mid_relu, bool out_relu) {
+  const char* op = "dilconv::separable_conv2d";
+  const SepArgs a =
+      sep_check(op, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation);
+  const Geo& g = a.dw;
+  const auto ct = compute_type(input.scalar_type());
+  Tensor y = empty_fmt({g.N, a.K, g.P, g.Q}, input.options().dtype(ct), out_format(input));
+  if (y.numel() == 0) return finish(y, input.scalar_type());
+  with_type(ct, [&](auto t) {
+    using T = decltype(t);
+    Tensor mid = sep_mid<T>(g, to_compute(input, ct), to_compute(dw_weight, ct).contiguous(),
+                            dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
+    const Tensor pw = to_compute(pw_weight, ct).view({a.K, g.K});
+    // out_n [K, PQ] = pw @ mid_n, written through a view of y in either layout
+    Tensor yv = y.view({g.N, a.K, g.P * g.Q});
+    Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
+    for (int64_t n = 0; n < g.N; ++n) {
+      Tensor dst = yv[n];
+      at::mm_out(dst, pw, mv[n]);
+    }
+    if (pw_bias) y.add_(to_compute(*pw_bias, ct).view({1, a.K, 1, 1}));
+    if (out_relu) y.relu_();
+  });
+  return finish(y, input.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
+    const Tensor& grad_output, const Tensor& input, const Tensor& dw_weight,
+    const std::optional<Tensor>& dw_bias, const Tensor& pw_weight,
+    const std::optional<Tensor>& pw_bias, IntArrayRef stride, IntArrayRef padding,
+    IntArrayRef dilation, bool mid_relu, bool out_relu) {
+  const char* op = "dilconv::separable_conv2d_backward";
+  const SepArgs a =
+      sep_check(op, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation);
+  const Geo& g = a.dw;
+  check_dim(op, grad_output, "grad_output", 4);
+  check_float(op, grad_output, "grad_output", input);
+  TORCH_CHECK(grad_output.size(0) == g.N && grad_output.size(1) == a.K &&
+                  grad_output.size(2) == g.P && grad_output.size(3) == g.Q,
+              op, ": grad_output ", grad_output.sizes(), " does not match the output [", g.N, ", ",
+              a.K, ", ", g.P, ", ", g.Q, "]");
+  const auto dtype = input.scalar_type();
+  const auto ct = compute_type(dtype);
+  const auto opts = input.options().dtype(ct);
+  Tensor gx = empty_fmt(input.sizes(), opts, out_format(grad_output));
+  Tensor gdw = at::zeros(dw_weight.sizes(), opts), gdb = at::zeros({g.K}, opts);
+  Tensor gpw = at::zeros(pw_weight.sizes(), opts), gpb = at::zeros({a.K}, opts);
+  if (g.N * g.P * g.Q == 0) {
+    gx.zero_();
+  } else {
+    with_type(ct, [&](auto t) {
+      using T = decltype(t);
+      const Tensor x = to_compute(input, ct);
+      const Tensor dw = to_compute(dw_weight, ct).contiguous();
+      const Tensor mid =
+          sep_mid<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
+      const Tensor pw = to_compute(pw_weight, ct).view({a.K, g.K});
+      const Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
+      Tensor gy = to_compute(grad_output, ct).contiguous().view({g.N, a.K, g.P * g.Q});
+      if (out_relu) {
+        Tensor out = at::matmul(pw, mv);
+        if (pw_bias) out.add_(to_compute(*pw_bias, ct).view({1, a.K, 1}));
+        gy = gy * out.gt(0);
+      }
+      gpb.copy_(gy.sum({0, 2}));
+      gpw.view({a.K, g.K}).copy_(at::matmul(gy, mv.transpose(1, 2)).sum(0));
+      Tensor gmid = at::matmul(pw.t(), gy);  // [N, CM, PQ]
+      if (mid_relu) gmid.mul_(mv.gt(0));
+      gdb.copy_(gmid.sum({0, 2}));
+      const Tensor gm4 = gmid.view({g.N, g.K, g.P, g.Q});
+      wgrad_direct<T>(g, gm4, x, gdw);
+      dgrad_direct<T>(g, gm4, dw, gx);
+    });
+  }
+  return {finish(gx, dtype), finish(gdw, dtype), finish(gdb, dtype), finish(gpw, dtype),
+          finish(gpb, dtype)};
+}
+
+}  // namespace
+}  // namespace dilconv::cpu
+
+TORCH_LIBRARY_IMPL(dilconv, CPU, m) {
+  m.impl("conv2d", &dilconv::cpu::conv2d);
+  m.impl("conv2d_input_grad", &dilconv::cpu::conv2d_input_grad);
+  m.impl("conv2d_weight_grad", &dilconv::cpu::conv2d_weight_grad);
+  m.impl("conv_transpose2d", &dilconv::cpu::conv_transpose2d);
+  m.impl("separable_conv2d", &dilconv::cpu::separable_conv2d);
+  m.impl("separable_conv2d_backward", &dilconv::cpu::separable_conv2d_backward);
+}

@@ -1,0 +1,68 @@
+// dilconv CPU kernels: the raw, torch-free part (compiled once per instruction set in
+// kernels.cpp and picked at run time, so the wheel runs on any x86-64 and uses AVX-512 where
+// present). The torch-facing part (argument checks, layouts, dtypes, threading, GEMMs) is
+// conv_cpu.cpp; it calls these per "unit" of work from at::parallel_for.
+#pragma once
+#include <cstdint>
+
+namespace dilconv::cpu {
+
+struct Strides {
+  int64_t n, c, h, w;
+};
+
+// One convolution in conv2d (fprop) terms: input [N, C, H, W], weight [K, Cg, R, S],
+// output [N, K, P, Q], G groups of Cg input and Kg output channels.
+struct Geo {
+  int64_t N, C, H, W, K, P, Q, R, S;
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t G, Cg, Kg;
+};
+
+// The padded input window a unit reads is packed row by row, each row split by column phase
+// (column mod sw) so that every tap of a strided convolution reads contiguous memory:
+// padded element (i, j) lives at i * sw * Wph + (j % sw) * Wph + j / sw, zero outside the input.
+// Wph includes one vector of slack so vector loads past the last output column stay in bounds.
+inline int64_t packed_width(const Geo& g, int64_t vec) {
+  const int64_t wp = (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1;
+  return (wp + g.sw - 1) / g.sw + vec;
+}
+inline int64_t packed_rows(const Geo& g, int64_t rows) {
+  return (rows - 1) * g.sh + (g.R - 1) * g.dh + 1;
+}
+
+template <class T>
+struct Kernels {
+  int64_t vec;  // elements per vector register
+  // Forward, one unit: batch n, group grp, output channels [k0, k1) of the group, output rows
+  // [p0, p1). w is [K, Cg, R, S] contiguous; bias nullable; relu applied after the bias.
+  void (*fwd)(const Geo&, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
+              Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
+              T* scratch);
+  int64_t (*fwd_scratch)(const Geo&, int64_t rows);
+  // Input gradient by scattering gy rows into a packed window (any stride): batch n, group grp,
+  // input channels [c0, c1) of the group; writes those channels of gx completely.
+  void (*dgrad_scatter)(const Geo&, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,
+                        int64_t n, int64_t grp, int64_t c0, int64_t c1, T* scratch);
+  int64_t (*dgrad_scatter_scratch)(const Geo&, int64_t channels);
+  // Weight gradient of group grp, output channels [k0, k1) of the group, summed over the batch;
+  // writes gw (contiguous [K, Cg, R, S]) rows of those channels.
+  void (*wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* gw, int64_t grp,
+                int64_t k0, int64_t k1, T* scratch);
+  int64_t (*wgrad_scratch)(const Geo&, int64_t channels);
+  // im2col of channel c of group grp, batch n, output rows [p0, p1) into col rows
+  // [(c * R + r) * S + s] of length (p1 - p0) * Q.
+  void (*im2col)(const Geo&, const T* x, Strides xs, int64_t n, int64_t grp, int64_t c, int64_t p0,
+                 int64_t p1, T* col);
+  // the reverse: adds col rows of channel c into gx (col2im, for the GEMM input gradient)
+  void (*col2im)(const Geo&, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp, int64_t c,
+                 int64_t p0, int64_t p1);
+  const char* isa;
+};
+
+// The kernels for this CPU (AVX-512, AVX2+FMA or baseline SSE2); DILCONV_CPU_ISA=avx2|base
+// forces a lower level (used by the tests to cover every variant).
+const Kernels<float>& kernels_f32();
+const Kernels<double>& kernels_f64();
+
+}  // namespace dilconv::cpu

@@ -1,0 +1,448 @@
+// The CPU kernels proper. Included by kernels.cpp once per instruction set, inside a namespace
+// and a `#pragma GCC target` region, with DILCONV_VBYTES the vector width in bytes: the same
+// source becomes the AVX-512, AVX2 and SSE2 variants (GCC vector extensions; the compiler
+// contracts a * b + c into FMA where the target has it). No includes here on purpose.
+
+constexpr int VB = DILCONV_VBYTES;
+
+template <class T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(VB)));
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(VB)));
+};
+template <class T>
+using V = typename Vec<T>::type;
+template <class T>
+constexpr int64_t NV = VB / sizeof(T);
+
+template <int N>
+struct Int {
+  static constexpr int value = N;
+};
+
+template <class T>
+inline V<T> ld(const T* p) {
+  V<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void st(T* p, V<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+template <class T>
+inline V<T> splat(T s) {
+  return V<T>{} + s;
+}
+template <class T>
+inline T hsum(V<T> v) {
+  T s = 0;
+  for (int64_t i = 0; i < NV<T>; ++i) s += v[i];
+  return s;
+}
+template <class T>
+inline V<T> relu_v(V<T> v) {
+  return v > 0 ? v : V<T>{};
+}
+
+// ------------------------------------------------------------------------------------------
+// packing
+
+// Packs padded rows [i0, i0 + nr) of one channel plane (padded row i = source row i - ph,
+// padded column j = source column j - pw; zero outside the source) in the phase-split layout
+// of kernels.h, Wph slots per phase row.
+template <class T>
+void pack_plane(const T* src, int64_t sH, int64_t sW, int64_t H, int64_t W, int64_t i0, int64_t nr,
+                int64_t ph, int64_t pw, int64_t sw, int64_t Wph, T* dst) {
+  for (int64_t r = 0; r < nr; ++r) {
+    T* drow = dst + r * sw * Wph;
+    const int64_t hi = i0 + r - ph;
+    if (hi < 0 || hi >= H) {
+      __builtin_memset(drow, 0, sizeof(T) * sw * Wph);
+      continue;
+    }
+    const T* srow = src + hi * sH;
+    for (int64_t f = 0; f < sw; ++f) {
+      T* d = drow + f * Wph;
+      // slot m holds source column m * sw + f - pw
+      int64_t lo = pw - f > 0 ? (pw - f + sw - 1) / sw : 0;
+      int64_t hi_m = W - 1 + pw - f >= 0 ? (W - 1 + pw - f) / sw + 1 : 0;  // exclusive
+      if (lo > Wph) lo = Wph;
+      if (hi_m > Wph) hi_m = Wph;
+      if (hi_m < lo) hi_m = lo;
+      for (int64_t m = 0; m < lo; ++m) d[m] = 0;
+      const T* s0 = srow + (lo * sw + f - pw) * sW;
+      if (sw == 1 && sW == 1) {
+        if (hi_m > lo) __builtin_memcpy(d + lo, s0, sizeof(T) * (hi_m - lo));
+      } else {
+        const int64_t step = sw * sW;
+        for (int64_t m = lo; m < hi_m; ++m) d[m] = s0[(m - lo) * step];
+      }
+      for (int64_t m = hi_m; m < Wph; ++m) d[m] = 0;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// forward: output rows accumulated in registers over all taps (channel, r, s) of a block of
+// KB output channels and U vectors of output columns.
+
+template <class T, int KB, int U>
+inline void fwd_block(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
+                      V<T> (&acc)[KB][U]) {
+  for (int kb = 0; kb < KB; ++kb)
+    for (int u = 0; u < U; ++u) acc[kb][u] = V<T>{};
+  for (int64_t t = 0; t < ntap; ++t) {
+    const T* p = base + off[t];
+    V<T> xv[U];
+    for (int u = 0; u < U; ++u) xv[u] = ld(p + u * NV<T>);
+    for (int kb = 0; kb < KB; ++kb) {
+      const T wv = wk[kb][t];
+      for (int u = 0; u < U; ++u) acc[kb][u] += wv * xv[u];
+    }
+  }
+}
+
+template <class T, int KB, int U>
+inline void fwd_store(V<T> (&acc)[KB][U], T* const* yrow, int64_t ysw, int64_t q, int64_t valid,
+                      const T* bias, bool relu) {
+  for (int kb = 0; kb < KB; ++kb) {
+    const V<T> b = splat<T>(bias ? bias[kb] : T(0));
+    for (int u = 0; u < U; ++u) {
+      V<T> v = acc[kb][u] + b;
+      if (relu) v = relu_v<T>(v);
+      const int64_t q0 = q + u * NV<T>;
+      const int64_t n = valid - u * NV<T>;
+      if (ysw == 1 && n >= NV<T>) {
+        st(yrow[kb] + q0, v);
+      } else {
+        const int64_t m = n < NV<T> ? n : NV<T>;
+        for (int64_t i = 0; i < m; ++i) yrow[kb][(q0 + i) * ysw] = v[i];
+      }
+    }
+  }
+}
+
+template <class T, int KB, int U>
+inline void fwd_cols(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
+                     T* const* yrow, int64_t ysw, int64_t q, int64_t valid, const T* bias,
+                     bool relu) {
+  V<T> acc[KB][U];
+  fwd_block<T, KB, U>(base + q, off, ntap, wk, acc);
+  fwd_store<T, KB, U>(acc, yrow, ysw, q, valid, bias, relu);
+}
+
+template <class T, int KB>
+void fwd_rows(const Geo& g, const T* buf, int64_t rowstep, const int64_t* off, int64_t ntap,
+              const T* const* wk, T* const* yrow0, int64_t ysh, int64_t ysw, int64_t p0, int64_t p1,
+              const T* bias, bool relu) {
+  constexpr int UM = KB >= 4 ? 2 : 4;
+  constexpr int64_t L = NV<T>;
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* base = buf + (p - p0) * rowstep;
+    T* yrow[KB];
+    for (int kb = 0; kb < KB; ++kb) yrow[kb] = yrow0[kb] + p * ysh;
+    int64_t q = 0;
+    for (; g.Q - q >= UM * L; q += UM * L)
+      fwd_cols<T, KB, UM>(base, off, ntap, wk, yrow, ysw, q, UM * L, bias, relu);
+    const int64_t rem = g.Q - q;
+    if (rem <= 0) continue;
+    // rem < UM * L: at most UM vectors
+    switch ((rem + L - 1) / L) {
+      case 1: fwd_cols<T, KB, 1>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
+      case 2: fwd_cols<T, KB, 2>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
+      case 3: fwd_cols<T, KB, (UM > 2 ? 3 : 2)>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
+      default: fwd_cols<T, KB, UM>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
+    }
+  }
+}
+
+template <class T>
+int64_t fwd_scratch(const Geo& g, int64_t rows) {
+  const int64_t Wph = packed_width(g, NV<T>);
+  const int64_t ntap = g.Cg * g.R * g.S;
+  // packed planes + the tap offsets (stored as T-sized slots, 8-byte aligned either way)
+  return g.Cg * packed_rows(g, rows) * g.sw * Wph + ntap * (8 / sizeof(T)) + 8;
+}
+
+template <class T>
+void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
+         Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
+         T* scratch) {
+  const int64_t Wph = packed_width(g, NV<T>);
+  const int64_t nr = packed_rows(g, p1 - p0);
+  const int64_t rowlen = g.sw * Wph;
+  const int64_t plane = nr * rowlen;
+  const int64_t ntap = g.Cg * g.R * g.S;
+  T* buf = scratch;
+  // tap offsets after the planes, 8-byte aligned
+  int64_t* off = reinterpret_cast<int64_t*>(scratch + (g.Cg * plane + 1) / 2 * 2);
+  for (int64_t c = 0; c < g.Cg; ++c) {
+    const T* src = x + n * xs.n + (grp * g.Cg + c) * xs.c;
+    pack_plane(src, xs.h, xs.w, g.H, g.W, p0 * g.sh, nr, g.ph, g.pw, g.sw, Wph, buf + c * plane);
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s)
+        off[(c * g.R + r) * g.S + s] =
+            c * plane + r * g.dh * rowlen + ((s * g.dw) % g.sw) * Wph + (s * g.dw) / g.sw;
+  }
+  const int64_t rowstep = g.sh * rowlen;
+  const int64_t kbase = grp * g.Kg;
+  int64_t k = k0;
+  auto run = [&](auto kb_tag) {
+    constexpr int KB = decltype(kb_tag)::value;
+    const T* wk[KB];
+    T* yrow[KB];
+    T bb[KB];
+    for (int kb = 0; kb < KB; ++kb) {
+      wk[kb] = w + (kbase + k + kb) * ntap;
+      yrow[kb] = y + n * ys.n + (kbase + k + kb) * ys.c;
+      if (bias) bb[kb] = bias[kbase + k + kb];
+    }
+    fwd_rows<T, KB>(g, buf, rowstep, off, ntap, wk, yrow, ys.h, ys.w, p0, p1, bias ? bb : nullptr,
+                    relu);
+    k += KB;
+  };
+  while (k1 - k >= 4) run(Int<4>{});
+  while (k1 - k >= 2) run(Int<2>{});
+  while (k1 - k >= 1) run(Int<1>{});
+}
+
+// ------------------------------------------------------------------------------------------
+// input gradient by scatter (any stride): gy rows are added, times each tap weight, into a
+// packed window of gx rows; the window is then unpacked into gx.
+
+template <class T>
+inline void axpy(T* d, T a, const T* s, int64_t n) {
+  int64_t i = 0;
+  for (; i + NV<T> <= n; i += NV<T>) st(d + i, ld(d + i) + a * ld(s + i));
+  for (; i < n; ++i) d[i] += a * s[i];
+}
+
+template <class T>
+int64_t dgrad_scatter_scratch(const Geo& g, int64_t channels) {
+  const int64_t Wph = packed_width(g, NV<T>);
+  return channels * packed_rows(g, g.P) * g.sw * Wph + g.Q + NV<T>;
+}
+
+template <class T>
+void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,
+                   int64_t n, int64_t grp, int64_t c0, int64_t c1, T* scratch) {
+  const int64_t Wph = packed_width(g, NV<T>);
+  const int64_t nr = packed_rows(g, g.P);
+  const int64_t rowlen = g.sw * Wph;
+  const int64_t plane = nr * rowlen;
+  const int64_t nc = c1 - c0;
+  T* buf = scratch;
+  T* row = scratch + nc * plane;
+  __builtin_memset(buf, 0, sizeof(T) * nc * plane);
+  const int64_t RS = g.R * g.S;
+  for (int64_t kk = 0; kk < g.Kg; ++kk) {
+    const int64_t k = grp * g.Kg + kk;
+    for (int64_t p = 0; p < g.P; ++p) {
+      const T* src = gy + n * gys.n + k * gys.c + p * gys.h;
+      if (gys.w != 1) {
+        for (int64_t q = 0; q < g.Q; ++q) row[q] = src[q * gys.w];
+        src = row;
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        const T* wk = w + (k * g.Cg + c) * RS;
+        T* pl = buf + (c - c0) * plane;
+        for (int64_t r = 0; r < g.R; ++r) {
+          T* drow = pl + (p * g.sh + r * g.dh) * rowlen;
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t o = s * g.dw;
+            axpy(drow + (o % g.sw) * Wph + o / g.sw, wk[r * g.S + s], src, g.Q);
+          }
+        }
+      }
+    }
+  }
+  // unpack: gx row i is padded row i + ph, column j is padded column j + pw
+  const int64_t wp = (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1;
+  for (int64_t c = c0; c < c1; ++c) {
+    const T* pl = buf + (c - c0) * plane;
+    T* dst = gx + n * gxs.n + (grp * g.Cg + c) * gxs.c;
+    for (int64_t i = 0; i < g.H; ++i) {
+      T* drow = dst + i * gxs.h;
+      const int64_t pi = i + g.ph;
+      if (pi >= nr) {
+        for (int64_t j = 0; j < g.W; ++j) drow[j * gxs.w] = 0;
+        continue;
+      }
+      const T* prow = pl + pi * rowlen;
+      if (g.sw == 1 && gxs.w == 1) {
+        int64_t m = g.W;
+        if (g.pw + m > wp) m = wp - g.pw > 0 ? wp - g.pw : 0;
+        __builtin_memcpy(drow, prow + g.pw, sizeof(T) * m);
+        for (int64_t j = m; j < g.W; ++j) drow[j] = 0;
+      } else {
+        for (int64_t j = 0; j < g.W; ++j) {
+          const int64_t pj = j + g.pw;
+          drow[j * gxs.w] = pj < wp ? prow[(pj % g.sw) * Wph + pj / g.sw] : T(0);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// weight gradient: dot products of gy rows with shifted packed x rows; the gy vector is loaded
+// once for a run of up to 4 horizontal taps.
+
+template <class T, int SB>
+inline void wgrad_taps(const T* a, const T* b, const int64_t* boff, int64_t nvec, V<T> (&acc)[SB]) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const V<T> av = ld(a + v * NV<T>);
+    for (int sb = 0; sb < SB; ++sb) acc[sb] += av * ld(b + boff[sb] + v * NV<T>);
+  }
+}
+
+template <class T>
+int64_t wgrad_scratch(const Geo& g, int64_t channels) {
+  const int64_t Wph = packed_width(g, NV<T>);
+  const int64_t Qr = (g.Q + NV<T> - 1) / NV<T> * NV<T>;
+  return g.Cg * packed_rows(g, g.P) * g.sw * Wph + channels * g.P * Qr +
+         channels * g.Cg * g.R * g.S;
+}
+
+template <class T>
+void wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* gw, int64_t grp,
+           int64_t k0, int64_t k1, T* scratch) {
+  const int64_t Wph = packed_width(g, NV<T>);
+  const int64_t nr = packed_rows(g, g.P);
+  const int64_t rowlen = g.sw * Wph;
+  const int64_t plane = nr * rowlen;
+  const int64_t Qr = (g.Q + NV<T> - 1) / NV<T> * NV<T>;
+  const int64_t nvec = Qr / NV<T>;
+  const int64_t nk = k1 - k0;
+  const int64_t RS = g.R * g.S;
+  T* xb = scratch;
+  T* gb = xb + g.Cg * plane;
+  T* sum = gb + nk * g.P * Qr;
+  for (int64_t i = 0; i < nk * g.Cg * RS; ++i) sum[i] = 0;
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t c = 0; c < g.Cg; ++c)
+      pack_plane(x + n * xs.n + (grp * g.Cg + c) * xs.c, xs.h, xs.w, g.H, g.W, 0, nr, g.ph, g.pw,
+                 g.sw, Wph, xb + c * plane);
+    for (int64_t kk = 0; kk < nk; ++kk) {
+      const T* src = gy + n * gys.n + (grp * g.Kg + k0 + kk) * gys.c;
+      for (int64_t p = 0; p < g.P; ++p) {
+        T* d = gb + (kk * g.P + p) * Qr;
+        for (int64_t q = 0; q < g.Q; ++q) d[q] = src[p * gys.h + q * gys.w];
+        for (int64_t q = g.Q; q < Qr; ++q) d[q] = 0;
+      }
+    }
+    for (int64_t kk = 0; kk < nk; ++kk)
+      for (int64_t c = 0; c < g.Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s0 = 0; s0 < g.S; s0 += 4) {
+            const int64_t sb = g.S - s0 < 4 ? g.S - s0 : 4;
+            int64_t boff[4];
+            for (int64_t j = 0; j < sb; ++j) {
+              const int64_t o = (s0 + j) * g.dw;
+              boff[j] = (o % g.sw) * Wph + o / g.sw;
+            }
+            T* out = sum + ((kk * g.Cg + c) * g.R + r) * g.S + s0;
+            auto go = [&](auto sb_tag) {
+              constexpr int SB = decltype(sb_tag)::value;
+              V<T> acc[SB];
+              for (int j = 0; j < SB; ++j) acc[j] = V<T>{};
+              for (int64_t p = 0; p < g.P; ++p)
+                wgrad_taps<T, SB>(gb + (kk * g.P + p) * Qr,
+                                  xb + c * plane + (p * g.sh + r * g.dh) * rowlen, boff, nvec, acc);
+              for (int j = 0; j < SB; ++j) out[j] += hsum<T>(acc[j]);
+            };
+            switch (sb) {
+              case 1: go(Int<1>{}); break;
+              case 2: go(Int<2>{}); break;
+              case 3: go(Int<3>{}); break;
+              default: go(Int<4>{}); break;
+            }
+          }
+  }
+  for (int64_t kk = 0; kk < nk; ++kk)
+    for (int64_t i = 0; i < g.Cg * RS; ++i)
+      gw[(grp * g.Kg + k0 + kk) * g.Cg * RS + i] = sum[kk * g.Cg * RS + i];
+}
+
+// ------------------------------------------------------------------------------------------
+// im2col / col2im for the GEMM paths
+
+template <class T>
+void im2col(const Geo& g, const T* x, Strides xs, int64_t n, int64_t grp, int64_t c, int64_t p0,
+            int64_t p1, T* col) {
+  const T* src = x + n * xs.n + (grp * g.Cg + c) * xs.c;
+  const int64_t len = (p1 - p0) * g.Q;
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) {
+      T* d = col + ((c * g.R + r) * g.S + s) * len;
+      // valid output columns for this tap: 0 <= q * sw + s * dw - pw < W
+      const int64_t o = s * g.dw - g.pw;
+      int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
+      int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
+      if (qhi > g.Q) qhi = g.Q;
+      if (qlo > qhi) qlo = qhi;
+      for (int64_t p = p0; p < p1; ++p) {
+        T* dr = d + (p - p0) * g.Q;
+        const int64_t hi = p * g.sh + r * g.dh - g.ph;
+        if (hi < 0 || hi >= g.H) {
+          for (int64_t q = 0; q < g.Q; ++q) dr[q] = 0;
+          continue;
+        }
+        const T* sr = src + hi * xs.h + o * xs.w;
+        for (int64_t q = 0; q < qlo; ++q) dr[q] = 0;
+        if (g.sw == 1 && xs.w == 1)
+          __builtin_memcpy(dr + qlo, sr + qlo, sizeof(T) * (qhi - qlo));
+        else
+          for (int64_t q = qlo; q < qhi; ++q) dr[q] = sr[q * g.sw * xs.w];
+        for (int64_t q = qhi; q < g.Q; ++q) dr[q] = 0;
+      }
+    }
+}
+
+template <class T>
+void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp, int64_t c,
+            int64_t p0, int64_t p1) {
+  T* dst = gx + n * gxs.n + (grp * g.Cg + c) * gxs.c;
+  const int64_t len = (p1 - p0) * g.Q;
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) {
+      const T* sc = col + ((c * g.R + r) * g.S + s) * len;
+      const int64_t o = s * g.dw - g.pw;
+      int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
+      int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
+      if (qhi > g.Q) qhi = g.Q;
+      if (qlo > qhi) qlo = qhi;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t hi = p * g.sh + r * g.dh - g.ph;
+        if (hi < 0 || hi >= g.H) continue;
+        T* dr = dst + hi * gxs.h + o * gxs.w;
+        const T* sr = sc + (p - p0) * g.Q;
+        if (g.sw == 1 && gxs.w == 1)
+          axpy<T>(dr + qlo, T(1), sr + qlo, qhi - qlo);
+        else
+          for (int64_t q = qlo; q < qhi; ++q) dr[q * g.sw * gxs.w] += sr[q];
+      }
+    }
+}
+
+template <class T>
+Kernels<T> make(const char* isa) {
+  Kernels<T> k;
+  k.vec = NV<T>;
+  k.fwd = &fwd<T>;
+  k.fwd_scratch = &fwd_scratch<T>;
+  k.dgrad_scatter = &dgrad_scatter<T>;
+  k.dgrad_scatter_scratch = &dgrad_scatter_scratch<T>;
+  k.wgrad = &wgrad<T>;
+  k.wgrad_scratch = &wgrad_scratch<T>;
+  k.im2col = &im2col<T>;
+  k.col2im = &col2im<T>;
+  k.isa = isa;
+  return k;
+}

@@ -1,0 +1,221 @@
+"""Backend "cpu": every code path of csrc/cpu against a float64 torch reference.
+
+The core matrix (tests/test_ops.py) covers the backend through the public API; these tests force
+each internal path (direct stencil kernels / im2col+GEMM, via DILCONV_CPU_PATH) and each
+instruction-set variant (AVX-512 / AVX2 / SSE2, via DILCONV_CPU_ISA), call the ops directly, and
+check that bad direct calls raise instead of writing out of bounds."""
+import random
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dilconv
+from dilconv import _ext
+
+pytestmark = pytest.mark.skipif("cpu" not in dilconv.backends(), reason="backend 'cpu' not built")
+ops = torch.ops.dilconv
+
+
+@pytest.fixture(params=["native", "avx2", "base"])
+def isa(request, monkeypatch):
+    if request.param != "native":
+        monkeypatch.setenv("DILCONV_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture(params=["direct", "gemm"])
+def path(request, monkeypatch):
+    monkeypatch.setenv("DILCONV_CPU_PATH", request.param)
+    return request.param
+
+
+def _cases(seed, n):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        cg, kg, g = rng.choice([(1, 1, 6), (1, 2, 4), (2, 3, 2), (3, 5, 1), (4, 4, 3), (9, 2, 1)])
+        r, s = rng.choice([(1, 1), (3, 3), (5, 5), (1, 7), (7, 1), (2, 4)])
+        st = (rng.randint(1, 3), rng.randint(1, 3))
+        d = rng.choice([(1, 1), (2, 2), (3, 1), (6, 6), (24, 24)])
+        h, w = rng.randint(1, 20), rng.randint(1, 37)
+        p = (rng.randint(0, d[0] * (r - 1) // 2 + 2), rng.randint(0, d[1] * (s - 1) // 2 + 2))
+        if h + 2 * p[0] < d[0] * (r - 1) + 1 or w + 2 * p[1] < d[1] * (s - 1) + 1:
+            continue
+        layout = rng.choice(["nchw", "nhwc", "strided"])
+        out.append((rng.randint(1, 2), cg * g, kg * g, g, (r, s), st, p, d, h, w, layout))
+    return out
+
+
+def _layout(t, layout):
+    if layout == "nhwc":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every stride unusual: a slice of a bigger tensor
+        big = torch.randn(t.shape[0], t.shape[1] + 1, t.shape[2], t.shape[3] * 2 + 1, dtype=t.dtype)
+        v = big[:, 1:, :, 1::2]
+        v.copy_(t)
+        return v
+    return t
+
+
+def _close(a, ref, tol):
+    err = (a.double() - ref).abs().max().item() if ref.numel() else 0.0
+    scale = ref.abs().max().item() if ref.numel() else 1.0
+    assert err <= tol * max(scale, 1.0), f"max error {err} (scale {scale})"
+
+
+def _expected_format(t):
+    return dilconv._ops.output_memory_format(t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv_paths(isa, path, dtype):
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for (n, c, k, g, (r, s), st, p, d, h, w, layout) in _cases(zlib.crc32(f"{isa}{path}{dtype}".encode()), 12):
+        x = _layout(torch.randn(n, c, h, w, dtype=dtype), layout)
+        wt = torch.randn(k, c // g, r, s, dtype=dtype)
+        b = torch.randn(k, dtype=dtype)
+        xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+        yr = F.conv2d(xr, wr, b.double(), st, p, d, g)
+        gy = _layout(torch.randn(yr.shape, dtype=dtype), layout)
+        yr.backward(gy.double())
+        conf = (list(st), list(p), list(d), g)
+        y = ops.conv2d(x, wt, b, *conf)
+        gx = ops.conv2d_input_grad(gy, wt, list(x.shape), *conf)
+        gw = ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf)
+        case = (n, c, k, g, (r, s), st, p, d, h, w, layout)
+        for name, got, ref in (("y", y, yr.detach()), ("gx", gx, xr.grad), ("gw", gw, wr.grad)):
+            assert got.dtype == dtype and got.shape == ref.shape, (name, case)
+            try:
+                _close(got, ref, tol)
+            except AssertionError as e:
+                raise AssertionError(f"{name} {case}: {e}") from None
+        assert y.is_contiguous(memory_format=_expected_format(x))
+        assert gx.is_contiguous(memory_format=_expected_format(gy))
+        assert gw.is_contiguous()
+
+
+@pytest.mark.parametrize("case", [
+    # c, k, g, kernel, stride, padding, output_padding, dilation, h, w
+    (4, 6, 1, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 5, 7),
+    (6, 6, 6, (3, 3), (2, 1), (1, 0), (1, 0), (1, 2), 6, 4),
+    (4, 8, 2, (3, 5), (3, 2), (2, 1), (2, 1), (1, 1), 3, 5),
+    (3, 2, 1, (3, 3), (1, 1), (0, 0), (1, 1), (2, 2), 4, 4),  # output_padding >= stride
+    (2, 4, 2, (1, 7), (1, 1), (0, 3), (0, 0), (1, 1), 5, 9),
+])
+def test_conv_transpose(isa, path, case):
+    c, k, g, ks, st, p, op, d, h, w = case
+    x = torch.randn(2, c, h, w)
+    wt = torch.randn(c, k // g, *ks)
+    b = torch.randn(k)
+    ref = F.conv_transpose2d(x.double(), wt.double(), b.double(), st, p, op, g, d)
+    y = ops.conv_transpose2d(x, wt, b, list(st), list(p), list(op), g, list(d))
+    _close(y, ref, 1e-5)
+    ycl = ops.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), wt, b, list(st),
+                               list(p), list(op), g, list(d))
+    _close(ycl, ref, 1e-5)
+    assert ycl.is_contiguous(memory_format=torch.channels_last)
+
+
+def _sep_ref(x, dw, dwb, pw, pwb, st, p, d, mid_relu, out_relu):
+    mid = F.conv2d(x, dw, dwb, st, p, d, x.shape[1])
+    if mid_relu:
+        mid = mid.relu()
+    out = F.conv2d(mid, pw, pwb)
+    return out.relu() if out_relu else out
+
+
+@pytest.mark.parametrize("mid_relu,out_relu", [(False, False), (True, True), (True, False)])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+def test_separable(isa, mid_relu, out_relu, layout):
+    for (c, m, k, ks, st, p, d, bias) in [(5, 1, 7, (3, 3), (1, 1), (2, 2), (2, 2), True),
+                                           (4, 2, 3, (1, 7), (2, 1), (0, 3), (1, 1), False),
+                                           (3, 1, 16, (5, 5), (1, 2), (6, 6), (3, 3), True)]:
+        x = _layout(torch.randn(2, c, 9, 11), layout)
+        dw, pw = torch.randn(c * m, 1, *ks), torch.randn(k, c * m, 1, 1)
+        dwb = torch.randn(c * m) if bias else None
+        pwb = torch.randn(k) if bias else None
+        args64 = [t.double().requires_grad_() if t is not None else None for t in (x, dw, dwb, pw, pwb)]
+        ref = _sep_ref(*args64, st, p, d, mid_relu, out_relu)
+        conf = (list(st), list(p), list(d), mid_relu, out_relu)
+        y = ops.separable_conv2d(x, dw, dwb, pw, pwb, *conf)
+        _close(y, ref.detach(), 1e-5)
+        assert y.is_contiguous(memory_format=_expected_format(x))
+        gy = _layout(torch.randn(ref.shape), layout)
+        ref.backward(gy.double())
+        grads = ops.separable_conv2d_backward(gy, x, dw, dwb, pw, pwb, *conf)
+        for got, t in zip(grads, args64):
+            if t is not None:
+                _close(got, t.grad, 1e-5)
+        assert grads[0].is_contiguous(memory_format=_expected_format(gy))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_fp32_accumulation(dtype):
+    x = torch.randn(1, 8, 12, 12, dtype=dtype)
+    for g, k in ((8, 8), (2, 6), (1, 16)):
+        wt = torch.randn(k, 8 // g, 3, 3, dtype=dtype)
+        ref = F.conv2d(x.double(), wt.double(), None, 1, 2, 2, g)
+        y = ops.conv2d(x, wt, None, [1, 1], [2, 2], [2, 2], g)
+        assert y.dtype == dtype
+        _close(y, ref, 1e-2)
+
+
+def test_batch_zero_and_empty():
+    x = torch.randn(0, 4, 8, 8)
+    wt = torch.randn(4, 1, 3, 3)
+    assert ops.conv2d(x, wt, None, [1, 1], [1, 1], [1, 1], 4).shape == (0, 4, 8, 8)
+    gy = torch.randn(0, 4, 8, 8)
+    assert ops.conv2d_input_grad(gy, wt, [0, 4, 8, 8], [1, 1], [1, 1], [1, 1], 4).shape == (0, 4, 8, 8)
+    gw = ops.conv2d_weight_grad(gy, x, [4, 1, 3, 3], [1, 1], [1, 1], [1, 1], 4)
+    assert gw.shape == (4, 1, 3, 3) and (gw == 0).all()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ops.conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3), None, [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 8), torch.randn(4, 4, 3, 3), None, [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3), torch.randn(3), [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3).double(), None, [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3), None, [0, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3), None, [1, 1], [-1, 1], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 2, 2), torch.randn(4, 4, 3, 3), None, [1, 1], [0, 0], [1, 1], 1),
+    lambda: ops.conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3), None, [1, 1], [1, 1], [1, 1], 0),
+    lambda: ops.conv2d(torch.randint(0, 3, (1, 4, 8, 8)), torch.randint(0, 3, (4, 4, 3, 3)), None, [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d_input_grad(torch.randn(1, 4, 9, 9), torch.randn(4, 4, 3, 3), [1, 4, 8, 8], [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d_input_grad(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3), [1, 4, 8], [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d_weight_grad(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), [4, 2, 3, 3], [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv2d_weight_grad(torch.randn(2, 4, 8, 8), torch.randn(1, 4, 8, 8), [4, 4, 3, 3], [1, 1], [1, 1], [1, 1], 1),
+    lambda: ops.conv_transpose2d(torch.randn(1, 4, 8, 8), torch.randn(3, 4, 3, 3), None, [1, 1], [0, 0], [0, 0], 1, [1, 1]),
+    lambda: ops.conv_transpose2d(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, [1, 1]),
+    lambda: ops.separable_conv2d(torch.randn(1, 4, 8, 8), torch.randn(6, 1, 3, 3), None, torch.randn(5, 6, 1, 1), None, [1, 1], [1, 1], [1, 1], False, False),
+    lambda: ops.separable_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), None, torch.randn(5, 3, 1, 1), None, [1, 1], [1, 1], [1, 1], False, False),
+    lambda: ops.separable_conv2d_backward(torch.randn(1, 5, 7, 8), torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), None, torch.randn(5, 4, 1, 1), None, [1, 1], [1, 1], [1, 1], False, False),
+])
+def test_bad_direct_calls_raise(call):
+    with pytest.raises(RuntimeError):
+        call()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_opcheck(layout):
+    x = _layout(torch.randn(2, 4, 7, 9, dtype=torch.float64), layout).requires_grad_()
+    wt = torch.randn(8, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    gy = _layout(torch.randn(2, 8, 4, 4, dtype=torch.float64), layout)
+    conf = ([2, 2], [2, 1], [2, 2], 2)
+    torch.library.opcheck(ops.conv2d.default, (x, wt, b, *conf))
+    torch.library.opcheck(ops.conv2d_input_grad.default, (gy, wt, list(x.shape), *conf))
+    torch.library.opcheck(ops.conv2d_weight_grad.default, (gy, x, list(wt.shape), *conf))
+    wt_t = torch.randn(4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.conv_transpose2d.default,
+                          (x, wt_t, None, [2, 2], [1, 1], [1, 0], 1, [1, 1]))
+    dw = torch.randn(8, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(5, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    pb = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    sconf = ([1, 1], [2, 2], [2, 2], True, True)
+    torch.library.opcheck(ops.separable_conv2d.default, (x, dw, None, pw, pb, *sconf))
+    gs = _layout(torch.randn(2, 5, 7, 9, dtype=torch.float64), layout)
+    torch.library.opcheck(ops.separable_conv2d_backward.default,
+                          (gs, x.detach(), dw.detach(), None, pw.detach(), pb.detach(), *sconf),
+                          test_utils=("test_schema", "test_faketensor"))
