@@ -164,7 +164,7 @@ struct ConvSmem {
   static constexpr size_t PIPE = size_t(Tile::STAGES) * (A_ELEMS + B_ELEMS) * sizeof(T);
   static constexpr size_t EPI = size_t(Tile::BM) * LDC * sizeof(acc_t<T>);
   static constexpr size_t BYTES = PIPE > EPI ? PIPE : EPI;
-  static_assert(BYTES <= 48 * 1024, "static shared memory above 48 KiB");
+  static_assert(BYTES <= 48 * 1024, "keep tiles within 48 KiB: 2+ CTAs per SM");
 };
 
 template <typename T, typename Tile>
@@ -178,7 +178,7 @@ struct WgradSmem {
   static constexpr size_t PIPE = size_t(Tile::STAGES) * (A_ELEMS + B_ELEMS) * sizeof(T);
   static constexpr size_t EPI = size_t(Tile::BM) * LDC * sizeof(acc_t<T>);
   static constexpr size_t BYTES = PIPE > EPI ? PIPE : EPI;
-  static_assert(BYTES <= 48 * 1024, "static shared memory above 48 KiB");
+  static_assert(BYTES <= 48 * 1024, "keep tiles within 48 KiB: 2+ CTAs per SM");
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -215,7 +215,9 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
   constexpr int TOTAL_B = BKB * BN / V, NB = (TOTAL_B + THREADS - 1) / THREADS;
   using Acc = acc_t<T>;
 
-  alignas(128) __shared__ unsigned char smem_raw[S::BYTES];
+  // dynamic shared memory (S::BYTES, passed by the launcher): in the emulation an exact-size
+  // buffer, so AddressSanitizer sees any tile index that leaves it
+  DC_DYNAMIC_SHARED(unsigned char, smem_raw);
   T* const smA = reinterpret_cast<T*>(smem_raw);
   T* const smB = smA + ST * S::A_ELEMS;
 
@@ -459,7 +461,9 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
   constexpr int TOTAL_B = BK * BN / V, NB = (TOTAL_B + THREADS - 1) / THREADS;
   using Acc = acc_t<T>;
 
-  alignas(128) __shared__ unsigned char smem_raw[S::BYTES];
+  // dynamic shared memory (S::BYTES, passed by the launcher): in the emulation an exact-size
+  // buffer, so AddressSanitizer sees any tile index that leaves it
+  DC_DYNAMIC_SHARED(unsigned char, smem_raw);
   T* const smA = reinterpret_cast<T*>(smem_raw);
   T* const smB = smA + ST * S::A_ELEMS;
 
@@ -837,11 +841,11 @@ void launch_conv(ConvParams prm, int vmax, dc::Stream stream) {
   constexpr int VV = 16 / int(sizeof(T));
   if constexpr (VV > 1 && !std::is_same_v<T, double>) {
     if (pl.v == VV) {
-      dc::launch(igemm_conv_kernel<T, DGRAD, Tile, VV>, grid, block, 0, stream, prm);
+      dc::launch(igemm_conv_kernel<T, DGRAD, Tile, VV>, grid, block, ConvSmem<T, Tile>::BYTES, stream, prm);
       return;
     }
   }
-  dc::launch(igemm_conv_kernel<T, DGRAD, Tile, 1>, grid, block, 0, stream, prm);
+  dc::launch(igemm_conv_kernel<T, DGRAD, Tile, 1>, grid, block, ConvSmem<T, Tile>::BYTES, stream, prm);
 }
 
 // the 16-byte vector width when the operand layout allows it, else 1
@@ -926,11 +930,11 @@ void launch_wgrad(WgradParams p, bool vec, dc::Stream stream) {
   bool done = false;
   if constexpr (VV > 1 && !std::is_same_v<T, double>) {
     if (vec) {
-      dc::launch(igemm_wgrad_kernel<T, Tile, VV>, grid, block, 0, stream, p);
+      dc::launch(igemm_wgrad_kernel<T, Tile, VV>, grid, block, WgradSmem<T, Tile>::BYTES, stream, p);
       done = true;
     }
   }
-  if (!done) dc::launch(igemm_wgrad_kernel<T, Tile, 1>, grid, block, 0, stream, p);
+  if (!done) dc::launch(igemm_wgrad_kernel<T, Tile, 1>, grid, block, WgradSmem<T, Tile>::BYTES, stream, p);
   if (p.splits > 1) {
     const int64_t total = int64_t(p.groups) * p.co * p.ncols;
     dc::launch(igemm_wgrad_reduce_kernel<T>, dim3(unsigned(ceil_div(total, 256))), dim3(256), 0,
