@@ -60,6 +60,12 @@ __device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src, b
 #endif
   } else {
     for (int i = 0; i < BYTES; ++i) v.b[i] = 0;
+#if defined(DC_MODE_EMU)
+    // a predicated-off lane moves no bytes but still executes the instruction: a zero-byte record
+    // keeps this lane's request numbering aligned with the other lanes of its warp
+    if (::dc::emu::traffic_enabled() && ::dc::emu::tl_ctx)
+      ::dc::emu::traffic_record(::dc::emu::tl_ctx->traffic, loc, gmem_src, 0, false);
+#endif
   }
   *static_cast<V*>(smem_dst) = v;
 }
