@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "info": ("dilconv.cli_info", "versions, build and usable backends"),
     "demo": ("dilconv.cli_demo", "every usable backend on an atrous block vs torch"),
+    "kernels": ("dilconv.kernels_report", "static resource report of the CUDA kernels (registers, spills, smem, occupancy)"),
 }
 
 

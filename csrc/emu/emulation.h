@@ -9,8 +9,8 @@
 //   * Because only one block is alive at a time, `__shared__` can be `static` storage (see
 //     platform.cuh); for the same reason launches are serialised by a process-wide mutex.
 //   * Every synchronisation point (__syncthreads, each warp intrinsic, the end of a block) is a
-//     "rendezvous" guarded by one mutex per block and a condition variable per rendezvous. That
-//     is slower than std::barrier but (a) ThreadSanitizer understands mutex/condvar
+//     "rendezvous" guarded by one mutex per block and waited on through an atomic (futex). That
+//     is slower than std::barrier but (a) ThreadSanitizer understands mutex and acquire/release
 //     happens-before exactly (no false positives), (b) warp intrinsics with different masks can
 //     be open at the same time, (c) misuse is detected instead of hanging: a thread that returns
 //     while others wait at __syncthreads, a lane that is named in a mask but has returned,
@@ -27,7 +27,6 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -133,9 +132,15 @@ struct Rendezvous {
   const char* what;  // "__syncthreads", "__shfl_sync", ..., or kEndOfBlock
   uint32_t mask;     // warp intrinsics: the mask given; block barriers: unused
   unsigned expected, arrived = 0;
-  bool done = false;
   long long acc = 0;  // __syncthreads_count/and/or
-  std::condition_variable cv;
+  // 0 open, 1 complete, 2 launch failed. Waiters block on it with std::atomic::wait (a futex)
+  // instead of a condition variable so that releasing 256 threads does not make them all
+  // re-acquire the block mutex; the release store/acquire load is the happens-before edge.
+  std::atomic<uint32_t> state{0};
+  void release(uint32_t v) {
+    state.store(v, std::memory_order_release);
+    state.notify_all();
+  }
   alignas(16) unsigned char slot[32][32];  // warp intrinsics: each lane's operand
 };
 inline constexpr const char* kEndOfBlock = "<return from kernel>";
@@ -192,7 +197,7 @@ class Block {
       complete_locked(*r);
       bar_.reset();
       if (std::strcmp(what, kEndOfBlock) == 0) next_block_locked();
-      r->cv.notify_all();
+      r->release(1);
     } else {
       wait_locked(lk, *r);
     }
@@ -235,7 +240,7 @@ class Block {
       complete_locked(*r);
       auto& v = open_[warp];
       v.erase(std::find(v.begin(), v.end(), r));
-      r->cv.notify_all();
+      r->release(1);
     } else {
       wait_locked(lk, *r);
     }
@@ -293,14 +298,15 @@ class Block {
   }
 
   void complete_locked(Rendezvous& r) {
-    r.done = true;
     running_ += r.expected - 1;  // the waiters resume; the completing thread never stopped
   }
 
+  // Returns with the lock released (the rendezvous' slots are stable once it is complete).
   void wait_locked(std::unique_lock<std::mutex>& lk, Rendezvous& r) {
     if (--running_ == 0) fail_locked("deadlock: every live thread of the block waits: " + describe_locked());
-    r.cv.wait(lk, [&] { return r.done || failed_; });
-    if (failed_) throw Abort{};
+    lk.unlock();
+    r.state.wait(0, std::memory_order_acquire);
+    if (r.state.load(std::memory_order_acquire) != 1) throw Abort{};
   }
 
   std::string describe_locked() const {
@@ -320,9 +326,9 @@ class Block {
       failed_ = true;
       error_ = msg;
     }
-    if (bar_) bar_->cv.notify_all();
+    if (bar_) bar_->release(2);
     for (auto& v : open_)
-      for (auto& o : v) o->cv.notify_all();
+      for (auto& o : v) o->release(2);
   }
   [[noreturn]] void fail_locked(const std::string& msg) {
     set_failed_locked(msg);

@@ -58,18 +58,23 @@
 //     nvcc: sets cudaFuncAttributeMaxDynamicSharedMemorySize when dyn_smem > 48 KiB, launches
 //     kernel<<<grid, block, dyn_smem, stream>>>(args...) and throws std::runtime_error on a launch
 //     error. Emulation: validates the configuration (<= 1024 threads, dim limits, dyn_smem <= 227
-//     KiB) and throws std::runtime_error, then runs every block (one OS thread per CUDA thread,
+//     KiB; note sm_80 allows only 163 KiB: the resource report checks that) and throws
+//     std::runtime_error, then runs every block (one OS thread per CUDA thread,
 //     blocks sequential) and throws std::runtime_error if the kernel misused a barrier/warp
 //     intrinsic or deadlocked. Both: an empty grid (a zero dimension) launches nothing.
 //   dc::Stream: cudaStream_t under nvcc, an empty struct under emulation (dc::Stream{}).
 //   WMMA (tensor cores): see csrc/kernels/wmma.cuh.
 //
 // RESOURCE REPORT (`python -m dilconv kernels`, dilconv/kernels_report.py): compiles every
-// csrc/cuda/*.cu with nvcc -Xptxas -v for sm_80 and sm_90. Mark default-path instantiations in
-// the .cu with lines
-//     // dc:default <python regex matched against the demangled kernel name>
-//   `--check` fails on spills in default-path kernels (every kernel of a .cu without dc:default
-//   lines counts as default path) and on shared memory beyond the arch limit in any kernel.
+// csrc/cuda/*.cu with nvcc -Xptxas -v for sm_80 and sm_90 (registers, spills, static smem per
+// kernel instantiation) and computes occupancy with cuda_occupancy.h. Annotate the .cu with
+//     // dc:default <python regex>   kernels (demangled name, re.search) on the default path;
+//                                    a .cu without dc:default lines: all its kernels are default
+//     // dc:launch <regex> [threads=N] [smem=BYTES]   block size and the LARGEST dynamic shared
+//                                    memory the launch code requests for matching kernels
+//   Threads default to __launch_bounds__(N) (use it on every kernel); without either, occupancy
+//   is not computed. `--check` (run in CI) fails on spills in default-path kernels, static + dynamic
+//   smem above the arch's per-block limit (sm_80: 163 KiB, sm_90: 227 KiB) or 0 CTAs per SM.
 //
 // SANITIZERS: tests/test_sanitizers.py builds csrc/emu/*_emu.cpp with the cases in
 // tests/sanitize/case_*.cpp (see tests/sanitize/harness.h) under ASan+UBSan(bounds) and TSan.

@@ -289,6 +289,28 @@ void test_wmma() {
                "wmma partial warp");
 }
 
+// `traffic`: one launch per access pattern, then the JSON report on stdout (checked in Python)
+int traffic() {
+  dc::emu::traffic_reset();
+  dc::emu::traffic_enable(true);
+  // sector-aligned buffers, so that the expected counts are exact
+  alignas(128) static float in[64 * 64 + 64], out[256];
+  alignas(128) static float4 in4[256], out4[256];
+  auto copy = [&](int stride, int offset, int broadcast) {
+    dc::launch(dc_emu::strided_copy<float>, dim3(2), dim3(64), 0, dc::Stream{}, in, out, stride, offset, broadcast);
+  };
+  copy(1, 0, 0);   // coalesced
+  copy(8, 0, 0);   // one 32-byte sector per lane
+  copy(1, 1, 0);   // misaligned by 4 bytes
+  copy(1, 5, 1);   // broadcast: every lane reads the same float
+  copy(2, 0, 0);   // every other float
+  dc::launch(dc_emu::strided_copy<float4>, dim3(1), dim3(32), 0, dc::Stream{}, in4, out4, 1, 0, 0);
+  dc::emu::traffic_enable(false);
+  copy(1, 0, 0);  // not recorded
+  std::printf("%s\n", dc::emu::traffic_report_json().c_str());
+  return 0;
+}
+
 const std::map<std::string, std::function<void()>> tests = {
     {"matmul", test_matmul},
     {"block_sum", test_block_sum},
@@ -311,6 +333,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (std::string(argv[1]) == "convert" && argc == 4) return convert(argv[2], argv[3]);
+  if (std::string(argv[1]) == "traffic") return traffic();
   for (int i = 1; i < argc; ++i) {
     auto it = tests.find(argv[i]);
     if (it == tests.end()) {

@@ -208,4 +208,12 @@ __global__ void wmma_bad_kernel(int mode) {
   wm::load_matrix_sync(fa, p, 64);
 }
 
+// ---- traffic counters: thread t reads in[offset + t * stride] (as T) and writes out[t] ----------
+template <typename T>
+__global__ void strided_copy(const T* in, T* out, int stride, int offset, int broadcast) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  const T v = dc::load(in + (broadcast ? offset : offset + t * stride));
+  dc::store(out + t, v);
+}
+
 }  // namespace DC_TARGET_NS
