@@ -141,6 +141,7 @@ struct WmmaTile {
 
 using TileSimt64 = SimtTile<64, 64, 16, 16, 4, 4, 3>;
 using TileSimtNarrow = SimtTile<64, 64, 64, 8, 4, 4, 2>;
+using TileSimtNarrowScalar = SimtTile<64, 64, 32, 8, 4, 4, 2>;
 using TileWmma128 = WmmaTile<128, 64, 32, 32, 32, 3>;
 using TileWmma64 = WmmaTile<64, 64, 32, 32, 32, 3>;
 using TileSimt64Double = SimtTile<64, 64, 16, 16, 4, 4, 2>;
@@ -828,24 +829,31 @@ ConvPlan plan_conv(int m, int co, int cr, int groups, int vmax) {
   return pl;
 }
 
-template <typename T, bool DGRAD, typename Tile>
+// TileV runs when the plan allows 16-byte vectors, TileS (at most 8 scalar loads per thread and
+// operand, so the per-load address state fits in registers without spilling) otherwise.
+template <typename T, bool DGRAD, typename TileV, typename TileS>
 void launch_conv(ConvParams prm, int vmax, dc::Stream stream) {
-  const ConvPlan pl = plan_conv<Tile>(prm.m, prm.co, prm.cr, prm.groups, vmax);
-  prm.gt = pl.gt;
-  prm.cw = pl.cw;
-  prm.kc = pl.kc;
-  prm.nchunks = pl.nchunks;
-  check_grid(pl.gx, pl.gy, pl.gz);
-  if (prm.m == 0) return;
-  const dim3 grid(unsigned(pl.gx), unsigned(pl.gy), unsigned(pl.gz)), block(Tile::THREADS);
-  constexpr int VV = 16 / int(sizeof(T));
-  if constexpr (VV > 1 && !std::is_same_v<T, double>) {
-    if (pl.v == VV) {
-      dc::launch(igemm_conv_kernel<T, DGRAD, Tile, VV>, grid, block, ConvSmem<T, Tile>::BYTES, stream, prm);
+  constexpr int VV = std::is_same_v<T, double> ? 1 : 16 / int(sizeof(T));
+  auto run = [&](auto tile, auto vec) {
+    using Tile = decltype(tile);
+    constexpr int V = decltype(vec)::value;
+    const ConvPlan pl = plan_conv<Tile>(prm.m, prm.co, prm.cr, prm.groups, V);
+    prm.gt = pl.gt;
+    prm.cw = pl.cw;
+    prm.kc = pl.kc;
+    prm.nchunks = pl.nchunks;
+    check_grid(pl.gx, pl.gy, pl.gz);
+    if (prm.m == 0) return;
+    const dim3 grid{unsigned(pl.gx), unsigned(pl.gy), unsigned(pl.gz)}, block{unsigned(Tile::THREADS)};
+    dc::launch(igemm_conv_kernel<T, DGRAD, Tile, V>, grid, block, ConvSmem<T, Tile>::BYTES, stream, prm);
+  };
+  if constexpr (VV > 1) {
+    if (vmax == VV && plan_conv<TileV>(prm.m, prm.co, prm.cr, prm.groups, VV).v == VV) {
+      run(TileV{}, std::integral_constant<int, VV>{});
       return;
     }
   }
-  dc::launch(igemm_conv_kernel<T, DGRAD, Tile, 1>, grid, block, ConvSmem<T, Tile>::BYTES, stream, prm);
+  run(TileS{}, std::integral_constant<int, 1>{});
 }
 
 // the 16-byte vector width when the operand layout allows it, else 1
@@ -896,17 +904,17 @@ void run_conv(const ConvShape& sh, Act a, int ah, int aw, Wt w, const void* bias
   if (config == kAuto) config = select_conv_config<T>(sh, DGRAD);
   if constexpr (std::is_same_v<T, double>) {
     if (config != kSimt64Double) throw std::invalid_argument("dilconv igemm: config not valid for float64");
-    launch_conv<T, DGRAD, TileSimt64Double>(p, 1, stream);
+    launch_conv<T, DGRAD, TileSimt64Double, TileSimt64Double>(p, 1, stream);
   } else {
     switch (config) {
-      case kSimt64: launch_conv<T, DGRAD, TileSimt64>(p, vmax, stream); break;
-      case kSimtNarrow: launch_conv<T, DGRAD, TileSimtNarrow>(p, vmax, stream); break;
+      case kSimt64: launch_conv<T, DGRAD, TileSimt64, TileSimt64>(p, vmax, stream); break;
+      case kSimtNarrow: launch_conv<T, DGRAD, TileSimtNarrow, TileSimtNarrowScalar>(p, vmax, stream); break;
       case kWmma128:
       case kWmma64:
 #if DC_IGEMM_WMMA
         if constexpr (is_16bit<T>()) {
-          if (config == kWmma128) launch_conv<T, DGRAD, TileWmma128>(p, vmax, stream);
-          else launch_conv<T, DGRAD, TileWmma64>(p, vmax, stream);
+          if (config == kWmma128) launch_conv<T, DGRAD, TileWmma128, TileWmma64>(p, vmax, stream);
+          else launch_conv<T, DGRAD, TileWmma64, TileWmma64>(p, vmax, stream);
           break;
         }
 #endif
