@@ -44,8 +44,8 @@ ARCH_PROPS = {
 }
 STATIC_SMEM_LIMIT = 48 * 1024
 MAX_WARPS_PER_SM = 64
-# the defines torch's extension build passes to nvcc (torch.utils.cpp_extension.COMMON_NVCC_FLAGS)
-FALLBACK_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+# the flags torch's extension build passes to nvcc (torch.utils.cpp_extension.COMMON_NVCC_FLAGS)
+NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                        "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
                        "--expt-relaxed-constexpr"]
 
@@ -95,16 +95,9 @@ def cu_files() -> list:
 
 
 def nvcc_flags() -> list:
-    try:
-        nvcc = find_nvcc()
-        if nvcc and "CUDA_HOME" not in os.environ:  # keeps torch from guessing (and warning)
-            os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(nvcc))
-        from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
-
-        common = list(COMMON_NVCC_FLAGS)
-    except Exception:  # noqa: BLE001 - torch is optional for the report
-        common = FALLBACK_NVCC_FLAGS
-    return ["-std=c++17", "-O3", "-DDILCONV_WITH_CUDA=1", *common, "-I" + os.path.join(ROOT, "csrc")]
+    # NVCC_DEFINES are torch's COMMON_NVCC_FLAGS (a test keeps them equal); not imported from torch
+    # so that the report needs no torch import (which also warns without a GPU)
+    return ["-std=c++17", "-O3", "-DDILCONV_WITH_CUDA=1", *NVCC_DEFINES, "-I" + os.path.join(ROOT, "csrc")]
 
 
 def _digest(*parts) -> str:
@@ -172,15 +165,17 @@ def parse_ptxas(log: str, arch: str) -> dict:
     return out
 
 
-def parse_maxntid(ptx: str) -> dict:
-    """{mangled kernel: threads per block} from `.maxntid` of PTX entries."""
+def parse_ptx(ptx: str) -> dict:
+    """{mangled kernel: (threads per block from `.maxntid` or None, uses dynamic shared memory)}
+    from PTX entries (DC_DYNAMIC_SHARED's array is `dc_dynamic_smem_`)."""
     out = {}
     for chunk in ptx.split(".entry ")[1:]:
         name = chunk.split("(", 1)[0].strip()
-        head = chunk.split("{", 1)[0]
+        head, _, body = chunk.partition("{")
         m = re.search(r"\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)", head)
-        if m:
-            out[name] = int(m.group(1)) * int(m.group(2)) * int(m.group(3))
+        threads = int(m.group(1)) * int(m.group(2)) * int(m.group(3)) if m else None
+        body = body.split("\n.entry ", 1)[0]
+        out[name] = (threads, "dc_dynamic_smem_" in body)
     return out
 
 
@@ -233,13 +228,15 @@ def compile_cu(nvcc: str, cu: str, arch: str, use_cache: bool) -> list:
             with open(p) as f:
                 ptx += f.read()
     res = parse_ptxas(r.stdout + r.stderr, arch)
-    maxntid = parse_maxntid(ptx)
+    ptx_info = parse_ptx(ptx)
     names = demangle(sorted(res))
     rows = []
     for mangled, props in sorted(res.items()):
         kernel, config = split_name(names[mangled])
         rows.append(dict(backend="cuda", file=os.path.relpath(cu, ROOT), kernel=kernel, config=config,
-                         demangled=names[mangled], mangled=mangled, arch=arch, maxntid=maxntid.get(mangled),
+                         demangled=names[mangled], mangled=mangled, arch=arch,
+                         maxntid=ptx_info.get(mangled, (None, False))[0],
+                         uses_dynamic_smem=ptx_info.get(mangled, (None, False))[1],
                          **props))
     os.makedirs(CACHE_DIR, exist_ok=True)
     with open(cache, "w") as f:
@@ -283,7 +280,7 @@ def add_occupancy(rows: list) -> None:
     for r in todo:
         a = ARCH_PROPS[r["arch"]]
         lines.append(f"{a['major']} {a['minor']} {a['smem_per_sm']} {a['smem_optin']} {r['threads_per_block']} "
-                     f"{r['registers']} {r['smem_static']} {r['smem_dynamic']}")
+                     f"{r['registers']} {r['smem_static']} {r['smem_dynamic'] or 0}")
     out = subprocess.run([exe], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True).stdout.split("\n")
     for r, line in zip(todo, out):
         ctas, lim = (int(x) for x in line.split())
@@ -306,13 +303,16 @@ def cuda_rows(archs=ARCHS, files=None, use_cache=True, jobs=None) -> list:
     for cu, rs in raw:
         defaults, launches = annotations(cu)
         for r in rs:
-            threads, smem = r.pop("maxntid"), 0
+            threads, smem, declared = r.pop("maxntid"), 0, False
             for rx, t, s in launches:
                 if rx.search(r["demangled"]):
                     threads = t or threads
                     smem = max(smem, s)
+                    declared = True
             r["threads_per_block"] = threads
-            r["smem_dynamic"] = smem
+            # None: the kernel uses dynamic shared memory but no dc:launch line says how much
+            # (occupancy is then computed without it: an upper bound)
+            r["smem_dynamic"] = smem if declared or not r["uses_dynamic_smem"] else None
             r["default_path"] = (not defaults) or any(rx.search(r["demangled"]) for rx in defaults)
             rows.append(r)
     add_occupancy(rows)
@@ -405,6 +405,10 @@ def main(args) -> int:
         print(format_table(rows))
         print(f"\n{len(rows)} kernel instantiation(s) x arch; static figures from ptxas/cuda_occupancy.h "
               "(A100/H100 SM limits), no GPU run.")
+        undeclared = sorted({r["kernel"] for r in rows if r.get("backend") == "cuda" and r.get("smem_dynamic") is None})
+        if undeclared:
+            notes.append("dynamic shared memory used but not declared with a `// dc:launch <regex> smem=BYTES` line "
+                         "(occupancy shown is an upper bound) for: " + ", ".join(undeclared))
         unknown = sorted({r["kernel"] for r in rows if r.get("threads_per_block") is None})
         if unknown:
             notes.append("threads per block unknown (no __launch_bounds__ or dc:launch line), occupancy not "

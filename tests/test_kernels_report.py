@@ -34,10 +34,18 @@ def test_parse_ptxas_and_ptx():
         "_ZN7dc_cuda1kIdEEvPd": dict(registers=10, spill_bytes=0, stack=0, smem_static=0),
     }
     assert kr.parse_ptxas(PTXAS_LOG, "sm_90") == {}
-    ptx = ".visible .entry _Z1av(\n.param .u64 p\n)\n.maxntid 128, 2, 1\n{\n}\n.visible .entry _Z1bv()\n{\n.maxntid 9, 9, 9\n}\n"
-    assert kr.parse_maxntid(ptx) == {"_Z1av": 256}
+    ptx = (".extern .shared .align 128 .b8 dc_dynamic_smem_[];\n"
+           ".visible .entry _Z1av(\n.param .u64 p\n)\n.maxntid 128, 2, 1\n{\nmov.u64 %rd1, dc_dynamic_smem_;\n}\n"
+           ".visible .entry _Z1bv()\n{\n.maxntid 9, 9, 9\n}\n")
+    assert kr.parse_ptx(ptx) == {"_Z1av": (256, True), "_Z1bv": (None, False)}
     assert kr.split_name("void dc_cuda::k<float, (int)3>(dc_cuda::P)") == ("dc_cuda::k", "<float, (int)3>")
     assert kr.split_name("dc_cuda::k(float const*)") == ("dc_cuda::k", "")
+
+
+def test_nvcc_flags_match_the_extension_build():
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    assert kr.NVCC_DEFINES == list(COMMON_NVCC_FLAGS)
 
 
 def test_problems_rules():
@@ -55,13 +63,16 @@ def test_problems_rules():
 def test_catches_spills_and_smem_over_limit():
     rows = kr.cuda_rows(files=[os.path.join(ROOT, "tests", "kernels_report", "bad.cu")])
     by = {(r["kernel"].split("::")[-1], r["arch"]): r for r in rows}
-    assert set(by) == {(k, a) for k in ("spilling_kernel", "rare_spilling_kernel", "fine_kernel")
-                       for a in ("sm_80", "sm_90")}
+    assert set(by) == {(k, a) for k in ("spilling_kernel", "rare_spilling_kernel", "fine_kernel",
+                                        "undeclared_dyn_kernel") for a in ("sm_80", "sm_90")}
     for a in ("sm_80", "sm_90"):
         assert by["spilling_kernel", a]["spill_bytes"] > 0 and by["spilling_kernel", a]["default_path"]
         assert by["rare_spilling_kernel", a]["spill_bytes"] > 0 and not by["rare_spilling_kernel", a]["default_path"]
         assert by["spilling_kernel", a]["threads_per_block"] == 1024  # from __launch_bounds__
         assert by["fine_kernel", a]["smem_dynamic"] == 204800  # from the dc:launch line
+        assert by["fine_kernel", a]["uses_dynamic_smem"] and not by["spilling_kernel", a]["uses_dynamic_smem"]
+        assert by["undeclared_dyn_kernel", a]["smem_dynamic"] is None  # used but not declared
+        assert by["spilling_kernel", a]["smem_dynamic"] == 0
     # 200 KiB of dynamic smem: over sm_80's per-block limit, fits on sm_90 (one CTA per SM)
     assert by["fine_kernel", "sm_80"]["ctas_per_sm"] == 0
     assert by["fine_kernel", "sm_90"]["ctas_per_sm"] == 1

@@ -93,19 +93,19 @@ def test_torchvision_state_dict_loads_and_matches(name):
 
 def test_vgg16_torchvision_layout_and_fcn_surgery():
     tv = seeded(tvm.vgg16).eval()
-    ours = M.vgg16().eval()
-    ours.load_state_dict(tv.state_dict(), strict=True)
+    ours = on_meta(M.vgg16).eval()  # (meta + assign: skips a second 138M-parameter init)
+    ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
     assert_all_dilconv(ours)
     x = torch.randn(1, 3, 32, 35)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), tv(x), rtol=1e-5, atol=1e-5)
         # FCN surgery: fc6 (7x7 conv) / fc7 (1x1 conv) on a 7x7 pool5 window compute the
         # classifier's first two layers
-        fcn = M.VGG16("fcn").eval()
-        fcn.load_torchvision(tv.state_dict())
+        fcn = on_meta(M.VGG16, "fcn").eval()
+        fcn.load_torchvision(tv.state_dict(), assign=True)
         assert_all_dilconv(fcn)
         # (float64: sums of 25088 products; fp32 summation order differs between the two)
-        fcn.double(), tv.double()
+        fcn.fc6.double(), fcn.fc7.double(), tv.classifier.double()
         pool5 = torch.randn(2, 512, 7, 7, dtype=torch.float64)
         ref = tv.classifier[:5](torch.flatten(pool5, 1))
         got = fcn.fc7(torch.relu(fcn.fc6(pool5))).relu()

@@ -225,8 +225,9 @@ def test_dilatednet_upsampling_is_fixed_bilinear():
     u = m.upsample
     assert (u.kernel_size, u.stride, u.padding, u.groups) == ((16, 16), (8, 8), (4, 4), 5)
     assert not u.weight.requires_grad
-    u = M.dilatednet(num_classes=2).upsample if False else L.bilinear_upsampler(2, 8, depthwise=True)
+    u = L.bilinear_upsampler(2, 8, depthwise=True, padding=4)
     torch.testing.assert_close(u.weight[1, 0], L.bilinear_kernel(16))
+    assert u(torch.randn(1, 2, 5, 7)).shape == (1, 2, 40, 56)  # exactly 8x
 
 
 # ---- real forward/backward on small networks -----------------------------------------------
@@ -353,14 +354,25 @@ def test_cpu_backend_matches_torch():
     b = seeded(M.deeplabv3plus, backend="cpu", **kw)
     b.load_state_dict(a.state_dict())
     assert_all_dilconv(b, "cpu")
+    # eval, fp32: every conv (dense, depthwise, fused separable) through the cpu kernels
+    a.eval(), b.eval()
     x = torch.randn(2, 3, 33, 41)
-    for train in (True, False):
-        a.train(train), b.train(train)
+    with torch.no_grad():
         ya, yb = a(x), b(x)
-        for k in ya:
-            torch.testing.assert_close(yb[k], ya[k], rtol=1e-4, atol=1e-5)
-        if train:
-            (ya["out"].square().mean() + ya["aux"].mean()).backward()
-            (yb["out"].square().mean() + yb["aux"].mean()).backward()
-            for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
-                torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=n)
+    for k in ya:
+        torch.testing.assert_close(yb[k], ya[k], rtol=1e-5, atol=1e-6)
+    # training mode in float64: batch-statistics BN over the 1x1 image-pooling branch with a
+    # batch of 2 amplifies fp32 rounding differences far beyond fp32 tolerance, so compare
+    # forward and gradients exactly-conditioned in float64
+    a.double().train(), b.double().train()
+    x = x.double()
+    torch.manual_seed(7)  # same dropout masks for both
+    ya = a(x)
+    torch.manual_seed(7)
+    yb = b(x)
+    for k in ya:
+        torch.testing.assert_close(yb[k], ya[k], rtol=1e-10, atol=1e-12)
+    (ya["out"].square().mean() + ya["aux"].mean()).backward()
+    (yb["out"].square().mean() + yb["aux"].mean()).backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-9, atol=1e-12, msg=n)

@@ -66,13 +66,14 @@ def bilinear_kernel(k: int) -> torch.Tensor:
 
 
 def bilinear_upsampler(channels: int, factor: int, *, depthwise: bool = False,
-                       learnable: bool = False, backend=None) -> ConvTranspose2d:
+                       learnable: bool = False, padding: int = 0, backend=None) -> ConvTranspose2d:
     """Transposed conv, kernel 2*factor, stride factor, no bias, initialised to bilinear
     interpolation per channel (FCN's Deconvolution; only the diagonal of the C x C blob is
     filled). Fixed (requires_grad False, Caffe lr_mult 0) unless learnable."""
     k = 2 * factor
     groups = channels if depthwise else 1
-    up = ConvTranspose2d(channels, channels, k, factor, bias=False, groups=groups, backend=backend)
+    up = ConvTranspose2d(channels, channels, k, factor, padding, bias=False, groups=groups,
+                         backend=backend)
     init_bilinear_(up)
     up.weight.requires_grad_(learnable)
     return up

@@ -90,8 +90,7 @@ class DilatedNet(nn.Module):
         nn.init.zeros_(self.final.bias)
         self.context = (ContextModule(num_classes, context, init=context_init, noise_std=noise_std,
                                       backend=backend) if context else None)
-        self.upsample = bilinear_upsampler(num_classes, 8, depthwise=True, backend=backend)
-        self.upsample.padding = (4, 4)
+        self.upsample = bilinear_upsampler(num_classes, 8, depthwise=True, padding=4, backend=backend)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         h, w = x.shape[-2:]

@@ -61,6 +61,9 @@ class PSPNet(nn.Module):
 def pspnet(*, backbone: str = "resnet50", num_classes: int = 21, output_stride: int = 8,
            aux_loss: bool = False, bins: Sequence[int] = (1, 2, 3, 6), deep_stem: bool = True,
            in_channels: int = 3, backend: Optional[str] = None) -> PSPNet:
+    """PSPNet on a dilated ResNet (resnet50 / resnet101 / resnext50_32x4d). deep_stem=True is the
+    reference's three-conv stem; deep_stem=False gives torchvision's ResNet layout (so its
+    checkpoints load into `backbone`)."""
     bb = make_backbone(backbone, output_stride=output_stride, deep_stem=deep_stem,
                        in_channels=in_channels, backend=backend)
     return PSPNet(bb, num_classes, tuple(bins), aux_loss, backend=backend)

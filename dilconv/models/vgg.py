@@ -96,17 +96,17 @@ class VGG16(nn.Module):
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
-    def load_torchvision(self, state_dict, strict: bool = True):
+    def load_torchvision(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a torchvision vgg16 state_dict; for the fcn/dilated variants classifier.0/.3 become
         fc6/fc7 (Linear weights reshaped to 7x7 / 1x1 conv weights) and classifier.6 is dropped."""
         if self.variant == "torchvision":
-            return self.load_state_dict(state_dict, strict=strict)
+            return self.load_state_dict(state_dict, strict=strict, assign=assign)
         sd = OrderedDict((k, v) for k, v in state_dict.items() if k.startswith("features."))
         sd["fc6.weight"] = state_dict["classifier.0.weight"].reshape(4096, 512, 7, 7)
         sd["fc6.bias"] = state_dict["classifier.0.bias"]
         sd["fc7.weight"] = state_dict["classifier.3.weight"].reshape(4096, 4096, 1, 1)
         sd["fc7.bias"] = state_dict["classifier.3.bias"]
-        return self.load_state_dict(sd, strict=strict)
+        return self.load_state_dict(sd, strict=strict, assign=assign)
 
 
 def vgg16(*, num_classes: int = 1000, variant: str = "torchvision", backend=None, **kw) -> VGG16:

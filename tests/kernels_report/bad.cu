@@ -29,13 +29,25 @@ __global__ void __launch_bounds__(1024, 2) rare_spilling_kernel(const float* x, 
 }
 
 __global__ void __launch_bounds__(128) fine_kernel(const float* x, float* y) {
-  dc::store(y + threadIdx.x, 2.f * dc::load(x + threadIdx.x));
+  DC_DYNAMIC_SHARED(float, buf);
+  buf[threadIdx.x] = dc::load(x + threadIdx.x);
+  __syncthreads();
+  dc::store(y + threadIdx.x, 2.f * buf[127 - threadIdx.x]);
+}
+
+// dynamic shared memory without a dc:launch line: reported as unknown (None)
+__global__ void __launch_bounds__(64) undeclared_dyn_kernel(const float* x, float* y) {
+  DC_DYNAMIC_SHARED(float, buf);
+  buf[threadIdx.x] = dc::load(x + threadIdx.x);
+  __syncthreads();
+  dc::store(y + threadIdx.x, buf[63 - threadIdx.x]);
 }
 
 void launch_all(const float* x, float* y, int n, dc::Stream s) {
   dc::launch(spilling_kernel, dim3(1), dim3(1024), 0, s, x, y, n);
   dc::launch(rare_spilling_kernel, dim3(1), dim3(1024), 0, s, x, y, n);
   dc::launch(fine_kernel, dim3(1), dim3(128), 200 * 1024, s, x, y);
+  dc::launch(undeclared_dyn_kernel, dim3(1), dim3(64), 64 * sizeof(float), s, x, y);
 }
 
 }  // namespace DC_TARGET_NS
