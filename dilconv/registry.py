@@ -308,6 +308,13 @@ def resolve(name: Optional[str], p: Problem) -> Backend:
         if why is not None:
             raise NotImplementedError(f"dilconv backend {name!r} cannot compute this {p.op}: {why}")
         return b
+    if p.device == "cuda":
+        from dilconv import autotune  # per-shape timing on the GPU when DILCONV_AUTOTUNE=1
+
+        if autotune.enabled():
+            usable = [get_backend(c) for c in AUTO_ORDER["cuda"]]
+            usable = [b for b in usable if b.available() is None and b.unsupported(p) is None]
+            return autotune.pick_backend(p, usable + [_BACKENDS["torch"]])
     for cand in AUTO_ORDER.get(p.device, ()):
         b = get_backend(cand)
         if b.available() is None and b.unsupported(p) is None and b.prefers(p):
