@@ -18,10 +18,11 @@
 // dc:launch igemm_conv_kernel<float,.*SimtTile<64,\s64,\s32,\s8,\s4,\s4,\s2> smem=22784
 // dc:launch igemm_conv_kernel<(__half|__nv_bfloat16),.*SimtTile<64,\s64,\s32,\s8,\s4,\s4,\s2> smem=17408
 // dc:launch igemm_conv_kernel<double,.*SimtTile<64,\s64,\s16,\s16,\s4,\s4,\s2> smem=35328
-// dc:launch igemm_conv_kernel<.*WmmaTile<128,\s64,\s32,\s32,\s32,\s3> smem=44544
-// dc:launch igemm_conv_kernel<.*WmmaTile<64,\s64,\s32,\s32,\s32,\s3> smem=29184
+// dc:launch igemm_conv_kernel<.*WmmaTile<128,\s64,\s32,\s32,\s32,\s3> smem=44672
+// dc:launch igemm_conv_kernel<.*WmmaTile<64,\s64,\s32,\s32,\s32,\s3> smem=29312
+// dc:launch igemm_conv_kernel<.*WmmaTile<64,\s64,\s16,\s32,\s32,\s3> smem=17536
 // dc:launch igemm_wgrad_kernel<float,.*SimtTile<64,\s64,\s16,\s16,\s4,\s4,\s3> smem=26112
 // dc:launch igemm_wgrad_kernel<(__half|__nv_bfloat16),.*SimtTile<64,\s64,\s16,\s16,\s4,\s4,\s3> smem=17408
 // dc:launch igemm_wgrad_kernel<double,.*SimtTile<64,\s64,\s16,\s16,\s4,\s4,\s2> smem=33792
-// dc:launch igemm_wgrad_kernel<.*WmmaTile<64,\s64,\s32,\s32,\s32,\s3> smem=27648
+// dc:launch igemm_wgrad_kernel<.*WmmaTile<64,\s64,\s32,\s32,\s32,\s3> smem=27776
 #include "kernels/gemm_conv_defs.inc"

@@ -8,7 +8,10 @@
 // GEMM views (per group g; "pixel" = (n, y, x)):
 //   fprop  C[m = out pixel][co] = sum_{r,s,cr} X[pixel(m) * stride - pad + (r,s)*dil][g*CR+cr] * W[g][r][s][cr][co]
 //   dgrad  C[m = in pixel ][c ] = sum_{r,s,k } DY[(pixel(m) + pad - (r,s)*dil) / stride][g*K/g+k] * W[g][r][s][k][c]
-//          (a gather: a tap contributes only where the division is exact and in range; no atomics)
+//          (a gather, no atomics. With stride > 1 the grid runs one slice per output phase
+//          (y mod stride, x mod stride); within a phase exactly the taps of an arithmetic
+//          progression reach the input, and the K loop runs over those only: no MACs on the
+//          zeros a naive strided gather multiplies)
 //   wgrad  C[k][(r,s,cr)] = sum_{npq} DY[npq][g*K/g+k] * X[pixel(npq) * stride - pad + (r,s)*dil][g*CR+cr]
 // fprop and dgrad share one kernel (igemm_conv_kernel<.., DGRAD>), whose K loop runs over
 // (r, s, channel chunk); wgrad has its own (igemm_wgrad_kernel), whose K loop runs over N*P*Q.
@@ -32,6 +35,15 @@
 //
 // Pipelining: STAGES shared-memory buffers filled with dc::cp_async (cp.async with zero fill on
 // sm_80+; synchronous in the emulation), one __syncthreads per K step.
+// Kernel selection (select_conv_config, below): fp64 SIMT; fp16/bf16 with >= 32 output and >= 16
+// reduction channels per group on tensor cores (128x64 tiles, 64x64 when the 128-row grid would
+// leave an H100 with < 2 CTAs per SM); grouped convs with <= 32 output channels per group on the
+// packing SIMT tile; the rest SIMT 64x64. A 1x1 conv is the plain GEMM case of the same kernel
+// (one tap, K loop over channel chunks, no halo). Loads that cannot be 16-byte vectors (NCHW,
+// odd channel counts) switch to a sibling tile with at most 8 scalar loads per thread so the
+// per-load address state stays in registers. Depthwise conv2d ops never get here (the ATen glue
+// sends them to the depthwise kernels); depthwise *transposed* convs do, as packed groups.
+// dilconv.autotune can replace the backend choice per shape.
 // Tensor cores: fp16/bf16 with fp32 accumulation through dc::wmma 16x16x16 fragments; fp32 and
 // fp64 run the SIMT path (register-blocked TM x TN outer products).
 //
@@ -51,6 +63,10 @@
 
 #include "kernels/platform.cuh"
 #include "kernels/gemm_api.h"
+
+#if !defined(__CUDACC__)
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"  // `#pragma unroll` is for nvcc
+#endif
 
 #if DC_KERNEL_BODIES
 #include "kernels/cp_async.cuh"
@@ -144,6 +160,7 @@ using TileSimtNarrow = SimtTile<64, 64, 64, 8, 4, 4, 2>;
 using TileSimtNarrowScalar = SimtTile<64, 64, 32, 8, 4, 4, 2>;
 using TileWmma128 = WmmaTile<128, 64, 32, 32, 32, 3>;
 using TileWmma64 = WmmaTile<64, 64, 32, 32, 32, 3>;
+using TileWmma64Scalar = WmmaTile<64, 64, 16, 32, 32, 3>;  // scalar loads: 8 per thread
 using TileSimt64Double = SimtTile<64, 64, 16, 16, 4, 4, 2>;
 // wgrad: M = output channels of a group, N = (r, s, c), K = N*P*Q (BKA = BKB = K step)
 using TileWgradSimt = SimtTile<64, 64, 16, 16, 4, 4, 3>;
@@ -164,7 +181,10 @@ struct ConvSmem {
   static constexpr int B_ELEMS = Tile::BKB * LDB;
   static constexpr size_t PIPE = size_t(Tile::STAGES) * (A_ELEMS + B_ELEMS) * sizeof(T);
   static constexpr size_t EPI = size_t(Tile::BM) * LDC * sizeof(acc_t<T>);
-  static constexpr size_t BYTES = PIPE > EPI ? PIPE : EPI;
+  // WMMA pointers must be 32-byte aligned; dynamic shared memory is only guaranteed 16 (the
+  // emulation's buffer), so tensor-core tiles ask for slack and align the base themselves
+  static constexpr size_t SLACK = Tile::WMMA ? 128 : 0;
+  static constexpr size_t BYTES = (PIPE > EPI ? PIPE : EPI) + SLACK;
   static_assert(BYTES <= 48 * 1024, "keep tiles within 48 KiB: 2+ CTAs per SM");
 };
 
@@ -178,7 +198,10 @@ struct WgradSmem {
   static constexpr int B_ELEMS = BK * LDB;
   static constexpr size_t PIPE = size_t(Tile::STAGES) * (A_ELEMS + B_ELEMS) * sizeof(T);
   static constexpr size_t EPI = size_t(Tile::BM) * LDC * sizeof(acc_t<T>);
-  static constexpr size_t BYTES = PIPE > EPI ? PIPE : EPI;
+  // WMMA pointers must be 32-byte aligned; dynamic shared memory is only guaranteed 16 (the
+  // emulation's buffer), so tensor-core tiles ask for slack and align the base themselves
+  static constexpr size_t SLACK = Tile::WMMA ? 128 : 0;
+  static constexpr size_t BYTES = (PIPE > EPI ? PIPE : EPI) + SLACK;
   static_assert(BYTES <= 48 * 1024, "keep tiles within 48 KiB: 2+ CTAs per SM");
 };
 
@@ -205,6 +228,26 @@ struct ConvParams {
 };
 
 #if DC_KERNEL_BODIES
+// Taps t in [0, taps) with (base - t * dil) divisible by stride: first (-1 if none), step, count.
+__device__ __forceinline__ void tap_progression(int base, int dil, int stride, int taps, int& first,
+                                                int& step, int& count) {
+  int a = dil, b = stride;
+  while (b) {
+    const int t = a % b;
+    a = b;
+    b = t;
+  }
+  step = stride / a;
+  first = -1;
+  for (int t = 0; t < step && t < taps; ++t)
+    if ((base - t * dil) % stride == 0) {
+      first = t;
+      break;
+    }
+  count = first < 0 ? 0 : (taps - first + step - 1) / step;
+  if (first < 0) first = 0;
+}
+
 template <typename T, bool DGRAD, typename Tile, int V>
 __global__ void __launch_bounds__(Tile::THREADS, 2)
     igemm_conv_kernel(ConvParams p) {
@@ -218,7 +261,10 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
 
   // dynamic shared memory (S::BYTES, passed by the launcher): in the emulation an exact-size
   // buffer, so AddressSanitizer sees any tile index that leaves it
-  DC_DYNAMIC_SHARED(unsigned char, smem_raw);
+  DC_DYNAMIC_SHARED(unsigned char, smem_dyn);
+  constexpr uintptr_t kAlign = S::SLACK ? S::SLACK : 1;
+  unsigned char* const smem_raw = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_dyn) + kAlign - 1) / kAlign * kAlign);
   T* const smA = reinterpret_cast<T*>(smem_raw);
   T* const smB = smA + ST * S::A_ELEMS;
 
@@ -226,9 +272,27 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
   const T* B = static_cast<const T*>(p.b);
   const int tid = threadIdx.x;
   const int m0 = blockIdx.x * BM;
-  const int g0 = blockIdx.z * p.gt;
   const int co0 = blockIdx.y * BN;  // p.gt == 1 whenever gridDim.y > 1
-  const int pq = p.oh * p.ow;
+
+  // dgrad is computed per output phase (y mod stride_h, x mod stride_w): within a phase the
+  // filter taps that reach an input pixel are the same for every pixel, an arithmetic
+  // progression r0, r0 + rstep, ... (rstep = stride / gcd(stride, dilation)), so no K step is
+  // spent on taps that land between the strided samples. fprop: one phase, every tap.
+  int py = 0, px = 0, zi = blockIdx.z;
+  int oh = p.oh, ow = p.ow, r0 = 0, rstep = 1, nr = p.r, s0 = 0, sstep = 1, ns = p.s;
+  if constexpr (DGRAD) {
+    const int nph = p.sh * p.sw, ph = int(blockIdx.z) % nph;
+    zi = int(blockIdx.z) / nph;
+    py = ph / p.sw;
+    px = ph - py * p.sw;
+    oh = (p.oh - py + p.sh - 1) / p.sh;
+    ow = (p.ow - px + p.sw - 1) / p.sw;
+    tap_progression(py + p.ph, p.dh, p.sh, p.r, r0, rstep, nr);
+    tap_progression(px + p.pw, p.dw, p.sw, p.s, s0, sstep, ns);
+  }
+  const int pq = oh * ow, mp = p.batch * pq;  // this phase's pixels
+  if (m0 >= mp) return;                       // uniform over the block, before any barrier
+  const int g0 = zi * p.gt;
 
   // Per-thread loader state: which tile elements this thread copies never changes across K
   // steps, so pixel decoding (two divisions) happens once, here.
@@ -247,10 +311,10 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
     a_soff[i] = (TOTAL_A % THREADS == 0 || idx < TOTAL_A) ? row * LDA + col : -1;
     const int m = m0 + row;
     const int n = m / pq, rem = m - n * pq;
-    const int y = rem / p.ow, x = rem - y * p.ow;
-    a_pix[i] = m < p.m ? n * p.a_sn : -1;
-    a_y[i] = DGRAD ? y + p.ph : y * p.sh - p.ph;
-    a_x[i] = DGRAD ? x + p.pw : x * p.sw - p.pw;
+    const int y = rem / ow, x = rem - y * ow;
+    a_pix[i] = m < mp ? n * p.a_sn : -1;
+    a_y[i] = DGRAD ? py + y * p.sh + p.ph : y * p.sh - p.ph;
+    a_x[i] = DGRAD ? px + x * p.sw + p.pw : x * p.sw - p.pw;
     const int gl = col / p.kc;
     a_cc[i] = col - gl * p.kc;
     a_ch[i] = (gl < p.gt && g0 + gl < p.groups) ? (g0 + gl) * p.cr + a_cc[i] : -1;
@@ -274,11 +338,12 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
     b_kk[i] = kk;
   }
 
-  const int nsteps = p.r * p.s * p.nchunks;
+  const int nsteps = nr * ns * p.nchunks;
   auto load_stage = [&](int stage, int step) {
     const int rs = step / p.nchunks;
     const int c0 = (step - rs * p.nchunks) * p.kc;
-    const int r = rs / p.s, s = rs - r * p.s;
+    const int ri = rs / ns;
+    const int r = r0 + ri * rstep, s = s0 + (rs - ri * ns) * sstep;
     T* As = smA + stage * S::A_ELEMS;
     T* Bs = smB + stage * S::B_ELEMS;
 #pragma unroll
@@ -412,7 +477,7 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
       row = e - col * BM;
     }
     const int m = m0 + row;
-    if (m >= p.m) continue;
+    if (m >= mp) continue;
     int gl, coi;
     if (p.gt == 1) {
       gl = 0;
@@ -426,7 +491,11 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
     Acc v = smC[row * LDC + col];
     if (bias) v += to_acc(dc::load(bias + ch));
     const int n = m / pq, rem = m - n * pq;
-    const int y = rem / p.ow, x = rem - y * p.ow;
+    int y = rem / ow, x = rem - y * ow;
+    if constexpr (DGRAD) {
+      y = py + y * p.sh;
+      x = px + x * p.sw;
+    }
     dc::store(out + (n * p.o_sn + y * p.o_sh + x * p.o_sw + ch * p.o_sc), from_acc<T>(v));
   }
 }
@@ -464,7 +533,10 @@ __global__ void __launch_bounds__(Tile::THREADS, 2)
 
   // dynamic shared memory (S::BYTES, passed by the launcher): in the emulation an exact-size
   // buffer, so AddressSanitizer sees any tile index that leaves it
-  DC_DYNAMIC_SHARED(unsigned char, smem_raw);
+  DC_DYNAMIC_SHARED(unsigned char, smem_dyn);
+  constexpr uintptr_t kAlign = S::SLACK ? S::SLACK : 1;
+  unsigned char* const smem_raw = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_dyn) + kAlign - 1) / kAlign * kAlign);
   T* const smA = reinterpret_cast<T*>(smem_raw);
   T* const smB = smA + ST * S::A_ELEMS;
 
@@ -837,7 +909,11 @@ void launch_conv(ConvParams prm, int vmax, dc::Stream stream) {
   auto run = [&](auto tile, auto vec) {
     using Tile = decltype(tile);
     constexpr int V = decltype(vec)::value;
-    const ConvPlan pl = plan_conv<Tile>(prm.m, prm.co, prm.cr, prm.groups, V);
+    // dgrad: grid x covers the largest output phase, z the groups times the phases
+    const int64_t mgrid = DGRAD ? int64_t(prm.batch) * ceil_div(prm.oh, prm.sh) * ceil_div(prm.ow, prm.sw)
+                                : int64_t(prm.m);
+    ConvPlan pl = plan_conv<Tile>(int(mgrid), prm.co, prm.cr, prm.groups, V);
+    if (DGRAD) pl.gz *= int64_t(prm.sh) * prm.sw;
     prm.gt = pl.gt;
     prm.cw = pl.cw;
     prm.kc = pl.kc;
@@ -913,8 +989,8 @@ void run_conv(const ConvShape& sh, Act a, int ah, int aw, Wt w, const void* bias
       case kWmma64:
 #if DC_IGEMM_WMMA
         if constexpr (is_16bit<T>()) {
-          if (config == kWmma128) launch_conv<T, DGRAD, TileWmma128, TileWmma64>(p, vmax, stream);
-          else launch_conv<T, DGRAD, TileWmma64, TileWmma64>(p, vmax, stream);
+          if (config == kWmma128) launch_conv<T, DGRAD, TileWmma128, TileWmma64Scalar>(p, vmax, stream);
+          else launch_conv<T, DGRAD, TileWmma64, TileWmma64Scalar>(p, vmax, stream);
           break;
         }
 #endif

@@ -130,3 +130,9 @@ DC_SANITIZE_CASE(igemm_f16_all_configs) {
   const int n = conv_configs(DType::f16, cfgs, 8);
   for (int i = 0; i < n; ++i) run_case<dc::half>({1, 16, 4, 4, 32, 3, 3, 1, 1, 1, 2}, true, cfgs[i], 3e-2, 71 + i);
 }
+// strided dgrad by output phases: stride 3 / dilation 2 (taps every 3rd), stride 2 / dilation 2
+// (phases with all taps and phases with none: bias only)
+DC_SANITIZE_CASE(igemm_f32_dgrad_phases) {
+  run_case<float>({1, 4, 11, 10, 6, 3, 3, 3, 2, 2, 1}, true, kAuto, 1e-4, 81);
+  run_case<float>({2, 4, 9, 9, 4, 3, 3, 2, 1, 2, 2}, false, kAuto, 1e-4, 91);
+}
