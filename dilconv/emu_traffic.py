@@ -22,7 +22,7 @@ Usage (the counters are off by default; the C functions live in dilconv._C, read
     with emu_traffic.counting() as t:
         torch.ops.dilconv.conv2d_emu(...)
     t.efficiency(function="depthwise", kind="load")     # sites whose function name contains it
-    t.sector_bytes() / minimum_bytes                    # total modeled traffic vs your minimum
+    t.versus_minimum(minimum_bytes)                     # modeled traffic (sector bytes) / your minimum
 
 DILCONV_EMU_TRAFFIC=1 in the environment switches counting on from the start of the process.
 """
@@ -106,6 +106,13 @@ class Traffic:
 
     def requested_bytes(self, function: Optional[str] = None, kind: Optional[str] = None) -> int:
         return self.totals(function, kind)["bytes"]
+
+    def versus_minimum(self, minimum_bytes: int, function: Optional[str] = None) -> float:
+        """Modeled global traffic (sector bytes, loads + stores) over the caller's minimum (e.g.
+        input + weight + output once)."""
+        if minimum_bytes <= 0:
+            raise ValueError("minimum_bytes must be positive")
+        return self.sector_bytes(function) / minimum_bytes
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Backend "cpu": every code path of csrc/cpu against a float64 torch reference.
 
 The core matrix (tests/test_ops.py) covers the backend through the public API; these tests force
-each internal path (direct stencil kernels / im2col+GEMM, via DILCONV_CPU_PATH) and each
+each internal path (direct stencil kernels / im2col+GEMM / per-tap GEMMs, via DILCONV_CPU_PATH) and each
 instruction-set variant (AVX-512 / AVX2 / SSE2, via DILCONV_CPU_ISA), call the ops directly, and
 check that bad direct calls raise instead of writing out of bounds."""
 import random
@@ -25,9 +25,11 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["direct", "gemm"])
+@pytest.fixture(params=["auto", "direct", "gemm", "taps"])
 def path(request, monkeypatch):
-    monkeypatch.setenv("DILCONV_CPU_PATH", request.param)
+    # auto: the kernels' own choice (channels-last depthwise kernels included)
+    if request.param != "auto":
+        monkeypatch.setenv("DILCONV_CPU_PATH", request.param)
     return request.param
 
 
@@ -35,7 +37,7 @@ def _cases(seed, n):
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        cg, kg, g = rng.choice([(1, 1, 6), (1, 2, 4), (2, 3, 2), (3, 5, 1), (4, 4, 3), (9, 2, 1)])
+        cg, kg, g = rng.choice([(1, 1, 6), (1, 1, 19), (1, 2, 4), (2, 3, 2), (3, 5, 1), (4, 4, 3), (9, 2, 1)])
         r, s = rng.choice([(1, 1), (3, 3), (5, 5), (1, 7), (7, 1), (2, 4)])
         st = (rng.randint(1, 3), rng.randint(1, 3))
         d = rng.choice([(1, 1), (2, 2), (3, 1), (6, 6), (24, 24)])
@@ -72,7 +74,8 @@ def _expected_format(t):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_conv_paths(isa, path, dtype):
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    for (n, c, k, g, (r, s), st, p, d, h, w, layout) in _cases(zlib.crc32(f"{isa}{path}{dtype}".encode()), 12):
+    count = 12 if isa == "native" else 5  # the other variants share the source: a smaller sample
+    for (n, c, k, g, (r, s), st, p, d, h, w, layout) in _cases(zlib.crc32(f"{isa}{path}{dtype}".encode()), count):
         x = _layout(torch.randn(n, c, h, w, dtype=dtype), layout)
         wt = torch.randn(k, c // g, r, s, dtype=dtype)
         b = torch.randn(k, dtype=dtype)
@@ -104,7 +107,7 @@ def test_conv_paths(isa, path, dtype):
     (3, 2, 1, (3, 3), (1, 1), (0, 0), (1, 1), (2, 2), 4, 4),  # output_padding >= stride
     (2, 4, 2, (1, 7), (1, 1), (0, 3), (0, 0), (1, 1), 5, 9),
 ])
-def test_conv_transpose(isa, path, case):
+def test_conv_transpose(path, case):
     c, k, g, ks, st, p, op, d, h, w = case
     x = torch.randn(2, c, h, w)
     wt = torch.randn(c, k // g, *ks)
@@ -128,7 +131,7 @@ def _sep_ref(x, dw, dwb, pw, pwb, st, p, d, mid_relu, out_relu):
 
 @pytest.mark.parametrize("mid_relu,out_relu", [(False, False), (True, True), (True, False)])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
-def test_separable(isa, mid_relu, out_relu, layout):
+def test_separable(mid_relu, out_relu, layout):
     for (c, m, k, ks, st, p, d, bias) in [(5, 1, 7, (3, 3), (1, 1), (2, 2), (2, 2), True),
                                            (4, 2, 3, (1, 7), (2, 1), (0, 3), (1, 1), False),
                                            (3, 1, 16, (5, 5), (1, 2), (6, 6), (3, 3), True)]:
@@ -219,3 +222,22 @@ def test_opcheck(layout):
     torch.library.opcheck(ops.separable_conv2d_backward.default,
                           (gs, x.detach(), dw.detach(), None, pw.detach(), pb.detach(), *sconf),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("c", [3, 19, 40, 64])
+def test_depthwise_channels_last(isa, c):
+    """The channel-vectorised depthwise kernels: channel counts below, between and at multiples
+    of the vector width (overlapping last vector), strides, dilation, padding beyond the kernel."""
+    for (ks, st, p, d, h, w) in [((3, 3), (1, 1), (2, 2), (2, 2), 9, 11), ((5, 3), (2, 3), (1, 4), (1, 2), 10, 13),
+                                 ((1, 7), (1, 1), (0, 3), (1, 1), 4, 9), ((3, 3), (1, 1), (24, 24), (24, 24), 5, 6)]:
+        x = torch.randn(2, c, h, w, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        wt = torch.randn(c, 1, *ks, dtype=torch.float64)
+        b = torch.randn(c, dtype=torch.float64)
+        xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
+        yr = F.conv2d(xr, wr, b, st, p, d, c)
+        gy = torch.randn(yr.shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        yr.backward(gy)
+        conf = (list(st), list(p), list(d), c)
+        _close(ops.conv2d(x, wt, b, *conf), yr.detach(), 1e-12)
+        _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, 1e-12)
+        _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, 1e-12)

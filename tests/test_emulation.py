@@ -23,6 +23,7 @@ KERNEL_TESTS = {
     "dynamic_smem": "dynamic shared memory exchange; poisoned (NaN) at block start",
     "launch_errors": "misuse fails the launch with a clear error instead of hanging",
     "atomics": "atomicAdd int/float/ull, atomicMax, atomicCAS across threads and blocks",
+    "host_threads_and_fork": "launches from 4 host threads at once, and in a forked child (worker pool)",
     "wmma": "dc::wmma m16n16k16 half/bf16 GEMM, all layout pairs, accumulator load/store, misuse",
 }
 
@@ -132,3 +133,19 @@ def test_traffic_python_api():
     assert total["requests"] > 0 and 0 < t.efficiency() <= 1.0
     # every input and output byte is touched at least once
     assert t.requested_bytes(kind="load") >= x.numel() * 4 and t.requested_bytes(kind="store") >= y.numel() * 4
+
+
+def test_traffic_summaries(unit_exe):
+    """dilconv.emu_traffic.Traffic's filters and ratios on a known report."""
+    from dilconv.emu_traffic import Traffic
+
+    r = run(unit_exe, "traffic")
+    t = Traffic(json.loads(r.stdout))
+    useful, sectors = 512 + 512 + 512 + 16 + 512, 16 + 128 + 20 + 4 + 32
+    assert t.efficiency(function="T = float]", kind="load") == pytest.approx(useful / (32 * sectors))
+    assert t.efficiency(function="T = float4]", kind="load") == 1.0
+    assert t.sector_bytes(function="T = float4]") == 32 * (16 + 16)
+    assert t.versus_minimum(512 * 2, function="T = float4]") == 1.0
+    assert len(t.launches(function="strided_copy")) == 6 and t.launches(function="nope") == []
+    with pytest.raises(ValueError):
+        t.efficiency(function="nope")

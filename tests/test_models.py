@@ -13,6 +13,13 @@ from dilconv.modules import ConvTranspose2d as DCConvT
 META = torch.device("meta")
 
 
+@pytest.fixture(autouse=True)
+def _torch_backend():
+    # modules built with backend=None follow the global backend: pin it to the reference one
+    # (the conftest restores the previous backend after each test)
+    dilconv.use_backend("torch")
+
+
 def nparams(model, trainable_only=False):
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -118,12 +118,156 @@ T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 bool use_direct(const Geo& g) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
     if (!std::strcmp(e, "direct")) return true;
-    if (!std::strcmp(e, "gemm")) return false;
+    if (!std::strcmp(e, "gemm") || !std::strcmp(e, "taps")) return false;
   }
   return g.Cg <= 8;
 }
 
 int64_t threads() { return std::max<int64_t>(1, at::get_num_threads()); }
+
+// Output indices [lo, hi) whose tap k_idx reads inside the input (input index = o * s + k * d - p).
+std::pair<int64_t, int64_t> tap_range(int64_t out, int64_t in, int64_t k, int64_t s, int64_t p,
+                                      int64_t d) {
+  const int64_t o = k * d - p;
+  int64_t lo = o >= 0 ? 0 : (-o + s - 1) / s;
+  int64_t hi = in - 1 - o >= 0 ? (in - 1 - o) / s + 1 : 0;
+  hi = std::min(hi, out);
+  lo = std::min(lo, hi);
+  return {lo, hi};
+}
+
+// The share of (tap, output) pairs that read inside the input: small for large dilations on
+// small maps (ASPP rates 18-36), where most of an im2col/oneDNN GEMM multiplies padding zeros.
+double valid_fraction(const Geo& g) {
+  double rows = 0, cols = 0;
+  for (int64_t r = 0; r < g.R; ++r) {
+    auto [a, b] = tap_range(g.P, g.H, r, g.sh, g.ph, g.dh);
+    rows += b - a;
+  }
+  for (int64_t s = 0; s < g.S; ++s) {
+    auto [a, b] = tap_range(g.Q, g.W, s, g.sw, g.pw, g.dw);
+    cols += b - a;
+  }
+  return rows * cols / std::max<double>(1.0, double(g.R * g.S * g.P * g.Q));
+}
+
+// per-tap GEMMs over the valid output rectangle of each tap (dense/wide-group convolutions)
+bool use_taps(const Geo& g) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) return !std::strcmp(e, "taps");
+  return valid_fraction(g) < 0.75;
+}
+
+struct TapRect {
+  int64_t pa, pb, qa, qb, ih0, iw0;
+  bool empty() const { return pa >= pb || qa >= qb; }
+  bool full_rows(const Geo& g) const { return qa == 0 && qb == g.Q; }
+};
+
+TapRect tap_rect(const Geo& g, int64_t r, int64_t s) {
+  auto [pa, pb] = tap_range(g.P, g.H, r, g.sh, g.ph, g.dh);
+  auto [qa, qb] = tap_range(g.Q, g.W, s, g.sw, g.pw, g.dw);
+  return {pa, pb, qa, qb, pa * g.sh + r * g.dh - g.ph, qa * g.sw + s * g.dw - g.pw};
+}
+
+// the input (or input-gradient) pixels a tap's rectangle touches, channels [c0, c0 + nc)
+Tensor tap_input(const Tensor& t, const Geo& g, const TapRect& b, int64_t c0, int64_t nc) {
+  return t.narrow(0, c0, nc)
+      .slice(1, b.ih0, b.ih0 + (b.pb - b.pa - 1) * g.sh + 1, g.sh)
+      .slice(2, b.iw0, b.iw0 + (b.qb - b.qa - 1) * g.sw + 1, g.sw);
+}
+
+Tensor tap_output(const Tensor& t, const TapRect& b, int64_t k0, int64_t nk) {
+  return t.narrow(0, k0, nk).narrow(1, b.pa, b.pb - b.pa).narrow(2, b.qa, b.qb - b.qa);
+}
+
+// y[n] = sum over taps of W_tap @ x(rect), accumulated in acc [K, P, Q]
+void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+              const Tensor& y) {
+  const Tensor wt = w.permute({2, 3, 0, 1}).contiguous();  // [R, S, K, Cg]
+  const bool in_place = y.is_contiguous();
+  Tensor buf = in_place ? Tensor() : at::empty({g.K, g.P, g.Q}, y.options());
+  for (int64_t n = 0; n < g.N; ++n) {
+    Tensor acc = in_place ? y[n] : buf;
+    acc.zero_();
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const TapRect b = tap_rect(g, r, s);
+          if (b.empty()) continue;
+          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
+          const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
+          const Tensor wk = wt[r][s].narrow(0, grp * g.Kg, g.Kg);
+          Tensor dst = tap_output(acc, b, grp * g.Kg, g.Kg);
+          if (b.full_rows(g))
+            dst.view({g.Kg, m}).addmm_(wk, src);
+          else
+            dst.add_(at::mm(wk, src).view({g.Kg, b.pb - b.pa, b.qb - b.qa}));
+        }
+    if (bias.defined()) acc.add_(bias.view({g.K, 1, 1}));
+    if (relu) acc.relu_();
+    if (!in_place) y[n].copy_(acc);
+  }
+}
+
+void dgrad_taps(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  const Tensor wt = w.permute({2, 3, 1, 0}).contiguous();  // [R, S, Cg, K]
+  const bool in_place = gx.is_contiguous();
+  Tensor buf = in_place ? Tensor() : at::empty({g.C, g.H, g.W}, gx.options());
+  for (int64_t n = 0; n < g.N; ++n) {
+    Tensor acc = in_place ? gx[n] : buf;
+    acc.zero_();
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const TapRect b = tap_rect(g, r, s);
+          if (b.empty()) continue;
+          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
+          const Tensor src = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
+          const Tensor wk = wt[r][s].narrow(1, grp * g.Kg, g.Kg);  // [Cg, Kg]
+          tap_input(acc, g, b, grp * g.Cg, g.Cg)
+              .add_(at::mm(wk, src).view({g.Cg, b.pb - b.pa, b.qb - b.qa}));
+        }
+    if (!in_place) gx[n].copy_(acc);
+  }
+}
+
+void wgrad_taps(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  Tensor acc = at::zeros({g.R, g.S, g.K, g.Cg}, gw.options());
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const TapRect b = tap_rect(g, r, s);
+          if (b.empty()) continue;
+          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
+          const Tensor a = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
+          const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
+          acc[r][s].narrow(0, grp * g.Kg, g.Kg).addmm_(a, src.t());
+        }
+  gw.copy_(acc.permute({2, 3, 0, 1}));
+}
+
+// depthwise with multiplier 1 where both tensors have unit channel stride (channels_last):
+// the channel-vectorised kernels (DILCONV_CPU_PATH=direct|gemm forces the planar/GEMM paths)
+bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH"))
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "gemm") || !std::strcmp(e, "taps"))
+      return false;
+  return g.Cg == 1 && g.Kg == 1 && (a.stride(1) == 1 || g.C == 1) && (b.stride(1) == 1 || g.C == 1);
+}
+
+// the depthwise weight [C, 1, R, S] as [R * S][C]
+Tensor taps_by_channel(const Tensor& w, const Geo& g) {
+  return w.reshape({g.C, g.R * g.S}).t().contiguous();
+}
+
+template <class T>
+void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+                 const Tensor& y);
+template <class T>
+void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx);
+template <class T>
+void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw);
 
 // rows per direct-forward unit: keep the packed window near L2 size and give every thread
 // a few units
@@ -215,11 +359,33 @@ void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
 }
 
 template <class T>
+void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+                 const Tensor& y) {
+  const auto& K = kern<T>();
+  const Tensor wt = taps_by_channel(w, g);
+  const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(bias);
+  T* yp = ptr<T>(y);
+  const Strides xs = strides(x), ys = strides(y);
+  at::parallel_for(0, g.N * g.P, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(4 * g.R * g.S);
+    for (int64_t f = b; f < e;) {
+      const int64_t n = f / g.P, p0 = f % g.P, p1 = std::min(g.P, p0 + (e - f));
+      K.dw_nhwc_fwd(g, xp, xs, wp, bp, relu, yp, ys, n, p0, p1, taps.data());
+      f += p1 - p0;
+    }
+  });
+}
+
+template <class T>
 void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
              const Tensor& y) {
   if (y.numel() == 0) return;
-  if (use_direct(g))
+  if (use_nhwc(g, x, y))
+    dw_fwd_nhwc<T>(g, x, w, bias, relu, y);
+  else if (use_direct(g))
     fwd_direct<T>(g, x, w, bias, relu, y);
+  else if (use_taps(g))
+    fwd_taps(g, x, w, bias, relu, y);
   else
     fwd_gemm<T>(g, x, w, bias, relu, y);
 }
@@ -238,16 +404,21 @@ Tensor flipped_weight(const Tensor& w, const Geo& g) {
       .contiguous();
 }
 
+// the stride-1 input gradient as a forward convolution of gy (flipped weights, padding
+// d * (k - 1) - p, negative = cropping)
+Geo dgrad_as_fwd(const Geo& g) {
+  Geo f = g;
+  f.C = g.K, f.H = g.P, f.W = g.Q, f.K = g.C, f.P = g.H, f.Q = g.W;
+  f.Cg = g.Kg, f.Kg = g.Cg;
+  f.ph = g.dh * (g.R - 1) - g.ph, f.pw = g.dw * (g.S - 1) - g.pw;
+  return f;
+}
+
 template <class T>
 void dgrad_direct(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   const auto& K = kern<T>();
   if (g.sh == 1 && g.sw == 1) {
-    // gx = conv(gy, flipped w) with padding d * (k - 1) - p (negative = cropping)
-    Geo f = g;
-    f.C = g.K, f.H = g.P, f.W = g.Q, f.K = g.C, f.P = g.H, f.Q = g.W;
-    f.Cg = g.Kg, f.Kg = g.Cg;
-    f.ph = g.dh * (g.R - 1) - g.ph, f.pw = g.dw * (g.S - 1) - g.pw;
-    fwd_direct<T>(f, gy, flipped_weight(w, g), Tensor(), false, gx);
+    fwd_direct<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
     return;
   }
   const int64_t cc = std::max<int64_t>(1, std::min<int64_t>(g.Cg, (g.N * g.G >= 2 * threads()) ? g.Cg : 1));
@@ -293,14 +464,39 @@ void dgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& w, const Tensor
 }
 
 template <class T>
+void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  if (g.sh == 1 && g.sw == 1) {
+    dw_fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
+    return;
+  }
+  const auto& K = kern<T>();
+  const Tensor wt = taps_by_channel(w, g);
+  const T *gyp = ptr<T>(gy), *wp = ptr<T>(wt);
+  T* gxp = ptr<T>(gx);
+  const Strides gys = strides(gy), gxs = strides(gx);
+  at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(4 * g.R * g.S);
+    for (int64_t f = b; f < e;) {
+      const int64_t n = f / g.H, i0 = f % g.H, i1 = std::min(g.H, i0 + (e - f));
+      K.dw_nhwc_dgrad(g, gyp, gys, wp, gxp, gxs, n, i0, i1, taps.data());
+      f += i1 - i0;
+    }
+  });
+}
+
+template <class T>
 void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   if (gx.numel() == 0) return;
   if (gy.numel() == 0) {
     gx.zero_();
     return;
   }
-  if (use_direct(g))
+  if (use_nhwc(g, gy, gx))
+    dw_dgrad_nhwc<T>(g, gy, w, gx);
+  else if (use_direct(g))
     dgrad_direct<T>(g, gy, w, gx);
+  else if (use_taps(g))
+    dgrad_taps(g, gy, w, gx);
   else
     dgrad_gemm<T>(g, gy, w, gx);
 }
@@ -349,14 +545,35 @@ void wgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& x, const Tensor
 }
 
 template <class T>
+void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const auto& K = kern<T>();
+  const int64_t rows = g.N * g.P;
+  const int64_t parts = std::min(threads(), rows);
+  Tensor part = at::zeros({parts, g.R * g.S, g.C}, gy.options());
+  const T *gyp = ptr<T>(gy), *xp = ptr<T>(x);
+  T* pp = ptr<T>(part);
+  const Strides gys = strides(gy), xs = strides(x);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, pp + i * g.R * g.S * g.C, rows * i / parts,
+                      rows * (i + 1) / parts);
+  });
+  gw.view({g.C, g.R * g.S}).copy_(part.sum(0).t());
+}
+
+template <class T>
 void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   if (gw.numel() == 0) return;
   if (gy.numel() == 0 || x.numel() == 0) {
     gw.zero_();
     return;
   }
-  if (use_direct(g))
+  if (use_nhwc(g, gy, x))
+    dw_wgrad_nhwc<T>(g, gy, x, gw);
+  else if (use_direct(g))
     wgrad_direct<T>(g, gy, x, gw);
+  else if (use_taps(g))
+    wgrad_taps(g, gy, x, gw);
   else
     wgrad_gemm<T>(g, gy, x, gw);
 }
@@ -560,6 +777,53 @@ Tensor sep_mid(const Geo& g, const Tensor& x, const Tensor& dw, const Tensor& dw
   return mid;
 }
 
+// Fused forward: per tile of output rows, the depthwise result for all mid channels is computed
+// into a cache-sized buffer (never written out as a whole tensor), then multiplied by the
+// pointwise weight straight into y. Both steps use all threads (BLAS is not nested inside
+// parallel_for: nested BLAS threads oversubscribe the cores).
+template <class T>
+void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, const Tensor& dwb,
+                   bool mid_relu, const Tensor& pw, const Tensor& pwb, bool out_relu,
+                   const Tensor& y) {
+  const auto& ks = kern<T>();
+  const bool nhwc = use_nhwc(g, x, y);
+  const int64_t row_bytes = g.Q * g.K * static_cast<int64_t>(sizeof(T));
+  const int64_t rows = std::clamp<int64_t>((2 << 20) / std::max<int64_t>(1, row_bytes), 1, g.P);
+  const Tensor wt = nhwc ? taps_by_channel(dw, g) : dw;
+  const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(dwb);
+  const Strides xs = strides(x);
+  Tensor tile_t = at::empty({rows * g.Q * g.K}, x.options());
+  T* tile = ptr<T>(tile_t);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+      const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
+      Tensor mid;
+      if (nhwc) {
+        // tile [m][CM]; the kernel addresses row p at tile + (p - p0) * Q * CM
+        const Strides ts{0, 1, g.Q * g.K, g.K};
+        at::parallel_for(p0, p1, 1, [&](int64_t b, int64_t e) {
+          std::vector<int64_t> taps(4 * g.R * g.S);
+          ks.dw_nhwc_fwd(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n, b, e, taps.data());
+        });
+        mid = tile_t.narrow(0, 0, m * g.K).as_strided({g.K, m}, {1, g.K});
+      } else {
+        const Strides ts{0, m, g.Q, 1};
+        at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
+          Scratch sm;
+          T* scratch = sm.get<T>(ks.fwd_scratch(g, p1 - p0));
+          for (int64_t c = b; c < e; ++c)
+            ks.fwd(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n, c, 0, g.Kg, p0, p1, scratch);
+        });
+        mid = tile_t.narrow(0, 0, m * g.K).view({g.K, m});
+      }
+      Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)},
+                                y.storage_offset() + n * y.stride(0) + p0 * y.stride(2));
+      at::mm_out(dst, pw, mid);
+      if (pwb.defined()) dst.add_(pwb.view({K, 1}));
+      if (out_relu) dst.relu_();
+    }
+}
+
 Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
                         const std::optional<Tensor>& dw_bias, const Tensor& pw_weight,
                         const std::optional<Tensor>& pw_bias, IntArrayRef stride,
@@ -573,18 +837,10 @@ Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
   if (y.numel() == 0) return finish(y, input.scalar_type());
   with_type(ct, [&](auto t) {
     using T = decltype(t);
-    Tensor mid = sep_mid<T>(g, to_compute(input, ct), to_compute(dw_weight, ct).contiguous(),
-                            dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
-    const Tensor pw = to_compute(pw_weight, ct).view({a.K, g.K});
-    // out_n [K, PQ] = pw @ mid_n, written through a view of y in either layout
-    Tensor yv = y.view({g.N, a.K, g.P * g.Q});
-    Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
-    for (int64_t n = 0; n < g.N; ++n) {
-      Tensor dst = yv[n];
-      at::mm_out(dst, pw, mv[n]);
-    }
-    if (pw_bias) y.add_(to_compute(*pw_bias, ct).view({1, a.K, 1, 1}));
-    if (out_relu) y.relu_();
+    sep_fwd_fused<T>(g, a.K, to_compute(input, ct), to_compute(dw_weight, ct).contiguous(),
+                     dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
+                     to_compute(pw_weight, ct).reshape({a.K, g.K}),
+                     pw_bias ? to_compute(*pw_bias, ct).contiguous() : Tensor(), out_relu, y);
   });
   return finish(y, input.scalar_type());
 }
@@ -619,7 +875,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       const Tensor dw = to_compute(dw_weight, ct).contiguous();
       const Tensor mid =
           sep_mid<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
-      const Tensor pw = to_compute(pw_weight, ct).view({a.K, g.K});
+      const Tensor pw = to_compute(pw_weight, ct).reshape({a.K, g.K});
       const Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
       Tensor gy = to_compute(grad_output, ct).contiguous().view({g.N, a.K, g.P * g.Q});
       if (out_relu) {

@@ -57,6 +57,18 @@ struct Kernels {
   // the reverse: adds col rows of channel c into gx (col2im, for the GEMM input gradient)
   void (*col2im)(const Geo&, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp, int64_t c,
                  int64_t p0, int64_t p1);
+  // Depthwise with channel multiplier 1 in channels-last (channel stride 1 everywhere), vectors
+  // along the channels; wt is the weight as [R * S][C]; taps: 4 * R * S int64 of scratch.
+  // forward: output rows [p0, p1) of batch n
+  void (*dw_nhwc_fwd)(const Geo&, const T* x, Strides xs, const T* wt, const T* bias, bool relu,
+                      T* y, Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps);
+  // input gradient (any stride): gx rows [i0, i1) of batch n
+  void (*dw_nhwc_dgrad)(const Geo&, const T* gy, Strides gys, const T* wt, T* gx, Strides gxs,
+                        int64_t n, int64_t i0, int64_t i1, int64_t* taps);
+  // weight gradient: adds the sums over output rows [f0, f1) (flattened n * P + p) to part
+  // ([R * S][C])
+  void (*dw_nhwc_wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* part,
+                        int64_t f0, int64_t f1);
   const char* isa;
 };
 

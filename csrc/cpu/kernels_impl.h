@@ -281,9 +281,12 @@ void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, St
         __builtin_memcpy(drow, prow + g.pw, sizeof(T) * m);
         for (int64_t j = m; j < g.W; ++j) drow[j] = 0;
       } else {
-        for (int64_t j = 0; j < g.W; ++j) {
-          const int64_t pj = j + g.pw;
-          drow[j * gxs.w] = pj < wp ? prow[(pj % g.sw) * Wph + pj / g.sw] : T(0);
+        // column j = m * sw + f - pw for phase f (no division per element)
+        for (int64_t f = 0; f < g.sw; ++f) {
+          const T* ph = prow + f * Wph;
+          int64_t m = g.pw - f > 0 ? (g.pw - f + g.sw - 1) / g.sw : 0;
+          for (int64_t j = m * g.sw + f - g.pw; j < g.W; j += g.sw, ++m)
+            drow[j * gxs.w] = m * g.sw + f < wp ? ph[m] : T(0);
         }
       }
     }
@@ -431,6 +434,283 @@ void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t g
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// depthwise (multiplier 1) in channels-last: vectors run along the channels. A row of C channels
+// is covered by vectors starting at 0, L, 2L, ... and, when L does not divide C, one last vector
+// starting at C - L that overlaps its neighbour: recomputing an output is harmless; in the weight
+// gradient the overlapped lanes of that vector are masked out of the sum.
+
+template <class T>
+inline int64_t vstart(int64_t v, int64_t C) {
+  const int64_t s = v * NV<T>;
+  return s + NV<T> > C ? C - NV<T> : s;
+}
+
+// y[c] = act(bias[c] + sum_t w[wo[t] + c] * x[xo[t] + c]) for one pixel, all channels
+template <class T, int U>
+inline void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
+                       const T* bias, bool relu, T* y, const int64_t* cs) {
+  V<T> acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = bias ? ld(bias + cs[u]) : V<T>{};
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* xp = x + xo[t];
+    const T* wp = w + wo[t];
+    for (int u = 0; u < U; ++u) acc[u] += ld(wp + cs[u]) * ld(xp + cs[u]);
+  }
+  for (int u = 0; u < U; ++u) st(y + cs[u], relu ? relu_v<T>(acc[u]) : acc[u]);
+}
+
+template <class T>
+void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
+                const T* bias, bool relu, T* y) {
+  if (C < NV<T>) {
+    for (int64_t c = 0; c < C; ++c) {
+      T a = bias ? bias[c] : T(0);
+      for (int64_t t = 0; t < nt; ++t) a += w[wo[t] + c] * x[xo[t] + c];
+      y[c] = relu && a < 0 ? T(0) : a;
+    }
+    return;
+  }
+  const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  int64_t st4[4];
+  for (int64_t v = 0; v < nv; v += 4) {
+    const int64_t u = nv - v < 4 ? nv - v : 4;
+    for (int64_t j = 0; j < u; ++j) st4[j] = vstart<T>(v + j, C);
+    switch (u) {
+      case 1: nhwc_chunk<T, 1>(x, xo, w, wo, nt, bias, relu, y, st4); break;
+      case 2: nhwc_chunk<T, 2>(x, xo, w, wo, nt, bias, relu, y, st4); break;
+      case 3: nhwc_chunk<T, 3>(x, xo, w, wo, nt, bias, relu, y, st4); break;
+      default: nhwc_chunk<T, 4>(x, xo, w, wo, nt, bias, relu, y, st4); break;
+    }
+  }
+}
+
+// Interior pixels (every tap inside the input) go two at a time, sharing each weight load.
+template <class T, int U>
+inline void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+                        int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
+  V<T> a0[U], a1[U];
+  for (int u = 0; u < U; ++u) a0[u] = a1[u] = bias ? ld(bias + cs[u]) : V<T>{};
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* xp = x + xo[t];
+    const T* wp = w + wo[t];
+    for (int u = 0; u < U; ++u) {
+      const V<T> wv = ld(wp + cs[u]);
+      a0[u] += wv * ld(xp + cs[u]);
+      a1[u] += wv * ld(xp + px + cs[u]);
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    st(y + cs[u], relu ? relu_v<T>(a0[u]) : a0[u]);
+    st(y + py + cs[u], relu ? relu_v<T>(a1[u]) : a1[u]);
+  }
+}
+
+template <class T, int U>
+inline void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+                        int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
+  V<T> a[4][U];
+  for (int u = 0; u < U; ++u) a[0][u] = a[1][u] = a[2][u] = a[3][u] = bias ? ld(bias + cs[u]) : V<T>{};
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* xp = x + xo[t];
+    const T* wp = w + wo[t];
+    for (int u = 0; u < U; ++u) {
+      const V<T> wv = ld(wp + cs[u]);
+      for (int i = 0; i < 4; ++i) a[i][u] += wv * ld(xp + i * px + cs[u]);
+    }
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int u = 0; u < U; ++u) st(y + i * py + cs[u], relu ? relu_v<T>(a[i][u]) : a[i][u]);
+}
+
+// four interior pixels, two vectors of channels at a time
+template <class T>
+void nhwc_pixel4(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+                 int64_t nt, const T* bias, bool relu, T* y, int64_t py) {
+  const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  int64_t cs[2];
+  for (int64_t v = 0; v < nv; v += 2) {
+    cs[0] = vstart<T>(v, C);
+    if (nv - v >= 2) {
+      cs[1] = vstart<T>(v + 1, C);
+      nhwc_chunk4<T, 2>(x, xo, px, w, wo, nt, bias, relu, y, py, cs);
+    } else {
+      nhwc_chunk4<T, 1>(x, xo, px, w, wo, nt, bias, relu, y, py, cs);
+    }
+  }
+}
+
+template <class T>
+void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+                 int64_t nt, const T* bias, bool relu, T* y, int64_t py) {
+  const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  int64_t cs[4];
+  for (int64_t v = 0; v < nv; v += 4) {
+    const int64_t u = nv - v < 4 ? nv - v : 4;
+    for (int64_t j = 0; j < u; ++j) cs[j] = vstart<T>(v + j, C);
+    switch (u) {
+      case 1: nhwc_chunk2<T, 1>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
+      case 2: nhwc_chunk2<T, 2>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
+      case 3: nhwc_chunk2<T, 3>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
+      default: nhwc_chunk2<T, 4>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
+    }
+  }
+}
+
+// forward, output rows [p0, p1) of batch n; wt is [R * S][C]; x, y have channel stride 1;
+// taps: 4 * R * S int64 of scratch
+template <class T>
+void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, bool relu, T* y,
+                 Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
+  int64_t* xo = taps;
+  int64_t* wo = taps + g.R * g.S;
+  int64_t* ixo = taps + 2 * g.R * g.S;  // interior taps, relative to the pixel
+  int64_t* iwo = taps + 3 * g.R * g.S;
+  // interior columns: every s in range
+  int64_t qa = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;
+  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;  // q * sw <= last
+  int64_t qb = last >= 0 ? last / g.sw + 1 : 0;
+  if (qb > g.Q) qb = g.Q;
+  if (qa > qb) qa = qb;
+  const bool vec = g.C >= NV<T>;
+  for (int64_t p = p0; p < p1; ++p) {
+    T* yrow = y + n * ys.n + p * ys.h;
+    auto border = [&](int64_t q) {
+      int64_t nt = 0;
+      for (int64_t r = 0; r < g.R; ++r) {
+        const int64_t ih = p * g.sh + r * g.dh - g.ph;
+        if (ih < 0 || ih >= g.H) continue;
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t iw = q * g.sw + s * g.dw - g.pw;
+          if (iw < 0 || iw >= g.W) continue;
+          xo[nt] = n * xs.n + ih * xs.h + iw * xs.w;
+          wo[nt] = (r * g.S + s) * g.C;
+          ++nt;
+        }
+      }
+      nhwc_pixel<T>(g.C, x, xo, wt, wo, nt, bias, relu, yrow + q * ys.w);
+    };
+    int64_t nit = 0;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t ih = p * g.sh + r * g.dh - g.ph;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t s = 0; s < g.S; ++s) {
+        ixo[nit] = n * xs.n + ih * xs.h + (s * g.dw - g.pw) * xs.w;
+        iwo[nit] = (r * g.S + s) * g.C;
+        ++nit;
+      }
+    }
+    for (int64_t q = 0; q < qa; ++q) border(q);
+    int64_t q = qa;
+    if (vec) {
+      const int64_t px = g.sw * xs.w;
+      for (; q + 4 <= qb; q += 4)
+        nhwc_pixel4<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, relu, yrow + q * ys.w, ys.w);
+      for (; q + 2 <= qb; q += 2)
+        nhwc_pixel2<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, relu, yrow + q * ys.w, ys.w);
+    }
+    for (; q < qb; ++q) nhwc_pixel<T>(g.C, x + q * g.sw * xs.w, ixo, wt, iwo, nit, bias, relu, yrow + q * ys.w);
+    for (q = qb > qa ? qb : qa; q < g.Q; ++q) border(q);
+  }
+}
+
+// input gradient, gx rows [i0, i1) of batch n (gather: any stride)
+template <class T>
+void dw_nhwc_dgrad(const Geo& g, const T* gy, Strides gys, const T* wt, T* gx, Strides gxs,
+                   int64_t n, int64_t i0, int64_t i1, int64_t* taps) {
+  int64_t* xo = taps;
+  int64_t* wo = taps + g.R * g.S;
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j = 0; j < g.W; ++j) {
+      int64_t nt = 0;
+      for (int64_t r = 0; r < g.R; ++r) {
+        const int64_t a = i + g.ph - r * g.dh;
+        if (a < 0 || a % g.sh || a / g.sh >= g.P) continue;
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t b = j + g.pw - s * g.dw;
+          if (b < 0 || b % g.sw || b / g.sw >= g.Q) continue;
+          xo[nt] = n * gys.n + (a / g.sh) * gys.h + (b / g.sw) * gys.w;
+          wo[nt] = (r * g.S + s) * g.C;
+          ++nt;
+        }
+      }
+      nhwc_pixel<T>(g.C, gy, xo, wt, wo, nt, nullptr, false, gx + n * gxs.n + i * gxs.h + j * gxs.w);
+    }
+}
+
+// weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into
+// part [R * S][C]
+template <class T>
+void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
+                   int64_t f0, int64_t f1) {
+  const int64_t C = g.C;
+  if (C < NV<T>) {
+    for (int64_t f = f0; f < f1; ++f) {
+      const int64_t n = f / g.P, p = f % g.P;
+      for (int64_t r = 0; r < g.R; ++r) {
+        const int64_t ih = p * g.sh + r * g.dh - g.ph;
+        if (ih < 0 || ih >= g.H) continue;
+        for (int64_t s = 0; s < g.S; ++s)
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t iw = q * g.sw + s * g.dw - g.pw;
+            if (iw < 0 || iw >= g.W) continue;
+            const T* a = gy + n * gys.n + p * gys.h + q * gys.w;
+            const T* b = x + n * xs.n + ih * xs.h + iw * xs.w;
+            T* d = part + (r * g.S + s) * C;
+            for (int64_t c = 0; c < C; ++c) d[c] += a[c] * b[c];
+          }
+      }
+    }
+    return;
+  }
+  const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  // lanes of the last vector that its neighbour already covers
+  V<T> tail_mask;
+  const int64_t over = nv * NV<T> - C;
+  for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
+  for (int64_t f = f0; f < f1; ++f) {
+    const int64_t n = f / g.P, p = f % g.P;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t ih = p * g.sh + r * g.dh - g.ph;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t s = 0; s < g.S; ++s) {
+        const int64_t o = s * g.dw - g.pw;
+        int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
+        int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
+        if (qhi > g.Q) qhi = g.Q;
+        if (qlo >= qhi) continue;
+        T* d = part + (r * g.S + s) * C;
+        const T* arow = gy + n * gys.n + p * gys.h;
+        const T* brow = x + n * xs.n + ih * xs.h + o * xs.w;
+        for (int64_t v = 0; v < nv; v += 4) {
+          const int64_t u = nv - v < 4 ? nv - v : 4;
+          int64_t st4[4];
+          for (int64_t j = 0; j < u; ++j) st4[j] = vstart<T>(v + j, C);
+          const bool masked = over && v + u == nv;
+          auto go = [&](auto u_tag) {
+            constexpr int U = decltype(u_tag)::value;
+            V<T> acc[U];
+            for (int k = 0; k < U; ++k) acc[k] = V<T>{};
+            for (int64_t q = qlo; q < qhi; ++q) {
+              const T* a = arow + q * gys.w;
+              const T* b = brow + q * g.sw * xs.w;
+              for (int k = 0; k < U; ++k) acc[k] += ld(a + st4[k]) * ld(b + st4[k]);
+            }
+            if (masked) acc[U - 1] *= tail_mask;
+            for (int k = 0; k < U; ++k) st(d + st4[k], ld(d + st4[k]) + acc[k]);
+          };
+          switch (u) {
+            case 1: go(Int<1>{}); break;
+            case 2: go(Int<2>{}); break;
+            case 3: go(Int<3>{}); break;
+            default: go(Int<4>{}); break;
+          }
+        }
+      }
+    }
+  }
+}
+
 template <class T>
 Kernels<T> make(const char* isa) {
   Kernels<T> k;
@@ -443,6 +723,9 @@ Kernels<T> make(const char* isa) {
   k.wgrad_scratch = &wgrad_scratch<T>;
   k.im2col = &im2col<T>;
   k.col2im = &col2im<T>;
+  k.dw_nhwc_fwd = &dw_nhwc_fwd<T>;
+  k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
+  k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
   k.isa = isa;
   return k;
 }

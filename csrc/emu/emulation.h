@@ -4,8 +4,9 @@
 //
 // Execution model
 //   * dc::launch runs the grid's blocks one after another. A block runs as blockDim.x*y*z OS
-//     threads (created once per launch, reused for every block), so code between barriers really
-//     runs concurrently and ThreadSanitizer sees a missing __syncthreads as a data race.
+//     threads (from a pool of parked threads, reused for every block and launch), so code
+//     between barriers really runs concurrently and ThreadSanitizer sees a missing
+//     __syncthreads as a data race.
 //   * Because only one block is alive at a time, `__shared__` can be `static` storage (see
 //     platform.cuh); for the same reason launches are serialised by a process-wide mutex.
 //   * Every synchronisation point (__syncthreads, each warp intrinsic, the end of a block) is a
@@ -33,6 +34,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <semaphore>
 #include <mutex>
 #include <source_location>
 #include <stdexcept>
@@ -43,6 +45,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <unistd.h>
 
 // ---- CUDA vector and index types (global namespace, as in CUDA) -----------------------------
 struct uint3 {
@@ -379,6 +383,65 @@ inline std::mutex& launch_mutex() {
   return m;
 }
 
+// The OS threads that run the CUDA threads: created on demand, parked between launches (thread
+// creation was most of the cost of a small launch). Worker i always runs CUDA thread i of the
+// launch. Hand-off and completion go through semaphores/atomics (happens-before for TSan).
+// The pool is deliberately leaked: parked threads end with the process. After fork() the child
+// starts with an empty pool (the parent's threads do not exist there).
+class WorkerPool {
+ public:
+  static WorkerPool& get() {
+    static WorkerPool* pool = new WorkerPool;
+    return *pool;
+  }
+
+  // Runs job(i) for i in [0, n) on n pool threads and returns when all have finished. `job`
+  // must not throw. Callers are serialised by launch_mutex().
+  void run(unsigned n, const std::function<void(unsigned)>& job) {
+    if (pid_ != ::getpid()) {  // forked child: the parent's workers are gone (leak their records)
+      workers_.clear();
+      pid_ = ::getpid();
+    }
+    while (workers_.size() < n) {
+      auto* w = new Worker;
+      const unsigned index = unsigned(workers_.size());
+      try {
+        w->thread = std::thread([this, w, index] { loop(*w, index); });
+      } catch (const std::system_error& e) {
+        delete w;
+        throw std::runtime_error(std::string("dilconv CUDA emulation: could not start an OS thread per CUDA thread (") +
+                                 std::to_string(n) + " needed): " + e.what());
+      }
+      w->thread.detach();
+      workers_.push_back(w);
+    }
+    job_ = &job;
+    remaining_.store(n, std::memory_order_relaxed);
+    for (unsigned i = 0; i < n; ++i) workers_[i]->go.release();
+    for (unsigned r; (r = remaining_.load(std::memory_order_acquire)) != 0;) remaining_.wait(r, std::memory_order_acquire);
+    job_ = nullptr;
+  }
+
+ private:
+  struct Worker {
+    std::thread thread;
+    std::binary_semaphore go{0};
+  };
+  void loop(Worker& w, unsigned index) {
+    for (;;) {
+      w.go.acquire();
+      (*job_)(index);
+      if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) remaining_.notify_all();
+    }
+  }
+  WorkerPool() : pid_(::getpid()) {}
+
+  std::vector<Worker*> workers_;
+  const std::function<void(unsigned)>* job_ = nullptr;
+  std::atomic<unsigned> remaining_{0};
+  pid_t pid_;
+};
+
 inline constexpr size_t kMaxDynamicSmem = 227 * 1024;  // sm_80/sm_90 opt-in maximum per block
 
 }  // namespace dc::emu
@@ -434,19 +497,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function
     tl_ctx = nullptr;
   };
 
-  std::vector<std::thread> threads;
-  threads.reserve(nt);
-  for (unsigned t = 0; t < nt; ++t) {
-    try {
-      threads.emplace_back(worker, t);
-    } catch (const std::system_error& e) {
-      blk.fail(std::string("could not start an OS thread per CUDA thread: ") + e.what());
-      // the threads not started would never arrive: the started ones unwind at their next
-      // synchronisation point because the block has failed
-      break;
-    }
-  }
-  for (auto& th : threads) th.join();
+  WorkerPool::get().run(nt, worker);
   const bool ok = !blk.failed();
   traffic_end_launch(blk, ok);
   if (!ok) throw std::runtime_error("dilconv CUDA emulation: kernel failed: " + blk.error());

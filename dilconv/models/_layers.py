@@ -2,7 +2,6 @@
 network's `backend`, so `backend=` on a builder switches the whole network."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -167,4 +166,4 @@ def check_output_stride(output_stride: int) -> None:
 
 __all__ = ["conv", "ConvBNAct", "SepConvBN", "bilinear_kernel", "bilinear_upsampler",
            "init_bilinear_", "crop", "center_crop", "mirror_pad", "pad_to_multiple", "resize",
-           "init_kaiming_", "count_params", "rates_for", "check_output_stride", "math"]
+           "init_kaiming_", "count_params", "rates_for", "check_output_stride"]

@@ -10,7 +10,11 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "emu/test_kernels.h"
 
@@ -311,6 +315,40 @@ int traffic() {
   return 0;
 }
 
+// launches from several host threads at once (serialised inside), and a launch in a forked child
+// (the parent's parked worker threads do not exist there)
+void test_host_threads_and_fork() {
+  std::vector<std::thread> hosts;
+  std::atomic<int> bad{0};
+  for (int h = 0; h < 4; ++h)
+    hosts.emplace_back([&, h] {
+      for (int rep = 0; rep < 3; ++rep) {
+        const int n = 200 + 37 * h;
+        auto in = randv(size_t(2) * n, 100 + h);
+        std::vector<float> out(2, -1.f);
+        dc::launch(dc_emu::block_sum, dim3(2), dim3(64 + 32 * h), sizeof(float) * (2 + h), dc::Stream{}, in.data(),
+                   out.data(), n);
+        for (int b = 0; b < 2; ++b) {
+          double ref = 0;
+          for (int i = 0; i < n; ++i) ref += in[size_t(b) * n + i];
+          if (!close(out[b], ref, 1e-5, 1e-4)) ++bad;
+        }
+      }
+    });
+  for (auto& t : hosts) t.join();
+  check(bad == 0, "concurrent launches from host threads");
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    fails = 0;
+    test_matmul();
+    std::_Exit(fails == 0 ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "launch in a forked child");
+}
+
 const std::map<std::string, std::function<void()>> tests = {
     {"matmul", test_matmul},
     {"block_sum", test_block_sum},
@@ -323,6 +361,7 @@ const std::map<std::string, std::function<void()>> tests = {
     {"launch_errors", test_launch_errors},
     {"atomics", test_atomics},
     {"wmma", test_wmma},
+    {"host_threads_and_fork", test_host_threads_and_fork},
 };
 
 }  // namespace
