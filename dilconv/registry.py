@@ -225,10 +225,14 @@ def cuda_kernels_unsupported(p: Problem) -> Optional[str]:
         return None  # fused depthwise + pointwise (separable.cuh)
     if p.op == "conv2d" and p.depthwise and p.k % p.c == 0:
         return None  # depthwise, any channel multiplier (depthwise.cuh)
-    if p.op == "conv2d":
-        return (f"its CUDA kernels cover depthwise convolution only (groups == input channels); "
-                f"got groups={p.groups} with {p.c} input channels")
+    if p.op in ("conv2d", "conv_transpose2d"):
+        return None  # dense, grouped and transposed: implicit GEMM (gemm_conv.cuh)
     return f"its CUDA kernels do not implement {p.op}"
+
+
+def implicit_gemm_problem(p: Problem) -> bool:
+    """Whether the CUDA backends compute `p` with the implicit-GEMM kernels (gemm_conv.cuh)."""
+    return p.op == "conv_transpose2d" or (p.op == "conv2d" and not (p.depthwise and p.k % p.c == 0))
 
 
 class CudaBackend(OpsBackend):
@@ -238,6 +242,12 @@ class CudaBackend(OpsBackend):
 
     def unsupported(self, p):
         return super().unsupported(p) or cuda_kernels_unsupported(p)
+
+    def prefers(self, p):
+        # Dense/grouped/transposed convs stay with cuDNN under "auto": no GPU timing of the
+        # implicit-GEMM kernels exists to justify a static preference. With DILCONV_AUTOTUNE=1,
+        # resolve() times them against cuDNN per shape instead (dilconv.autotune).
+        return not implicit_gemm_problem(p)
 
     def available(self):
         why = super().available()
@@ -379,6 +389,13 @@ def resolve(name: Optional[str], p: Problem) -> Backend:
         if why is not None:
             raise NotImplementedError(f"dilconv backend {name!r} cannot compute this {p.op}: {why}")
         return b
+    if p.device == "cuda":
+        from dilconv import autotune  # per-shape timing on the GPU when DILCONV_AUTOTUNE=1
+
+        if autotune.enabled():
+            usable = [get_backend(c) for c in AUTO_ORDER["cuda"]]
+            usable = [b for b in usable if b.available() is None and b.unsupported(p) is None]
+            return autotune.pick_backend(p, usable + [_BACKENDS["torch"]])
     for cand in AUTO_ORDER.get(p.device, ()):
         b = get_backend(cand)
         if b.available() is None and b.unsupported(p) is None and b.prefers(p):
