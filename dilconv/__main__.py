@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("dilconv.train", "train a segmentation network (single process or under torchrun)"),
     "eval": ("dilconv.evaluate", "mIoU and pixel accuracy of a trained segmentation network"),
     "kernels": ("dilconv.kernels_report", "static resource report of the CUDA kernels (registers, spills, smem, occupancy)"),
+    "bench": ("dilconv.bench.cli", "op and network benchmark suites vs torch; --gpu-model: static GPU report"),
 }
 
 
