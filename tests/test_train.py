@@ -140,6 +140,8 @@ def test_backends_torch_and_cpu_train_identically(tmp_path):
     float64 losses of the two backends drift apart by ~4e-10 by step 4), so later fp32 steps
     drift apart for any two correct implementations."""
     if "cpu" not in dilconv.backends():
+        if os.environ.get("DILCONV_REQUIRE_EXT") == "1":  # CI: the extension must be there
+            pytest.fail("backend 'cpu' is not usable although DILCONV_REQUIRE_EXT=1")
         pytest.skip("dilconv's 'cpu' backend is not usable in this build: "
                     + str(dilconv.registry.get_backend("cpu").available()))
     runs = {}
