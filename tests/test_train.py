@@ -184,3 +184,54 @@ def test_cpu_bf16_autocast_training(tmp_path):
     out = str(tmp_path / "amp")
     assert cli(["train", *TINY, "--steps", "2", "--amp", "bf16", "--backend", "torch", "--out", out]) == 0
     assert len(_losses(out)) == 2
+
+
+def _write_tree(root, kind):
+    """A few images of different sizes in the VOC or Cityscapes layout."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sizes = [(20, 28), (26, 22), (24, 24), (30, 18)]
+    for split, idx in (("train", (0, 1, 2)), ("val", (2, 3))):
+        for i in idx:
+            h, w = sizes[i]
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            if kind == "voc":
+                lab = rng.integers(0, 21, (h, w), dtype=np.uint8)
+                lab[0] = 255
+                for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+                    os.makedirs(os.path.join(root, d), exist_ok=True)
+                img.save(os.path.join(root, "JPEGImages", f"im{i}.jpg"))
+                Image.fromarray(lab, mode="P").save(os.path.join(root, "SegmentationClass", f"im{i}.png"))
+                with open(os.path.join(root, "ImageSets/Segmentation", f"{split}.txt"), "a") as f:
+                    f.write(f"im{i}\n")
+            else:
+                lab = rng.integers(0, 34, (h, w), dtype=np.uint8)
+                for top in ("leftImg8bit", "gtFine"):
+                    os.makedirs(os.path.join(root, top, split, "ulm"), exist_ok=True)
+                img.save(os.path.join(root, "leftImg8bit", split, "ulm", f"ulm_{i:06d}_000019_leftImg8bit.png"))
+                Image.fromarray(lab, mode="L").save(
+                    os.path.join(root, "gtFine", split, "ulm", f"ulm_{i:06d}_000019_gtFine_labelIds.png"))
+
+
+@pytest.mark.parametrize("kind,classes", [("voc", 21), ("cityscapes", 19)])
+def test_train_and_eval_on_dataset_trees(tmp_path, kind, classes):
+    """The CLI on the real layouts: random scale/crop batches for training, full images of different
+    sizes (padded with ignore) for evaluation."""
+    root, out = str(tmp_path / kind), str(tmp_path / "run")
+    _write_tree(root, kind)
+    common = ["--model", "tiny", "--data", f"{kind}:{root}", "--workers", "0", "--no-progress",
+              "--device", "cpu"]
+    assert cli(["train", *common, "--crop-size", "24", "--batch-size", "3", "--steps", "2",
+                "--out", out]) == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        res = json.load(f)
+    assert len(res["iou"]) == classes
+    # val = images 2 and 3 (24x24 and 30x18), ignore pixels excluded from the count
+    assert 0 < res["pixels"] <= 24 * 24 + 30 * 18
+    ev = str(tmp_path / "eval.json")
+    assert cli(["eval", *common, "--weights", os.path.join(out, "checkpoint.pt"), "--batch-size", "2",
+                "--json", ev]) == 0
+    with open(ev) as f:
+        assert json.load(f)["pixels"] == res["pixels"]
