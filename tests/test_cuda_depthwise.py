@@ -120,6 +120,25 @@ def test_separable_fused_and_backward(o, lay):
     assert out.is_contiguous(memory_format=cl) and grads[0].is_contiguous(memory_format=cl)
 
 
+@pytest.mark.parametrize("case", [
+    (4, 24, 20, (3, 2), "contiguous"),     # row lattice (step 3)
+    (4, 24, 20, (3, 2), "channels_last"),  # row lattice
+    (16, 16, 40, (2, 4), "channels_last"),  # column lattice (step 4), NHWC only
+])
+def test_separable_dilation_lattice_tiles(case):
+    # stride 1 and dilation > 1 on images larger than one tile: tiles on the dilation lattice
+    # (the tile plans are fixed by the shapes), with 50 outputs (the 8-channel register blocking)
+    c, h, w, dil, lay = case
+    o = 50
+    x = layout(torch.randn(1, c, h, w), lay)
+    dw, db = torch.randn(c, 1, 3, 3), torch.randn(c)
+    pw, pb = torch.randn(o, c, 1, 1), torch.randn(o)
+    conf = ([1, 1], list(dil), list(dil), False, True)
+    out = OPS.separable_conv2d_emu(x, dw, db, pw, pb, *conf)
+    ref = sep_reference(*(t.double() for t in (x, dw, db, pw, pb)), *conf)
+    assert rel_err(out, ref) < 1e-5
+
+
 def test_separable_unfused_fallback():
     # dilation 60: no fused tile fits shared memory -> depthwise kernel + pointwise GEMM
     x = torch.randn(1, 2, 5, 6)

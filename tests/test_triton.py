@@ -49,6 +49,47 @@ def test_backend_availability_follows_environment():
             assert "no CUDA device" in out[0] and out[1] == "False", out
 
 
+_TRACE_GPU_PATH = r"""
+import logging, torch
+logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.ERROR)
+import dilconv.triton
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._functorch.aot_autograd import aot_function
+T = torch.ops.dilconv
+graphs = []
+def f(x, w, dw, pw, gy):
+    y = T.conv2d_triton(x, w, None, [1, 1], [2, 2], [2, 2], 2)
+    z = T.separable_conv2d_triton(y, dw, None, pw, None, [1, 1], [1, 1], [1, 1], True, False)
+    t = T.conv_transpose2d_triton(z, w[:6], None, [2, 2], [1, 1], [1, 1], 2, [1, 1])
+    gi = T.conv2d_input_grad_triton(gy, w, [2, 8, 9, 9], [1, 1], [2, 2], [2, 2], 2)
+    gw = T.conv2d_weight_grad_triton(gy, x, [8, 4, 3, 3], [1, 1], [2, 2], [2, 2], 2)
+    gs = T.separable_conv2d_backward_triton(z, y, dw, None, pw, None, [1, 1], [1, 1], [1, 1], True, True)
+    return t, gi, gw, gs
+with FakeTensorMode():
+    x = torch.empty(2, 8, 9, 9, device="cuda").to(memory_format=torch.channels_last)
+    args = (x, torch.empty(8, 4, 3, 3, device="cuda"), torch.empty(8, 1, 3, 3, device="cuda"),
+            torch.empty(6, 8, 1, 1, device="cuda"), torch.empty(2, 8, 9, 9, device="cuda"))
+    out = aot_function(f, fw_compiler=lambda gm, _: graphs.append(gm.code) or gm)(*args)
+    assert out[0].shape == (2, 8, 18, 18) and out[0].stride(1) == 1, out[0].stride()
+code = graphs[0]
+print(code.count("torch.ops.higher_order.triton_kernel_wrapper_functional("), code.count("torch.ops.dilconv."))
+"""
+
+
+def test_gpu_path_traces_to_triton_kernels():
+    """Without the interpreter the ops are triton_ops: AOTAutograd (torch.compile's front end)
+    decomposes them into the Triton kernel calls themselves. Traced on fake CUDA tensors, so
+    no GPU is needed."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", _TRACE_GPU_PATH], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    kernels, opaque = map(int, out.stdout.split())
+    # fprop, sep fwd, transposed, dgrad, wgrad, and the five kernels of the separable backward
+    assert kernels == 10 and opaque == 0, out.stdout
+
+
 @pytest.fixture(scope="module")
 def aot_rows():
     from dilconv.triton import aot

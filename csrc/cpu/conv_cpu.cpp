@@ -769,13 +769,6 @@ SepArgs sep_check(const char* op, const Tensor& input, const Tensor& dw_weight,
   return {make_geo(N, C, H, W, CM, P, Q, R, S, stride, padding, dilation, C), K};
 }
 
-// mid [N, CM, P, Q] contiguous, compute type
-template <class T>
-Tensor sep_mid(const Geo& g, const Tensor& x, const Tensor& dw, const Tensor& dwb, bool relu) {
-  Tensor mid = at::empty({g.N, g.K, g.P, g.Q}, x.options());
-  if (mid.numel()) fwd_direct<T>(g, x, dw, dwb, relu, mid);
-  return mid;
-}
 
 // Fused forward: per tile of output rows, the depthwise result for all mid channels is computed
 // into a cache-sized buffer (never written out as a whole tensor), then multiplied by the
@@ -873,11 +866,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       using T = decltype(t);
       const Tensor x = to_compute(input, ct);
       const Tensor dw = to_compute(dw_weight, ct).contiguous();
-      const Tensor mid =
-          sep_mid<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu);
+      // mid and its gradient in the layout of grad_output, so that channels-last training
+      // runs the channel-vectorised depthwise kernels; [N, C, PQ] matrix views of either layout
+      // go to BLAS as they are
+      const bool cl = out_format(grad_output) == at::MemoryFormat::ChannelsLast;
+      Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, opts, out_format(grad_output));
+      fwd_any<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
+                 mid);
       const Tensor pw = to_compute(pw_weight, ct).reshape({a.K, g.K});
-      const Tensor mv = mid.view({g.N, g.K, g.P * g.Q});
-      Tensor gy = to_compute(grad_output, ct).contiguous().view({g.N, a.K, g.P * g.Q});
+      const Tensor mv = mid.flatten(2);
+      Tensor gy = to_compute(grad_output, ct).flatten(2);
       if (out_relu) {
         Tensor out = at::matmul(pw, mv);
         if (pw_bias) out.add_(to_compute(*pw_bias, ct).view({1, a.K, 1}));
@@ -885,12 +883,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       }
       gpb.copy_(gy.sum({0, 2}));
       gpw.view({a.K, g.K}).copy_(at::matmul(gy, mv.transpose(1, 2)).sum(0));
-      Tensor gmid = at::matmul(pw.t(), gy);  // [N, CM, PQ]
+      Tensor gmid = cl ? at::matmul(gy.transpose(1, 2), pw).transpose(1, 2)  // [N, CM, PQ]
+                       : at::matmul(pw.t(), gy);
       if (mid_relu) gmid.mul_(mv.gt(0));
       gdb.copy_(gmid.sum({0, 2}));
       const Tensor gm4 = gmid.view({g.N, g.K, g.P, g.Q});
-      wgrad_direct<T>(g, gm4, x, gdw);
-      dgrad_direct<T>(g, gm4, dw, gx);
+      wgrad_any<T>(g, gm4, x, gdw);
+      dgrad_any<T>(g, gm4, dw, gx);
     });
   }
   return {finish(gx, dtype), finish(gdw, dtype), finish(gdb, dtype), finish(gpw, dtype),

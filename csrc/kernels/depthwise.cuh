@@ -64,21 +64,24 @@ struct DwTile {
 // for every piece of the warp (own = false: a clamped duplicate element of the same window), so
 // a load can be issued by all lanes — as a converged warp does, and as the emulation's per-warp
 // request counters assume.
+// Strided windows (window_pieces_s / copy_window_s / for_window_s): a = a0 + sa*i for i < na,
+// b = b0 + sb*j for j < nb (steps > 1: the dilation lattices of separable.cuh); runs merge only
+// along unit steps.
 #if DC_KERNEL_BODIES
 template <typename F>
-__device__ __forceinline__ void window_pieces(int off0, int B, int Cd, int a0, int a1, int b0,
-                                              int b1, int c0, int c1, F f) {
-  if (a0 >= a1 || b0 >= b1 || c0 >= c1) return;
+__device__ __forceinline__ void window_pieces_s(int off0, int B, int Cd, int a0, int na, int sa,
+                                                int b0, int nb, int sb, int c0, int c1, F f) {
+  if (na <= 0 || nb <= 0 || c0 >= c1) return;
   const bool full_c = c0 == 0 && c1 == Cd;
-  const bool full_b = full_c && b0 == 0 && b1 == B;
-  const int nb = b1 - b0, na = a1 - a0;
-  const int nseg = full_b ? 1 : (full_c ? na : na * nb);
-  const int seglen = full_b ? na * B * Cd : (full_c ? nb * Cd : c1 - c0);
+  const bool row_run = full_c && (sb == 1 || nb == 1);
+  const bool full_b = row_run && b0 == 0 && nb == B && (sa == 1 || na == 1);
+  const int nseg = full_b ? 1 : (row_run ? na : na * nb);
+  const int seglen = full_b ? na * B * Cd : (row_run ? nb * Cd : c1 - c0);
   auto seg_start = [&](int seg) {
     if (full_b) return off0 + a0 * B * Cd;
-    if (full_c) return off0 + ((a0 + seg) * B + b0) * Cd;
-    const int sa = seg / nb, sb = seg - sa * nb;
-    return off0 + ((a0 + sa) * B + b0 + sb) * Cd + c0;
+    if (row_run) return off0 + ((a0 + sa * seg) * B + b0) * Cd;
+    const int ia = seg / nb, ib = seg - ia * nb;
+    return off0 + ((a0 + sa * ia) * B + b0 + sb * ib) * Cd + c0;
   };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int nwarps = blockDim.x / 32;
@@ -104,6 +107,12 @@ __device__ __forceinline__ void window_pieces(int off0, int B, int Cd, int a0, i
     const bool own = e >= start && e < end;
     f(own ? e : ::dc::min(::dc::max(e, start), end - 1), own);
   }
+}
+
+template <typename F>
+__device__ __forceinline__ void window_pieces(int off0, int B, int Cd, int a0, int a1, int b0,
+                                              int b1, int c0, int c1, F f) {
+  window_pieces_s(off0, B, Cd, a0, a1 - a0, 1, b0, b1 - b0, 1, c0, c1, f);
 }
 
 // Decomposes a tensor offset of a window element into (a, b, c).
@@ -134,6 +143,22 @@ __device__ __forceinline__ void copy_window(const T* __restrict__ base, int off0
   });
 }
 
+// Strided copy: element (a0 + sa*i, b0 + sb*j, c) -> dst[i*da + j*db + (c - c0)*dcs].
+template <typename T, typename A>
+__device__ __forceinline__ void copy_window_s(const T* __restrict__ base, int off0, int B, int Cd,
+                                              int a0, int na, int sa, int b0, int nb, int sb,
+                                              int c0, int c1, A* __restrict__ dst, int da, int db,
+                                              int dcs) {
+  window_pieces_s(off0, B, Cd, a0, na, sa, b0, nb, sb, c0, c1, [&](int e, bool own) {
+    const A v = to_acc(::dc::ldg(base + e));
+    if (own) {
+      int a, b, c;
+      window_coords(e, off0, B, Cd, a, b, c);
+      dst[(a - a0) / sa * da + (b - b0) / sb * db + (c - c0) * dcs] = v;
+    }
+  });
+}
+
 // Zeroes the entries of a shared box [na][nb][nc] (strides da, db, dc) whose (row, col) =
 // (a_org + ia, b_org + ib) lies outside [0,H) x [0,W). Disjoint from what copy_window writes.
 template <typename A>
@@ -147,6 +172,18 @@ __device__ __forceinline__ void zero_outside(A* dst, int na, int nb, int nch, in
     const int a = a_org + ia, b = b_org + ib;
     if (a < 0 || a >= H || b < 0 || b >= W) dst[ia * da + ib * db + ic * dcs] = A(0);
   }
+}
+
+// for_window over a strided window (see window_pieces_s).
+template <typename F>
+__device__ __forceinline__ void for_window_s(int off0, int B, int Cd, int a0, int na, int sa,
+                                             int b0, int nb, int sb, int c0, int c1, F f) {
+  window_pieces_s(off0, B, Cd, a0, na, sa, b0, nb, sb, c0, c1, [&](int e, bool own) {
+    if (!own) return;
+    int a, b, c;
+    window_coords(e, off0, B, Cd, a, b, c);
+    f(e, a, b, c);
+  });
 }
 
 // Runs f(i, a, b, c) for every element of a window (i: its tensor offset), for stores: the

@@ -33,12 +33,38 @@ struct SepTile {
   DwShape s;
   int o;
   int th, tw, ih, iw, tiles_h, tiles_w;
+  // Dilation lattices (stride 1 only): ly > 1 makes a tile's output rows oy0, oy0+ly, ... with
+  // ly = dh, so the rows they read are one lattice of input rows (th + R - 1 of them, not
+  // th + (R-1)*dh): the halo of a dilated conv shrinks to that of an undilated one. lx likewise
+  // for columns (NHWC only: NCHW keeps columns contiguous for coalescing). tpr_*: tiles per
+  // residue class of the lattice (tiles_h = ly * tpr_h).
+  int ly, lx, tpr_h, tpr_w;
   int cic;            // input channels per chunk
   int oblk, oblocks;  // output channels per block, blocks along output channels
   int has_dwb, has_pwb, mid_relu, out_relu;
 };
 
+// Window indices k in [0, count) whose coordinate org + step*k lies in [0, size): [lo, hi).
+DC_HD void lattice_clip(int org, int step, int count, int size, int& lo, int& hi) {
+  lo = org >= 0 ? 0 : (-org + step - 1) / step;
+  hi = org < size ? ::dc::min(count, (size - 1 - org) / step + 1) : 0;
+  if (hi < lo) hi = lo;
+}
+
 #if DC_KERNEL_BODIES
+// Zeroes the window entries [na][nb][nch] outside rows [ka0,ka1) x cols [kb0,kb1).
+template <typename A>
+__device__ __forceinline__ void zero_outside_k(A* dst, int na, int nb, int nch, int da, int db,
+                                               int dcs, int ka0, int ka1, int kb0, int kb1) {
+  if (ka0 == 0 && ka1 == na && kb0 == 0 && kb1 == nb) return;
+  const int total = na * nb * nch;
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int ic = i % nch, pix = i / nch;
+    const int ia = pix / nb, ib = pix - ia * nb;
+    if (ia < ka0 || ia >= ka1 || ib < kb0 || ib >= kb1) dst[ia * da + ib * db + ic * dcs] = A(0);
+  }
+}
+
 // (kThreads, 1): ptxas otherwise aims at 128 registers and spills a few accumulators
 template <typename T, bool CL, int OOM, int PPM>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -53,9 +79,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tile = b % ntiles;
   b /= ntiles;
   const int ob = b % t.oblocks, n = b / t.oblocks;
-  const int oy0 = (tile / t.tiles_w) * t.th, ox0 = (tile % t.tiles_w) * t.tw;
-  const int oy1 = ::dc::min(oy0 + t.th, s.p), ox1 = ::dc::min(ox0 + t.tw, s.q);
+  const int thi = tile / t.tiles_w, twi = tile - thi * t.tiles_w;
+  const int ry = thi / t.tpr_h, rx = twi / t.tpr_w;
+  const int oy0 = ry + t.ly * (thi - ry * t.tpr_h) * t.th;  // first output row/col of the tile
+  const int ox0 = rx + t.lx * (twi - rx * t.tpr_w) * t.tw;
+  const int nh = oy0 < s.p ? ::dc::min(t.th, (s.p - 1 - oy0) / t.ly + 1) : 0;  // valid rows/cols
+  const int nw = ox0 < s.q ? ::dc::min(t.tw, (s.q - 1 - ox0) / t.lx + 1) : 0;
+  // window row k reads input row iy0 + wy*k; output row i, tap kr use window row i*ysm + kr*ydm
+  const int wy = t.ly > 1 ? s.dh : 1, wx = t.lx > 1 ? s.dw : 1;
+  const int ysm = t.ly > 1 ? 1 : s.sh, ydm = t.ly > 1 ? 1 : s.dh;
+  const int xsm = t.lx > 1 ? 1 : s.sw, xdm = t.lx > 1 ? 1 : s.dw;
   const int iy0 = oy0 * s.sh - s.ph, ix0 = ox0 * s.sw - s.pw;
+  int ka0, ka1, kb0, kb1;  // the window rows/cols inside the image
+  lattice_clip(iy0, wy, t.ih, s.h, ka0, ka1);
+  lattice_clip(ix0, wx, t.iw, s.w, kb0, kb1);
   const int o0 = ob * t.oblk, no = ::dc::min(t.oblk, t.o - o0);
   const int M = s.m, CM = s.c * M, RS = s.r * s.s, pt = t.th * t.tw, jcmax = t.cic * M;
   A* pbs = sm;                          // [oblk]
@@ -75,19 +112,17 @@ DW_UNROLL
   for (int i = 0; i < PPM; ++i)
 DW_UNROLL
     for (int jj = 0; jj < OOM; ++jj) acc[i][jj] = A(0);
-  const int a0 = ::dc::max(iy0, 0), a1 = ::dc::min(iy0 + t.ih, s.h);
-  const int b0 = ::dc::max(ix0, 0), b1 = ::dc::min(ix0 + t.iw, s.w);
   for (int ci0 = 0; ci0 < s.c; ci0 += t.cic) {
     const int nci = ::dc::min(t.cic, s.c - ci0), jc = nci * M, j0 = ci0 * M;
     if (CL) {
-      zero_outside(xs, t.ih, t.iw, nci, t.iw * nci, nci, 1, iy0, ix0, s.h, s.w);
-      copy_window(x, n * s.h * s.w * s.c, s.w, s.c, a0, a1, b0, b1, ci0, ci0 + nci, xs,
-                  t.iw * nci, nci, 1, iy0, ix0, ci0);
+      zero_outside_k(xs, t.ih, t.iw, nci, t.iw * nci, nci, 1, ka0, ka1, kb0, kb1);
+      copy_window_s(x, n * s.h * s.w * s.c, s.w, s.c, iy0 + wy * ka0, ka1 - ka0, wy, ix0 + wx * kb0,
+                    kb1 - kb0, wx, ci0, ci0 + nci, xs + (ka0 * t.iw + kb0) * nci, t.iw * nci, nci, 1);
     } else {
-      zero_outside(xs, t.ih, t.iw, nci, t.iw, 1, t.ih * t.iw, iy0, ix0, s.h, s.w);
+      zero_outside_k(xs, t.ih, t.iw, nci, t.iw, 1, t.ih * t.iw, ka0, ka1, kb0, kb1);
       // (channel, row, col) of the image as one window: whole planes merge into one run
-      copy_window(x, n * s.c * s.h * s.w, s.h, s.w, ci0, ci0 + nci, a0, a1, b0, b1, xs,
-                  t.ih * t.iw, t.iw, 1, ci0, iy0, ix0);
+      copy_window_s(x, n * s.c * s.h * s.w, s.h, s.w, ci0, nci, 1, iy0 + wy * ka0, ka1 - ka0, wy,
+                    ix0 + kb0, ix0 + kb1, xs + ka0 * t.iw + kb0, t.ih * t.iw, t.iw, 1);
     }
     load_dw_weights(dww, j0, jc, RS, dws);
     if (t.has_dwb) load_vec(dwb, j0, jc, dbs);
@@ -100,15 +135,15 @@ DW_UNROLL
       const int py = pix / t.tw, px = pix - py * t.tw, cl = j / M;
       A v = t.has_dwb ? dbs[j] : A(0);
       if (CL) {
-        const A* xp = xs + (py * s.sh * t.iw + px * s.sw) * nci + cl;
+        const A* xp = xs + (py * ysm * t.iw + px * xsm) * nci + cl;
         for (int kr = 0; kr < s.r; ++kr)
           for (int ks = 0; ks < s.s; ++ks)
-            v += xp[(kr * s.dh * t.iw + ks * s.dw) * nci] * dws[(kr * s.s + ks) * jc + j];
+            v += xp[(kr * ydm * t.iw + ks * xdm) * nci] * dws[(kr * s.s + ks) * jc + j];
       } else {
-        const A* xp = xs + (cl * t.ih + py * s.sh) * t.iw + px * s.sw;
+        const A* xp = xs + (cl * t.ih + py * ysm) * t.iw + px * xsm;
         for (int kr = 0; kr < s.r; ++kr)
           for (int ks = 0; ks < s.s; ++ks)
-            v += xp[kr * s.dh * t.iw + ks * s.dw] * dws[(kr * s.s + ks) * jc + j];
+            v += xp[kr * ydm * t.iw + ks * xdm] * dws[(kr * s.s + ks) * jc + j];
       }
       if (t.mid_relu) v = v > A(0) ? v : A(0);
       ms[MS(j, pix)] = v;
@@ -161,15 +196,17 @@ DW_UNROLL
     }
   __syncthreads();
   if (CL) {
-    for_window(n * s.p * s.q * t.o, s.q, t.o, oy0, oy1, ox0, ox1, o0, o0 + no,
-               [&](int i, int oy, int ox, int oc) {
-                 ::dc::store(out + i, from_acc<T>(st[(oc - o0) * pt + (oy - oy0) * t.tw + ox - ox0]));
-               });
+    for_window_s(n * s.p * s.q * t.o, s.q, t.o, oy0, nh, t.ly, ox0, nw, t.lx, o0, o0 + no,
+                 [&](int i, int oy, int ox, int oc) {
+                   const int p = (oy - oy0) / t.ly * t.tw + (ox - ox0) / t.lx;
+                   ::dc::store(out + i, from_acc<T>(st[(oc - o0) * pt + p]));
+                 });
   } else {
-    for_window(n * t.o * s.p * s.q, s.p, s.q, o0, o0 + no, oy0, oy1, ox0, ox1,
-               [&](int i, int oc, int oy, int ox) {
-                 ::dc::store(out + i, from_acc<T>(st[(oc - o0) * pt + (oy - oy0) * t.tw + ox - ox0]));
-               });
+    for_window_s(n * t.o * s.p * s.q, s.p, s.q, o0, no, 1, oy0, nh, t.ly, ox0, ox0 + nw,
+                 [&](int i, int oc, int oy, int ox) {
+                   const int p = (oy - oy0) / t.ly * t.tw + (ox - ox0);
+                   ::dc::store(out + i, from_acc<T>(st[(oc - o0) * pt + p]));
+                 });
   }
 }
 
@@ -330,8 +367,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Register blocking of sep_fwd per thread: OOM output channels x PPM pixels (the block covers
 // kTO*OOM channels x kTP*PPM pixels). Narrow layers get taller tiles (less halo re-reading).
-inline int sep_oom(int o) { return o <= kTO ? 1 : (o <= 4 * kTO ? 4 : 32); }
-inline int sep_ppm(int oom) { return oom == 1 ? 32 : (oom == 4 ? 16 : 1); }
+inline int sep_oom(int o) { return o <= kTO ? 1 : (o <= 4 * kTO ? 4 : (o <= 8 * kTO ? 8 : 32)); }
+inline int sep_ppm(int oom) { return oom == 1 ? 32 : (oom == 4 ? 16 : (oom == 8 ? 8 : 1)); }
 
 inline size_t sep_smem(const SepTile& t, DType dt) {
   const DwShape& s = t.s;
@@ -341,9 +378,28 @@ inline size_t sep_smem(const SepTile& t, DType dt) {
   return (t.oblk + (loop > stage ? loop : stage)) * acc_bytes(dt);
 }
 
-// Tile choice of the fused forward: the fewest modelled global sectors (model_sectors of the
-// input windows, re-read once per output-channel block, plus the pointwise weights, read once per
-// tile), among tiles within the register blocking and the shared-memory budget.
+// Clipped window extents of the tiles along one axis of sep_fwd: f(count, full) per tile, with
+// `count` window positions inside the source and `full` when they are the whole source axis.
+template <typename F>
+inline void sep_axis_tiles(int out, int src, int stride, int pad, int dil, int k, int step, int t,
+                           F f) {
+  const int per_res = (out + step - 1) / step, tpr = (per_res + t - 1) / t;
+  const int wstep = step > 1 ? dil : 1;
+  const int win = step > 1 ? t + k - 1 : (t - 1) * stride + (k - 1) * dil + 1;
+  for (int r = 0; r < step; ++r)
+    for (int ti = 0; ti < tpr; ++ti) {
+      const int o0 = r + step * ti * t;
+      if (o0 >= out) continue;
+      int lo, hi;
+      lattice_clip(o0 * stride - pad, wstep, win, src, lo, hi);
+      f(hi - lo, hi - lo == src && wstep == 1);
+    }
+}
+
+// Tile choice of the fused forward: the fewest modelled global sectors (input windows, re-read
+// once per output-channel block; pointwise weights, read once per tile; a per-block overhead)
+// over lattice (dilated, stride 1) and contiguous tiles within the register blocking and the
+// shared-memory budget. A model of DRAM sectors with no cache reuse, not a timing.
 inline bool plan_sep(const DwShape& s, int o, DType dt, SepTile& t) {
   t = SepTile{};
   t.s = s;
@@ -353,40 +409,67 @@ inline bool plan_sep(const DwShape& s, int o, DType dt, SepTile& t) {
   t.oblocks = (o + t.oblk - 1) / t.oblk;
   const int pt_max = kTP * sep_ppm(oom);
   const size_t es = elem_bytes(dt);
-  const AxisGeo gy = fwd_axis_h(s), gx = fwd_axis_w(s);
   const double pw_sectors = double(o) * s.c * s.m * es / 32.0;
   double best = 1e300;
-  const int cand_w[] = {s.q, 64, 32, 16, 8, 4, 2, 1};
+  const int lys[2] = {1, s.sh == 1 && s.dh > 1 ? s.dh : 0};
+  const int lxs[2] = {1, s.channels_last && s.sw == 1 && s.dw > 1 ? s.dw : 0};
   const int cand_c[] = {16, 8, 4, 2, 1};
-  for (int tw : cand_w) {
-    if (tw < 1 || tw > s.q || tw > pt_max) continue;
-    const int th0 = ::dc::min(s.p, pt_max / tw);
-    const int tiles_h = (s.p + th0 - 1) / th0;
-    const int th = (s.p + tiles_h - 1) / tiles_h;
-    const int tiles = tiles_h * ((s.q + tw - 1) / tw);
-    SepTile c = t;
-    c.th = th;
-    c.tw = tw;
-    fwd_window(s, th, tw, c.ih, c.iw);
-    for (int cic : cand_c) {
-      if (cic > s.c && cic != 1) continue;
-      c.cic = ::dc::min(cic, s.c);
-      if (sep_smem(c, dt) > kSepSmemBudget) continue;
-      const double xs = s.channels_last
-                            ? model_sectors(gy, gx, th, tw, c.cic == s.c ? s.c : c.cic, c.cic == s.c, es) *
-                                  ((s.c + c.cic - 1) / c.cic)
-                            : model_sectors(gy, gx, th, tw, 1, true, es) * s.c;
-      const double cost = t.oblocks * (xs + tiles * (pw_sectors + 4.0));
-      if (cost < best - 1e-9) {
-        best = cost;
-        t = c;
+  for (int ly : lys) {
+    if (ly == 0 || (ly > 1 && ly >= s.p)) continue;
+    for (int lx : lxs) {
+      if (lx == 0 || (lx > 1 && lx >= s.q)) continue;
+      const int rows = (s.p + ly - 1) / ly, cols = (s.q + lx - 1) / lx;  // per residue class
+      const int cand_w[] = {cols, 64, 32, 16, 8, 4, 2, 1};
+      for (int tw : cand_w) {
+        if (tw < 1 || tw > cols || tw > pt_max) continue;
+        const int th0 = ::dc::min(rows, pt_max / tw);
+        const int th = (rows + (rows + th0 - 1) / th0 - 1) / ((rows + th0 - 1) / th0);
+        SepTile c = t;
+        c.th = th;
+        c.tw = tw;
+        c.ly = ly;
+        c.lx = lx;
+        c.tpr_h = (rows + th - 1) / th;
+        c.tpr_w = (cols + tw - 1) / tw;
+        c.ih = ly > 1 ? th + s.r - 1 : (th - 1) * s.sh + (s.r - 1) * s.dh + 1;
+        c.iw = lx > 1 ? tw + s.s - 1 : (tw - 1) * s.sw + (s.s - 1) * s.dw + 1;
+        for (int cic : cand_c) {
+          if (cic > s.c && cic != 1) continue;
+          c.cic = ::dc::min(cic, s.c);
+          if (sep_smem(c, dt) > kSepSmemBudget) continue;
+          // modelled sectors of the input windows
+          double rows_sum = 0, full_rows = 0, colterm = 0;
+          int tiles_h = 0, tiles_w = 0;
+          bool all_full = true;
+          const int run = s.channels_last ? c.cic : 1;  // contiguous elements per pixel
+          const bool merge = !s.channels_last || (c.cic == s.c && lx == 1);
+          sep_axis_tiles(s.q, s.w, s.sw, s.pw, s.dw, s.s, lx, tw, [&](int n, bool full) {
+            ++tiles_w;
+            all_full = all_full && full;
+            colterm += merge ? double(n) * (s.channels_last ? s.c : 1) * es / 32.0 + 0.5
+                             : double(n) * ((run * es + 31) / 32);
+          });
+          sep_axis_tiles(s.p, s.h, s.sh, s.ph, s.dh, s.r, ly, th, [&](int n, bool) {
+            ++tiles_h;
+            rows_sum += n;
+            full_rows += double(n) * s.w * (s.channels_last ? s.c : 1) * es / 32.0 + 0.5;
+          });
+          const double groups = s.channels_last ? (merge ? 1.0 : double((s.c + c.cic - 1) / c.cic))
+                                                : double(s.c);
+          const double xs = groups * (merge && all_full && tiles_w == 1 ? full_rows : rows_sum * colterm);
+          const double cost = t.oblocks * (xs + double(tiles_h) * tiles_w * (pw_sectors + 4.0));
+          if (cost < best - 1e-9) {
+            best = cost;
+            t = c;
+          }
+          break;  // the largest chunk that fits
+        }
       }
-      break;  // the largest chunk that fits
     }
   }
   if (best >= 1e300) return false;
-  t.tiles_h = (s.p + t.th - 1) / t.th;
-  t.tiles_w = (s.q + t.tw - 1) / t.tw;
+  t.tiles_h = t.ly * t.tpr_h;
+  t.tiles_w = t.lx * t.tpr_w;
   return true;
 }
 
@@ -435,6 +518,7 @@ inline bool launch_separable_fwd(const DwShape& s, int o, DType dt, const void* 
       switch (sep_oom(o)) {
         case 1: go(sep_fwd<T, CL, 1, 32>); break;
         case 4: go(sep_fwd<T, CL, 4, 16>); break;
+        case 8: go(sep_fwd<T, CL, 8, 8>); break;
         default: go(sep_fwd<T, CL, 32, 1>); break;
       }
     });

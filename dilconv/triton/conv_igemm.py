@@ -41,33 +41,32 @@ from dilconv.triton import _common
 # configs
 #
 # fprop/dgrad: M = pixels (large), N = channels of one group pack, K = channels*taps.
-#   64x64x32, 8 warps   default: fits layers with 32-64 channels per group and small images; the
-#                       one config the interpreter runs. 8 warps, not 4: the operand tiles are
-#                       gathers (no affine address to hand to TMA/cp.async), each thread holds
-#                       its share in registers, and fp32 operands on the IEEE path (FMA dot) spill
-#                       at 4 warps (aot report).
-#   128x128x32, 8 warps wide dense layers (256 channels, ASPP): most reuse per loaded byte.
-#   128x64x32, 8 warps  many pixels, <= 64 channels per group.
-#   64x128x32, 8 warps  few pixels (small feature maps, batch 1), many channels.
-#   128x32x32, 4 warps  narrow (packed) groups and thin layers: no 64-wide channel tile to fill.
-# BLOCK_K = 32: one tap's channel slice per step; 32 divides the common channel counts. Two stages:
-# the nested tap/channel loops are not software-pipelined, the second buffer only lets the next
-# gather start while tl.dot reads the current one.
+#   64x64, 8 warps   default: fits layers with 32-64 channels per group and small images; the
+#                    one config the interpreter runs.
+#   128x64, 8 warps  many pixels, <= 64 channels per group.
+#   64x128, 8 warps  few pixels (small feature maps, batch 1), many channels.
+#   128x32, 4 warps  narrow (packed) groups and thin layers: no 64-wide channel tile to fill.
+# No 128x128 tile: with gathered operands it spills heavily in every dtype (aot report); the
+# 128x64/64x128 tiles still spill a little with fp32 IEEE operands, not with 16-bit ones.
+# BLOCK_K = 16 and 8 warps: the operand tiles are gathers (no affine address for TMA/cp.async), so
+# each thread holds its share in registers before they go to shared memory, and fp32 operands on
+# the IEEE path (an FMA dot that keeps whole K-slices per thread) spill with BLOCK_K = 32 or with
+# 4 warps on the 64x64 tile (see `python -m dilconv.triton.aot`). Two stages: the nested
+# tap/channel loops are not software-pipelined; the second buffer lets the next gather start
+# while tl.dot reads the current one.
 _GEMM_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=2),
 ]
 # wgrad: M = output channels, N = input channels (per tap), K = pixels (long, split).
-#   64x64x32 default; 128x128x32 for wide dense layers; 32x32x64 for narrow/packed groups and
-#   small layers (longer pixel step, fewer channels).
+#   64x64x16 default; 128x64x16 for wide dense layers (128x128 spills); 32x32x32 for
+#   narrow/packed groups and small layers (longer pixel step, fewer channels).
 _WGRAD_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2),
 ]
 _KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "G", "stride_h", "stride_w"]
 

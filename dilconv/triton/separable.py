@@ -31,26 +31,25 @@ from dilconv.triton import _common, depthwise
 
 # ---------------------------------------------------------------------------------------------
 # configs
-# fprop [BLOCK_M pixels x BLOCK_N out channels], BLOCK_K mid channels per step:
-#   64x64x32, 8 warps   default (and the interpreter's); 8 warps for the same reason as
-#                       conv_igemm's (register-resident gathered operands).
-#   64x256x32, 8 warps  K = 256 in one tile: the depthwise part computed once per pixel tile.
-#   128x128x32, 8 warps K = 128/256 with large images.
-#   128x64x32, 8 warps  narrow outputs, many pixels.
+# fprop [BLOCK_M pixels x BLOCK_N out channels], BLOCK_K = 16 mid channels per step (8 warps,
+# BLOCK_K 16: see conv_igemm's configs):
+#   64x64, 8 warps   default (and the interpreter's).
+#   64x256, 8 warps  K = 256 in one tile: the depthwise part computed once per pixel tile.
+#   128x64, 8 warps  narrow outputs, many pixels.
+# No 128x128 (spills: the depthwise slice and the fp32 accumulator do not fit together).
 _SEP_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
 ]
 # pointwise grads: plain GEMMs with a ReLU mask on one operand.
 #   wgrad [BLOCK_M out ch x BLOCK_N mid ch], BLOCK_K pixels (long reduction, split);
 #   mid grad [BLOCK_M pixels x BLOCK_N mid ch], BLOCK_K out channels.
+#   64x64 default, 128x64 / 64x128 for wide layers (128x128 spills).
 _PW_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 16}, num_warps=8, num_stages=2),
 ]
 _KEY = ["N", "C", "H", "W", "CM", "K", "P", "Q", "R", "S", "stride_h", "stride_w"]
 _PW_KEY = ["N", "K", "CM", "P", "Q"]

@@ -149,6 +149,10 @@ DC_SANITIZE_CASE(depthwise_direct_huge_dilation) {
 }
 DC_SANITIZE_CASE(separable_nchw_small_o) { separable_case<float>(shape(1, 3, 6, 7, 2, 3, 3, 1, 2, 2, false), 5, DType::f32, 1e-5); }
 DC_SANITIZE_CASE(separable_nhwc_mid_o) { separable_case<float>(shape(1, 4, 5, 5, 1, 3, 3, 2, 1, 1, true), 20, DType::f32, 1e-5); }
+DC_SANITIZE_CASE(separable_nhwc_lattice) {
+  // stride 1, dilation 2, larger than one tile: tiles on the dilation lattice (rows); 50 outputs
+  separable_case<float>(shape(1, 2, 20, 18, 1, 3, 3, 1, 2, 2, true), 50, DType::f32, 1e-5);
+}
 DC_SANITIZE_CASE(separable_nchw_wide_o) {
   separable_case<dc::bfloat16>(shape(1, 2, 4, 5, 1, 3, 3, 1, 1, 1, false), 40, DType::bf16, 3e-2);
 }
