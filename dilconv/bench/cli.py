@@ -103,6 +103,7 @@ def main(args) -> int:
                                                         min_reps=3 if quick else 5))
             bar.update()
     out["wall_s"] = time.perf_counter() - t0
+    out["machine"]["loadavg_end"] = machine._loadavg()
     files = report.write(out, args.out, with_plots=not args.no_plots)
     print(f"wrote {', '.join(files)} to {args.out} ({out['wall_s']:.0f} s)")
     fails = [f"{c['id']} [{b}]" for c in out["ops"] for b, r in c.get("results", {}).items()

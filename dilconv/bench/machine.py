@@ -23,6 +23,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _loadavg():
+    """1/5/15-minute load averages: a shared machine's noise, stated with the numbers."""
+    try:
+        return [round(x, 1) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def git_commit() -> str | None:
     try:
         here = os.path.dirname(os.path.abspath(dilconv.__file__))
@@ -49,6 +57,7 @@ def info(device: str, threads: int, malloc_note: str) -> dict:
         "dilconv_commit": git_commit(),
         "backends_usable": registry.backends(),
         "allocation": malloc_note,
+        "loadavg_start": _loadavg(),
     }
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)

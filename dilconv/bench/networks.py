@@ -192,10 +192,13 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
             continue
         err = _error(outs, ref)
         # deep networks amplify rounding: torch's own error sets the scale (a backend may be up to
-        # 8x less accurate than torch, never worse than a loose sanity bound)
+        # 8x less accurate than torch). torch itself gets a sanity bound: inference is well
+        # conditioned (1e-3 in fp32); training-step gradients are not (BatchNorm's backward
+        # cancels most of a weight gradient: torch's fp32 gradients of early layers are ~1e-2 off
+        # float64 at random init), so there the bound only catches a broken pipeline (1e-1).
         if b == "torch":
             base_err = err
-            tol = 1e-3 if dtype == torch.float32 else 1e-1
+            tol = 1e-1 if train or dtype != torch.float32 else 1e-3
         else:
             tol = max(ops.BASE_TOL[dtype], 8 * (base_err or 0.0))
         r.update(error=err, tol=tol, status="ok" if err <= tol else "FAIL",

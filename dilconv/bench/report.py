@@ -81,6 +81,11 @@ def markdown(run: dict) -> str:
            f"Versions: torch {m['torch']}, dilconv {m['dilconv']} ({m['dilconv_commit']}), "
            f"python {m['python']}, CPU capability {m['cpu_capability']}  ",
            f"Allocation: {m['allocation']}  ",
+           f"Load average (1/5/15 min) at start {m.get('loadavg_start')}, at end "
+           f"{m.get('loadavg_end')} on {m['cpu_cores']} cores; wall time {run.get('wall_s', 0):.0f} s"
+           + (" — a shared, busy machine: absolute times are inflated and noisy; the interleaved "
+              "ratios are the figures to read" if (m.get("loadavg_start") or [0])[0] > m["cpu_cores"]
+              else "") + "  ",
            f"Measured peaks (same run): copy {p['bandwidth_Bps'] / 1e9:.1f} GB/s (read + write), "
            f"matmul {mm}  ", "",
            "Method: every backend's result is checked against a float64 torch reference before "
