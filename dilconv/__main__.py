@@ -10,6 +10,7 @@ COMMANDS = {
     "info": ("dilconv.cli_info", "versions, build and usable backends"),
     "demo": ("dilconv.cli_demo", "every usable backend on an atrous block vs torch"),
     "kernels": ("dilconv.kernels_report", "static resource report of the CUDA kernels (registers, spills, smem, occupancy)"),
+    "bench": ("dilconv.bench.cli", "op and network benchmark suites vs torch; --gpu-model: static GPU report"),
 }
 
 

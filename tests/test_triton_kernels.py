@@ -300,6 +300,22 @@ def test_bad_input_raises():
         T.conv2d_triton(x, wt.half(), None, [1, 1], [1, 1], [1, 1], 1)
     with pytest.raises(RuntimeError, match="not supported"):
         T.conv2d_triton(x.double(), wt.double(), None, [1, 1], [1, 1], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="does not match 8 input channels"):
+        T.conv2d_triton(rand(1, 8, 5, 5), wt, None, [1, 1], [1, 1], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        T.conv2d_triton(x, rand(4, 4, 9, 9), None, [1, 1], [1, 1], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="does not match the conv's output"):
+        T.conv2d_input_grad_triton(rand(1, 4, 6, 6), wt, [1, 4, 20, 20], [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="does not match the conv's output"):
+        T.conv2d_weight_grad_triton(rand(1, 4, 6, 6), x, [4, 4, 3, 3], [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="output_padding"):
+        T.conv_transpose2d_triton(x, wt, None, [2, 2], [0, 0], [2, 2], 1, [1, 1])
+    with pytest.raises(RuntimeError, match="1x1 weight"):
+        T.separable_conv2d_triton(x, rand(4, 1, 3, 3), None, rand(5, 3, 1, 1), None, [1, 1], [1, 1],
+                                  [1, 1], False, False)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        T.separable_conv2d_backward_triton(rand(1, 5, 4, 4), x, rand(4, 1, 3, 3), None, rand(5, 4, 1, 1),
+                                           None, [1, 1], [1, 1], [1, 1], False, False)
     if INTERPRET:
         with pytest.raises(RuntimeError, match="interpreter"):
             T.conv2d_triton(x.bfloat16(), wt.bfloat16(), None, [1, 1], [1, 1], [1, 1], 1)

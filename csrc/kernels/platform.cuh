@@ -53,7 +53,10 @@
 //       dc::store(p, v)    store (v is converted to T only if implicitly convertible)
 //     nvcc: plain/ldg accesses. Emulation: with the traffic counters on they record the call site
 //     and address per lane (csrc/emu/emu_traffic.h; Python: dilconv.emu_traffic). Vector types
-//     (dc::load(reinterpret_cast<const float4*>(p))) count as one 16-byte access.
+//     (dc::load(reinterpret_cast<const float4*>(p))) count as one 16-byte access. Accesses are
+//     attributed to the source line of the dc::load call; a helper that wraps dc::load can take
+//     `const std::source_location& loc = std::source_location::current()` under DC_MODE_EMU and
+//     pass it on (dc::load(p, loc)) to attribute them to its callers.
 //   dc::launch(kernel, dim3 grid, dim3 block, size_t dyn_smem, dc::Stream stream, args...)
 //     nvcc: sets cudaFuncAttributeMaxDynamicSharedMemorySize when dyn_smem > 48 KiB, launches
 //     kernel<<<grid, block, dyn_smem, stream>>>(args...) and throws std::runtime_error on a launch

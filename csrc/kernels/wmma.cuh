@@ -5,6 +5,8 @@
 //              load_matrix_sync, mma_sync, store_matrix_sync, mem_row_major/mem_col_major. The
 //              emulation checks the CUDA rules (whole warp, warp-uniform pointer/ldm/layout,
 //              32-byte aligned pointer, ldm a multiple of 16 bytes) and fails the launch otherwise.
+// Lanes see each other's store_matrix_sync results only after __syncwarp()/__syncthreads(), as on
+// the GPU (under ThreadSanitizer a missing one is a reported race).
 // Use only that subset (no tf32/int8/other shapes) so both builds compile the same source. Host
 // declaration mode (neither nvcc nor emulation) defines nothing.
 #pragma once

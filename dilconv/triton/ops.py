@@ -76,17 +76,60 @@ def _check(op, *tensors):
                            f"TRITON_INTERPRET=1), got {device.type}")
 
 
+def _require(cond, op, msg):
+    if not cond:
+        raise RuntimeError(f"dilconv::{op}_triton: {msg}")
+
+
+def _check_conv(op, x_shape, w_shape, bias, stride, padding, dilation, groups, out_hw=None):
+    """Geometry of a conv2d with input x_shape [N, C, H, W] and weight w_shape [K, C/g, R, S]:
+    everything the kernels' index arithmetic relies on. Returns the output size (P, Q)."""
+    _require(len(x_shape) == 4 and len(w_shape) == 4, op,
+             f"expected 4-D input and weight, got {list(x_shape)} and {list(w_shape)}")
+    _require(groups > 0, op, f"groups must be positive, got {groups}")
+    _require(all(v > 0 for v in stride) and all(v > 0 for v in dilation), op,
+             f"stride and dilation must be positive, got {list(stride)}, {list(dilation)}")
+    _require(all(v >= 0 for v in padding), op, f"padding must be non-negative, got {list(padding)}")
+    n, c, h, w = x_shape
+    k, cg, r, s = w_shape
+    _require(cg * groups == c and k % groups == 0, op,
+             f"weight {list(w_shape)} with groups={groups} does not match {c} input channels")
+    _require(bias is None or tuple(bias.shape) == (k,), op,
+             f"expected a bias of {k} elements, got {list(bias.shape) if bias is not None else None}")
+    p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
+    q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
+    _require(p > 0 and q > 0, op, f"kernel {r}x{s} (dilation {list(dilation)}) does not fit the "
+             f"padded input {h + 2 * padding[0]}x{w + 2 * padding[1]}")
+    if out_hw is not None:
+        _require(tuple(out_hw) == (n, k, p, q), op,
+                 f"grad_output {list(out_hw)} does not match the conv's output {[n, k, p, q]}")
+    return p, q
+
+
 def _is_depthwise(c: int, cg: int, groups: int) -> bool:
     return cg == 1 and groups == c
+
+
+def _check_separable(op, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation):
+    _require(input.dim() == 4 and dw_weight.dim() == 4 and pw_weight.dim() == 4, op,
+             "expected 4-D input, dw_weight and pw_weight")
+    c, cm = input.shape[1], dw_weight.shape[0]
+    _require(cm % c == 0 if c else False, op,
+             f"dw_weight {list(dw_weight.shape)} is not a depthwise weight for {c} channels")
+    _require(tuple(pw_weight.shape[1:]) == (cm, 1, 1), op,
+             f"pw_weight {list(pw_weight.shape)} is not a 1x1 weight over {cm} channels")
+    _require(pw_bias is None or tuple(pw_bias.shape) == (pw_weight.shape[0],), op,
+             "pw_bias does not match pw_weight")
+    return _check_conv(op, input.shape, dw_weight.shape, dw_bias, stride, padding, dilation, c)
 
 
 @_define("conv2d")
 def conv2d(input, weight, bias, stride, padding, dilation, groups):
     _check("conv2d", input, weight, bias)
-    n, c, h, w = input.shape
-    k, cg, r, s = weight.shape
-    shape = (n, k, conv_out_size(h, r, stride[0], padding[0], dilation[0]),
-             conv_out_size(w, s, stride[1], padding[1], dilation[1]))
+    p, q = _check_conv("conv2d", input.shape, weight.shape, bias, stride, padding, dilation, groups)
+    n, c = input.shape[:2]
+    k, cg = weight.shape[:2]
+    shape = (n, k, p, q)
     out = _common.empty(input, shape, output_memory_format(input))
     if _is_depthwise(c, cg, groups):
         return depthwise.fprop(input, weight, bias, stride, padding, dilation, out)
@@ -96,6 +139,9 @@ def conv2d(input, weight, bias, stride, padding, dilation, groups):
 @_define("conv2d_input_grad")
 def conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation, groups):
     _check("conv2d_input_grad", grad_output, weight)
+    _require(len(input_size) == 4, "conv2d_input_grad", f"input_size must have 4 entries, got {input_size}")
+    _check_conv("conv2d_input_grad", input_size, weight.shape, None, stride, padding, dilation,
+                groups, out_hw=grad_output.shape)
     out = _common.empty(grad_output, input_size, output_memory_format(grad_output))
     if _is_depthwise(input_size[1], weight.shape[1], groups):
         return depthwise.dgrad(grad_output, weight, stride, padding, dilation, out)
@@ -105,6 +151,9 @@ def conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation
 @_define("conv2d_weight_grad")
 def conv2d_weight_grad(grad_output, input, weight_size, stride, padding, dilation, groups):
     _check("conv2d_weight_grad", grad_output, input)
+    _require(len(weight_size) == 4, "conv2d_weight_grad", f"weight_size must have 4 entries, got {weight_size}")
+    _check_conv("conv2d_weight_grad", input.shape, weight_size, None, stride, padding, dilation,
+                groups, out_hw=grad_output.shape)
     out = input.new_empty(tuple(weight_size))
     if _is_depthwise(input.shape[1], weight_size[1], groups):
         return depthwise.wgrad(grad_output, input, stride, padding, dilation, out)
@@ -113,12 +162,23 @@ def conv2d_weight_grad(grad_output, input, weight_size, stride, padding, dilatio
 
 @_define("conv_transpose2d")
 def conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
-    _check("conv_transpose2d", input, weight, bias)
-    n, _, h, w = input.shape
+    op = "conv_transpose2d"
+    _check(op, input, weight, bias)
+    _require(input.dim() == 4 and weight.dim() == 4, op, "expected 4-D input and weight")
+    n, cin, h, w = input.shape
     _, kg, r, s = weight.shape
+    _require(groups > 0 and cin == weight.shape[0] and cin % groups == 0, op,
+             f"weight {list(weight.shape)} with groups={groups} does not match {cin} input channels")
+    _require(all(v > 0 for v in stride) and all(v > 0 for v in dilation)
+             and all(v >= 0 for v in padding) and all(v >= 0 for v in output_padding), op,
+             "stride/dilation must be positive, padding/output_padding non-negative")
+    _require(all(output_padding[i] < max(stride[i], dilation[i]) for i in range(2)), op,
+             f"output_padding {list(output_padding)} must be smaller than stride or dilation")
+    _require(bias is None or tuple(bias.shape) == (kg * groups,), op, f"expected a bias of {kg * groups} elements")
     shape = (n, kg * groups,
              conv_transpose_out_size(h, r, stride[0], padding[0], output_padding[0], dilation[0]),
              conv_transpose_out_size(w, s, stride[1], padding[1], output_padding[1], dilation[1]))
+    _require(shape[2] > 0 and shape[3] > 0, op, f"output size {list(shape)} is not positive")
     out = _common.empty(input, shape, output_memory_format(input))
     return conv_transpose.fprop(input, weight, bias, stride, padding, dilation, groups, out)
 
@@ -127,10 +187,9 @@ def conv_transpose2d(input, weight, bias, stride, padding, output_padding, group
 def separable_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
                      mid_relu, out_relu):
     _check("separable_conv2d", input, dw_weight, dw_bias, pw_weight, pw_bias)
-    n, _, h, w = input.shape
-    r, s = dw_weight.shape[2:]
-    shape = (n, pw_weight.shape[0], conv_out_size(h, r, stride[0], padding[0], dilation[0]),
-             conv_out_size(w, s, stride[1], padding[1], dilation[1]))
+    p, q = _check_separable("separable_conv2d", input, dw_weight, dw_bias, pw_weight, pw_bias,
+                            stride, padding, dilation)
+    shape = (input.shape[0], pw_weight.shape[0], p, q)
     out = _common.empty(input, shape, output_memory_format(input))
     return separable.fprop(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
                            dilation, mid_relu, out_relu, out)
@@ -139,7 +198,12 @@ def separable_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padd
 @_define("separable_conv2d_backward")
 def separable_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride,
                               padding, dilation, mid_relu, out_relu):
-    _check("separable_conv2d_backward", grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias)
+    op = "separable_conv2d_backward"
+    _check(op, grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias)
+    p, q = _check_separable(op, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation)
+    expect = (input.shape[0], pw_weight.shape[0], p, q)
+    _require(tuple(grad_output.shape) == expect, op,
+             f"grad_output {list(grad_output.shape)} does not match the output {list(expect)}")
     grad_in = _common.empty(input, input.shape, output_memory_format(grad_output))
     g_dw = dw_weight.new_empty(dw_weight.shape)
     g_dwb = dw_weight.new_empty(dw_weight.shape[:1])

@@ -1,0 +1,209 @@
+"""The benchmark machinery (`python -m dilconv bench`, dilconv/bench): timing, correctness gate,
+n/a and FAIL handling, the network suite's skipping, the report files, the pytest-benchmark
+wiring. Small shapes only (the suite itself is not run here)."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dilconv
+from dilconv import registry
+from dilconv.bench import networks, ops, run, suite
+from dilconv.bench.timing import CpuTimer, measure, paired_speedup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = suite.OpSpec("tiny_dw_d2", "test", "conv2d", 8, 9, 11, 8, 3, 3, 1, (2, 2), 2, 8, bias=True)
+
+
+class _DriftTimer(CpuTimer):
+    """A clock whose speed changes from repeat to repeat (a noisy neighbour), common to every
+    backend of the repeat: the paired ratios must see through it."""
+
+    DRIFT = [1.0, 3.0, 1.0, 7.0, 2.0, 1.5]
+
+    def sample(self, fn, i, number):
+        return fn(i) * self.DRIFT[i % len(self.DRIFT)]
+
+
+def test_measure_interleaves_and_pairs_ratios():
+    calls = []
+
+    def make(name, cost):
+        def fn(i):
+            calls.append(name)
+            return cost
+        return fn
+
+    res = measure({"a": make("a", 2e-3), "b": make("b", 1e-3)}, _DriftTimer(), budget_s=0.0,
+                  min_reps=6, max_reps=6, warmup_s=0.0, min_sample_s=0.0)
+    a, b = res["a"], res["b"]
+    assert a[0].n == b[0].n == 6
+    assert a[0].min <= a[0].q1 <= a[0].median <= a[0].q3 <= a[0].max
+    assert a[0].max / a[0].min == 7.0  # the raw times drift 7x ...
+    sp = paired_speedup(a[1], b[1])
+    assert sp.min == sp.max == 2.0  # ... the paired ratio is exactly b's 2x
+    timed = calls[-12:]  # after calibration: every repeat runs both, the order rotating
+    assert sorted(timed[0:2]) == ["a", "b"] and timed[0:2] != timed[2:4]
+
+
+def test_work_counts_flops_and_bytes():
+    c = suite.OpCase(suite.conv("t", "g", 4, 10, 6, d=2), 2, "fp32", "nchw", "fwd")
+    w = ops.work(c)
+    assert w["flops"] == 2 * (2 * 6 * 10 * 10) * 4 * 9
+    assert w["bytes"] == 4 * (2 * 4 * 100 + 6 * 4 * 9 + 2 * 6 * 100)
+    t = suite.OpCase(suite.convT("u", "g", 4, 5, 3, 2, 2), 1, "fp16", "nchw", "fwd")
+    assert ops.out_hw(t) == (10, 10)
+    assert ops.work(t)["flops"] == 2 * (4 * 25) * 3 * 4
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_run_case_checks_then_times(layout, pass_):
+    case = suite.OpCase(TINY, 2, "fp32", layout, pass_)
+    res = run.run_case(case, "cpu", ["auto"], CpuTimer(), budget_s=0.02)
+    for name in ("torch", "auto"):
+        r = res["results"][name]
+        assert r["status"] == "ok" and r["error"] < 1e-5, r
+        assert r["time"]["median"] > 0 and r["gbps"] > 0 and r["gflops"] > 0
+    assert "speedup" in res["results"]["auto"] and "speedup" not in res["results"]["torch"]
+    assert res["results"]["auto"]["path"]  # which backend "auto" ran is recorded
+
+
+class _Fake(registry.Backend):
+    """Stands in for a backend: wrong results, or refusing every problem."""
+    device_types = ("cpu",)
+
+    def __init__(self, name, mode):
+        self.name, self.mode = name, mode
+
+    def unsupported(self, p):
+        return "refuses everything (test)" if self.mode == "refuse" else None
+
+    def conv2d(self, input, weight, bias, stride, padding, dilation, groups):
+        y = torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return y + 1e-3 * y.abs().max()  # wrong by 1e-3 relative
+
+
+@pytest.mark.parametrize("mode", ["wrong", "refuse"])
+def test_wrong_result_is_fail_and_unsupported_is_na(monkeypatch, mode):
+    monkeypatch.setitem(registry._BACKENDS, "cuda-emu", _Fake("cuda-emu", mode))
+    case = suite.OpCase(TINY, 1, "fp32", "nchw", "fwd")
+    r = run.run_case(case, "cpu", ["cuda-emu"], CpuTimer(), budget_s=0.02)["results"]["cuda-emu"]
+    assert "time" not in r  # never timed
+    if mode == "wrong":
+        assert r["status"] == "FAIL" and r["error"] > r["tol"]
+    else:
+        assert r["status"] == "n/a" and "refuses everything" in r["reason"]
+
+
+def test_default_backends_leave_out_test_vehicles():
+    names, notes = run.default_backends("cpu", None)
+    assert "torch" not in names and "cuda-emu" not in names and "cuda" not in names
+    names, _ = run.default_backends("cpu", ["torch", "auto", "cuda"])
+    assert names == ["auto"]
+
+
+def test_tolerance_is_honest():
+    assert ops.tolerance(torch.float32, 1, "cpu") < 2e-5
+    assert ops.tolerance(torch.float32, 10**4, "cpu") < 1e-4
+    assert ops.tolerance(torch.bfloat16, 9, "cpu") < 2e-2
+
+
+def _tiny_net(**kw):
+    torch.manual_seed(0)
+    return nn.Sequential(dilconv.AtrousConv2d(3, 6, 3, padding=2, dilation=2), nn.BatchNorm2d(6),
+                         nn.ReLU(), nn.Dropout(0.5), dilconv.DepthwiseConv2d(6, 6, 3, padding=1),
+                         dilconv.AtrousConv2d(6, 4, 1))
+
+
+def test_network_suite_runs_and_skips_missing(monkeypatch):
+    fake = types.ModuleType("dilconv.models")
+    fake.deeplabv3plus = _tiny_net
+    fake.MODELS = {"deeplabv3plus": _tiny_net, "brand_new_net": _tiny_net}
+    monkeypatch.setitem(sys.modules, "dilconv.models", fake)
+    plan = networks.plan("deeplabv3plus_mobilenetv2,unet", False, 17, layouts=("nhwc",))
+    assert {p["network"] for p in plan} == {"deeplabv3plus_mobilenetv2", "unet"}
+    assert networks.uncovered() == ["brand_new_net"]
+    for p in plan:
+        res = networks.run_network(p, "cpu", ["auto"], CpuTimer(), budget_s=0.02)
+        if p["network"] == "unet":
+            assert "no builder 'unet'" in res["skipped"]
+            continue
+        for name in ("torch", "auto"):
+            r = res["results"][name]
+            assert r["status"] == "ok" and r["error"] < 1e-4 and r["time"]["median"] > 0, r
+
+
+def test_cli_writes_report(tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "dilconv", "bench", "--ops", "rx50_g32_1024", "--batch", "1",
+           "--dtype", "fp32", "--pass", "fwd", "--budget", "0.05", "--networks", "none",
+           "--out", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert data["machine"]["threads_used"] == 2 and "mallopt" in data["machine"]["allocation"]
+    assert data["peaks"]["bandwidth_Bps"] > 0 and data["peaks"]["matmul"]["fp32"]["flops_per_s"] > 0
+    assert [c["layout"] for c in data["ops"]] == ["nchw", "nhwc"]
+    md = (out / "results.md").read_text()
+    assert "rx50_g32_1024" in md and "speed-up vs torch" in md and "2 threads used" in md
+    assert (out / "roofline.png").stat().st_size > 1000
+
+
+def test_benchmarks_dir_skipped_without_benchmark_only():
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "benchmarks/", "-p", "no:cacheprovider",
+                        "-k", "tiny or rx50_g32_128 and nchw and fwd-"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode in (0, 5), p.stdout + p.stderr
+    assert "passed" not in p.stdout.splitlines()[-1], p.stdout
+
+
+def test_gpu_model_is_labelled_and_degrades(tmp_path):
+    from dilconv.bench import gpu_model
+
+    args = types.SimpleNamespace(ops="xc65_dw728_d2", quick=False, out=str(tmp_path))
+    assert gpu_model.main(args) == 0
+    rep = json.loads((tmp_path / "gpu_model.json").read_text())
+    assert "MODEL" in rep["label"] and "no GPU" in rep["label"]
+    md = (tmp_path / "gpu_model.md").read_text()
+    assert md.startswith("# dilconv static GPU report — MODEL")
+    row = next(r for r in rep["roofline"] if r["n"] == 1 and r["dtype"] == "fp16" and r["pass"] == "fwd")
+    # 728 x 65 x 65 depthwise, fp16: input + output + weights once; memory-bound on both GPUs
+    assert row["min_bytes"] == 2 * (2 * 728 * 65 * 65 + 728 * 9)
+    assert row["A100-SXM_limit"] == "memory"
+    assert abs(row["A100-SXM_bound_us"] - row["min_bytes"] / 2.04e12 * 1e6) < 1e-9
+    # whatever is missing (CUDA sources, Triton AOT, emulated traffic) is a note, not a crash
+    assert rep["resources"] or any("resources" in n or "kernel" in n for n in rep["notes"])
+    assert rep["traffic"] or any("traffic" in n for n in rep["notes"])
+
+
+@pytest.mark.parametrize("c,k,g,r,s,stride,pad,dil", [
+    (6, 6, 6, 3, 3, 1, (2, 2), 2), (4, 8, 4, 3, 5, 2, (1, 2), 1), (8, 6, 2, 1, 7, 1, (0, 3), 1),
+    (8, 8, 4, 3, 3, 3, (3, 3), 3), (5, 7, 1, 2, 2, 2, (0, 1), 1)])
+def test_ref_conv2d_matches_torch(c, k, g, r, s, stride, pad, dil):
+    x = torch.randn(2, c, 11, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(k, c // g, r, s, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(k, dtype=torch.float64, requires_grad=True)
+    want = torch.nn.functional.conv2d(x, w, b, stride, pad, dil, g)
+    got = ops.ref_conv2d(x, w, b, stride, pad, dil, g)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b), gy), torch.autograd.grad(want, (x, w, b), gy)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_fast_float64_torch_backend_is_exact_and_restored():
+    x = torch.randn(1, 6, 9, 9, dtype=torch.float64)
+    m = dilconv.DepthwiseSeparableConv2d(6, 4, 3, padding=2, dilation=2, mid_relu=True, backend="torch").double()
+    d = dilconv.DepthwiseConv2d(6, 12, 3, stride=2, padding=1, backend="torch").double()
+    want = (m(x), d(x))
+    with ops.fast_float64_torch():
+        got = (m(x), d(x))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert "conv2d" not in vars(registry.get_backend("torch"))  # the patch is gone
