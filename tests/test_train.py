@@ -237,3 +237,16 @@ def test_train_and_eval_on_dataset_trees(tmp_path, kind, classes):
                 "--json", ev]) == 0
     with open(ev) as f:
         assert json.load(f)["pixels"] == res["pixels"]
+
+
+def test_autocast_probe_agrees_with_training(tmp_path):
+    """--amp auto on CUDA falls back to fp32 when the probe says dilconv rejects autocast; the
+    probe must predict what a real mixed-precision training step does (checked with CPU bf16)."""
+    why = dilconv.train.autocast_unsupported(torch.device("cpu"), torch.bfloat16)
+    try:
+        cli(["train", *TINY, "--steps", "1", "--amp", "bf16", "--backend", "torch", "--no-eval",
+             "--out", str(tmp_path / "probe")])
+        works = True
+    except RuntimeError:
+        works = False
+    assert (why is None) == works, why
