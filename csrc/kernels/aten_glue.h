@@ -31,6 +31,7 @@
 #include <tuple>
 
 #include "kernels/depthwise_api.h"
+#include "kernels/gemm_api.h"
 
 namespace DC_TARGET_NS {
 namespace glue {
@@ -139,13 +140,12 @@ inline DwShape dw_shape(at::IntArrayRef in, int64_t m, int64_t r, int64_t s,
 // ---------------------------------------------------------------------------------------------
 // kernel selection
 
-enum class Family { depthwise, unsupported };
+enum class Family { depthwise, implicit_gemm, unsupported };
 
 // conv2d / conv2d_input_grad / conv2d_weight_grad with weight [K, C/groups, R, S].
 inline Family select_conv2d(int64_t c, int64_t k, int64_t cg, int64_t groups) {
   if (groups == c && cg == 1 && k % c == 0) return Family::depthwise;
-  // dense / grouped: the implicit-GEMM kernels (GEMM helper) go here
-  return Family::unsupported;
+  return Family::implicit_gemm;  // dense / grouped (kernels/gemm_glue.inc)
 }
 
 [[noreturn]] inline void refuse(const char* op, int64_t c, int64_t groups) {
@@ -161,6 +161,8 @@ inline void check_conv_weight(const Tensor& w, int64_t c, int64_t groups, const 
   TORCH_CHECK(w.size(0) >= 1 && w.size(0) % groups == 0, "dilconv ", op_name(op), ": weight ",
               w.sizes(), " output channels must be a positive multiple of groups=", groups);
 }
+
+#include "kernels/gemm_glue.inc"
 
 // ---------------------------------------------------------------------------------------------
 // ops
@@ -179,7 +181,7 @@ inline Tensor conv2d(const Tensor& input, const Tensor& weight, const std::optio
                 " elements, expected ", k);
   }
   if (select_conv2d(input.size(1), k, weight.size(1), groups) != Family::depthwise)
-    refuse(op, input.size(1), groups);
+    return gemm_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const bool cl = is_channels_last(input);
   const DwShape s = dw_shape(input.sizes(), k / input.size(1), weight.size(2), weight.size(3),
                              stride, padding, dilation, cl, op);
@@ -206,7 +208,7 @@ inline Tensor conv2d_input_grad(const Tensor& grad_output, const Tensor& weight,
   check_conv_weight(weight, input_size[1], groups, op);
   const int64_t k = weight.size(0);
   if (select_conv2d(input_size[1], k, weight.size(1), groups) != Family::depthwise)
-    refuse(op, input_size[1], groups);
+    return gemm_conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation, groups);
   const bool cl = is_channels_last(grad_output);
   const DwShape s = dw_shape(input_size, k / input_size[1], weight.size(2), weight.size(3), stride,
                              padding, dilation, cl, op);
@@ -238,7 +240,7 @@ inline Tensor conv2d_weight_grad(const Tensor& grad_output, const Tensor& input,
               " does not match ", input.size(1), " input channels");
   const int64_t k = weight_size[0];
   if (select_conv2d(input.size(1), k, weight_size[1], groups) != Family::depthwise)
-    refuse(op, input.size(1), groups);
+    return gemm_conv2d_weight_grad(grad_output, input, weight_size, stride, padding, dilation, groups);
   const bool cl = is_channels_last(input);
   const DwShape s = dw_shape(input.sizes(), k / input.size(1), weight_size[2], weight_size[3],
                              stride, padding, dilation, cl, op);
@@ -258,13 +260,11 @@ inline Tensor conv2d_weight_grad(const Tensor& grad_output, const Tensor& input,
   return gw;
 }
 
-inline Tensor conv_transpose2d(const Tensor& input, const Tensor&, const std::optional<Tensor>&,
-                               at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t groups,
-                               at::IntArrayRef) {
-  // transposed conv: the implicit-GEMM kernels (GEMM helper) go here
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "dilconv ", op_name("conv_transpose2d"),
-                              ": transposed convolution is not implemented by this backend (groups=",
-                              groups, ", input ", input.sizes(), "); use backend 'torch' or 'cpu'");
+inline Tensor conv_transpose2d(const Tensor& input, const Tensor& weight,
+                               const std::optional<Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef output_padding,
+                               int64_t groups, at::IntArrayRef dilation) {
+  return gemm_conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation);
 }
 
 // separable_conv2d's tensors, checked; returns the depthwise shape.
