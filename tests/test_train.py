@@ -177,11 +177,6 @@ def test_deeplabv3plus_mobilenetv2_learns_synthetic_shapes(tmp_path):
     assert res["miou"] >= 0.5, res
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="core: dilconv.functional rejects autocast's mixed dtypes (bf16 activations "
-                   "from torch ops meet fp32 conv weights: 'Input type ... should be the same'); "
-                   "the fix belongs in functional.py (cast to torch.get_autocast_dtype) - reported "
-                   "to the lead. Strict: passes, and so fails here, once fixed.")
 def test_cpu_bf16_autocast_training(tmp_path):
     out = str(tmp_path / "amp")
     assert cli(["train", *TINY, "--steps", "2", "--amp", "bf16", "--backend", "torch", "--out", out]) == 0
