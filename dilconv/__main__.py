@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "info": ("dilconv.cli_info", "versions, build and usable backends"),
     "demo": ("dilconv.cli_demo", "every usable backend on an atrous block vs torch"),
+    "train": ("dilconv.train", "train a segmentation network (single process or under torchrun)"),
+    "eval": ("dilconv.evaluate", "mIoU and pixel accuracy of a trained segmentation network"),
     "kernels": ("dilconv.kernels_report", "static resource report of the CUDA kernels (registers, spills, smem, occupancy)"),
     "bench": ("dilconv.bench.cli", "op and network benchmark suites vs torch; --gpu-model: static GPU report"),
 }

@@ -162,20 +162,21 @@ class CpuBackend(OpsBackend):
 
 
 def cpu_auto_policy(p: Problem) -> bool:
-    """Where dilconv's CPU kernels beat oneDNN, as measured on the development machine (ratios of
-    torch to "cpu" time in one process; see the cpu backend's report). Everything else goes to
-    oneDNN: dense convolutions (same GEMM, oneDNN's is better blocked), transposed convolutions,
-    half precision (oneDNN has bf16/fp16 kernels, ours convert to float32), strided depthwise
-    forward in NCHW, dense layers with small dilation or few channels, and small layers where the
-    two are within noise.
-
-    Measured wins: dense 3x3 atrous convolutions at ASPP rates on small maps (per-tap GEMMs that
-    skip padding; 2048->256 at 33^2 rate 24: 1.9x forward, 1.7x forward+backward; 512->256 at
-    65^2 rate 36: 1.9x / 2.6x); depthwise 3x3 (dilated or not) NCHW stride 1 forward 1.4-2.8x and forward+
-    backward 3-5x (torch's depthwise backward is its weak spot); channels_last depthwise
-    forward+backward 3.5-7x (forward alone ~1.0x: left to oneDNN); ResNeXt-style grouped
-    convolutions with <= 4 channels per group 1.5x forward, 2.2x forward+backward; the fused
-    separable op with wide depthwise stages (Xception's 728 channels) 1.2x when training."""
+    """Where dilconv's CPU kernels beat oneDNN, as measured on the development machine (A/B in one
+    process; single-thread CPU-time ratios torch/cpu, because the shared 2-core machine made 2-thread
+    wall-clock ratios noisy, though they pointed the same way). Measured wins:
+      * dense 3x3 atrous convolutions at ASPP rates on small maps (per-tap GEMMs skip the taps that
+        read padding): 2048->256 at 33^2 rate 24 1.9x forward, 1.7x forward+backward; 512->256 at
+        65^2 rate 36 1.9x / 2.6x; rate 12 on 33^2 1.2x forward only;
+      * depthwise 3x3, NCHW, stride 1, rows >= 32 wide: forward 1.0-3.3x (0.65x on 17^2 maps);
+      * dilated depthwise forward+backward: 3.7-6.4x NCHW, 4x channels-last (torch's dilated
+        depthwise backward is its weak spot; undilated it is not: 0.6-2.5x, so only wide NCHW rows);
+      * grouped convolutions with <= 4 channels per group (ResNeXt 32x4d stage 1): 1.5x forward,
+        2.2x forward+backward;
+      * the separable op with wide depthwise stages (Xception's 728) when training: 1.2x.
+    Everything else goes to oneDNN: channels-last depthwise forward (0.7-1.0x), strided depthwise
+    (0.65-0.75x), dense layers with small dilation or few channels, transposed convolutions, and
+    half precision (oneDNN has bf16/fp16 kernels; ours compute in float32)."""
     if p.dtype not in (torch.float32, torch.float64):
         return False
     if p.op == "separable_conv2d":
@@ -183,13 +184,16 @@ def cpu_auto_policy(p: Problem) -> bool:
     if p.op != "conv2d":
         return False
     cg = p.c // p.groups
+    q = (p.w + 2 * p.padding[1] - p.dilation[1] * (p.s - 1) - 1) // p.stride[1] + 1
     if cg == 1:  # depthwise (any channel multiplier)
-        if p.requires_grad:
-            return p.stride == (1, 1) or p.channels_last
-        return p.stride == (1, 1) and not p.channels_last
+        if p.stride != (1, 1):
+            return False
+        if p.requires_grad:  # torch's dilated depthwise backward is its weak spot
+            return max(p.dilation) > 1 or (not p.channels_last and q >= 32)
+        return not p.channels_last and q >= 32  # narrow rows waste vector lanes
     if cg <= 8:
         # grouped with few channels per group; the channels-last path of these kernels is planar
-        return cg <= 4 and p.groups > 1 and not p.channels_last
+        return cg <= 4 and p.groups > 1 and not p.channels_last and q >= 28
     # dense/wide groups: the per-tap GEMMs skip the taps that read padding, which pays once most
     # of them do (ASPP rates 18-36; DeepLab's 33^2/65^2 maps) and the GEMMs are large
     if cg < 128 or p.k // p.groups < 128:

@@ -241,3 +241,26 @@ def test_depthwise_channels_last(isa, c):
         _close(ops.conv2d(x, wt, b, *conf), yr.detach(), 1e-12)
         _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, 1e-12)
         _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, 1e-12)
+
+
+def test_auto_policy_routes_by_measured_wins():
+    from dilconv.registry import Problem, cpu_auto_policy
+
+    def prob(c, k, hw, d, groups, grad=False, cl=False, stride=1, dtype=torch.float32):
+        return Problem("conv2d", "cpu", dtype, 1, c, hw, hw, k, 3, 3, (stride, stride), (d, d), (d, d),
+                       groups, cl, c * hw * hw, grad)
+
+    assert cpu_auto_policy(prob(2048, 256, 33, 24, 1))          # ASPP: most taps read padding
+    assert not cpu_auto_policy(prob(2048, 256, 33, 6, 1))       # dense, small rate: oneDNN
+    assert not cpu_auto_policy(prob(64, 64, 65, 16, 1))         # small GEMMs: oneDNN
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728))          # depthwise NCHW
+    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))
+    assert not cpu_auto_policy(prob(96, 96, 129, 1, 96, stride=2))
+    assert not cpu_auto_policy(prob(728, 728, 17, 2, 728))      # narrow rows
+    assert cpu_auto_policy(prob(128, 128, 56, 1, 32))           # ResNeXt 32x4d stage 1
+    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, dtype=torch.bfloat16))
+    # "auto" computes the same thing whichever way it routes
+    x, w = torch.randn(1, 4, 40, 40), torch.randn(4, 1, 3, 3)
+    torch.testing.assert_close(dilconv.functional.conv2d(x, w, None, 1, 2, 2, 4, backend="auto"),
+                               F.conv2d(x, w, None, 1, 2, 2, 4))

@@ -15,6 +15,7 @@ namespace isa_avx512 {
 #define DILCONV_VBYTES 64
 #include "cpu/kernels_impl.h"
 #undef DILCONV_VBYTES
+#undef DILCONV_INLINE
 #pragma GCC pop_options
 }  // namespace isa_avx512
 
@@ -24,6 +25,7 @@ namespace isa_avx2 {
 #define DILCONV_VBYTES 32
 #include "cpu/kernels_impl.h"
 #undef DILCONV_VBYTES
+#undef DILCONV_INLINE
 #pragma GCC pop_options
 }  // namespace isa_avx2
 #endif
@@ -32,6 +34,7 @@ namespace isa_base {
 #define DILCONV_VBYTES 16
 #include "cpu/kernels_impl.h"
 #undef DILCONV_VBYTES
+#undef DILCONV_INLINE
 }  // namespace isa_base
 
 namespace {

@@ -4,6 +4,7 @@
 // contracts a * b + c into FMA where the target has it). No includes here on purpose.
 
 constexpr int VB = DILCONV_VBYTES;
+#define DILCONV_INLINE inline __attribute__((always_inline))
 
 template <class T>
 struct Vec;
@@ -78,12 +79,20 @@ void pack_plane(const T* src, int64_t sH, int64_t sW, int64_t H, int64_t W, int6
       for (int64_t m = 0; m < lo; ++m) d[m] = 0;
       const T* s0 = srow + (lo * sw + f - pw) * sW;
       if (sw == 1 && sW == 1) {
-        if (hi_m > lo) __builtin_memcpy(d + lo, s0, sizeof(T) * (hi_m - lo));
+        // short rows: an inline vector copy beats a memcpy call
+        const int64_t len = hi_m - lo;
+        int64_t m = 0;
+        for (; m + NV<T> <= len; m += NV<T>) st(d + lo + m, ld(s0 + m));
+        for (; m < len; ++m) d[lo + m] = s0[m];
       } else {
         const int64_t step = sw * sW;
         for (int64_t m = lo; m < hi_m; ++m) d[m] = s0[(m - lo) * step];
       }
-      for (int64_t m = hi_m; m < Wph; ++m) d[m] = 0;
+      {
+        int64_t m = hi_m;
+        for (; m + NV<T> <= Wph; m += NV<T>) st(d + m, V<T>{});
+        for (; m < Wph; ++m) d[m] = 0;
+      }
     }
   }
 }
@@ -93,7 +102,7 @@ void pack_plane(const T* src, int64_t sH, int64_t sW, int64_t H, int64_t W, int6
 // KB output channels and U vectors of output columns.
 
 template <class T, int KB, int U>
-inline void fwd_block(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
+DILCONV_INLINE void fwd_block(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
                       V<T> (&acc)[KB][U]) {
   for (int kb = 0; kb < KB; ++kb)
     for (int u = 0; u < U; ++u) acc[kb][u] = V<T>{};
@@ -109,7 +118,7 @@ inline void fwd_block(const T* base, const int64_t* off, int64_t ntap, const T* 
 }
 
 template <class T, int KB, int U>
-inline void fwd_store(V<T> (&acc)[KB][U], T* const* yrow, int64_t ysw, int64_t q, int64_t valid,
+DILCONV_INLINE void fwd_store(V<T> (&acc)[KB][U], T* const* yrow, int64_t ysw, int64_t q, int64_t valid,
                       const T* bias, bool relu) {
   for (int kb = 0; kb < KB; ++kb) {
     const V<T> b = splat<T>(bias ? bias[kb] : T(0));
@@ -129,7 +138,7 @@ inline void fwd_store(V<T> (&acc)[KB][U], T* const* yrow, int64_t ysw, int64_t q
 }
 
 template <class T, int KB, int U>
-inline void fwd_cols(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
+DILCONV_INLINE void fwd_cols(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
                      T* const* yrow, int64_t ysw, int64_t q, int64_t valid, const T* bias,
                      bool relu) {
   V<T> acc[KB][U];
@@ -298,7 +307,7 @@ void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, St
 // once for a run of up to 4 horizontal taps.
 
 template <class T, int SB>
-inline void wgrad_taps(const T* a, const T* b, const int64_t* boff, int64_t nvec, V<T> (&acc)[SB]) {
+DILCONV_INLINE void wgrad_taps(const T* a, const T* b, const int64_t* boff, int64_t nvec, V<T> (&acc)[SB]) {
   for (int64_t v = 0; v < nvec; ++v) {
     const V<T> av = ld(a + v * NV<T>);
     for (int sb = 0; sb < SB; ++sb) acc[sb] += av * ld(b + boff[sb] + v * NV<T>);
@@ -448,7 +457,7 @@ inline int64_t vstart(int64_t v, int64_t C) {
 
 // y[c] = act(bias[c] + sum_t w[wo[t] + c] * x[xo[t] + c]) for one pixel, all channels
 template <class T, int U>
-inline void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
+DILCONV_INLINE void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
                        const T* bias, bool relu, T* y, const int64_t* cs) {
   V<T> acc[U];
   for (int u = 0; u < U; ++u) acc[u] = bias ? ld(bias + cs[u]) : V<T>{};
@@ -487,7 +496,7 @@ void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int6
 
 // Interior pixels (every tap inside the input) go two at a time, sharing each weight load.
 template <class T, int U>
-inline void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+DILCONV_INLINE void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
                         int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
   V<T> a0[U], a1[U];
   for (int u = 0; u < U; ++u) a0[u] = a1[u] = bias ? ld(bias + cs[u]) : V<T>{};
@@ -507,7 +516,7 @@ inline void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, c
 }
 
 template <class T, int U>
-inline void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
+DILCONV_INLINE void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
                         int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
   V<T> a[4][U];
   for (int u = 0; u < U; ++u) a[0][u] = a[1][u] = a[2][u] = a[3][u] = bias ? ld(bias + cs[u]) : V<T>{};

@@ -497,7 +497,12 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function
     tl_ctx = nullptr;
   };
 
-  WorkerPool::get().run(nt, worker);
+  try {
+    WorkerPool::get().run(nt, worker);
+  } catch (...) {
+    traffic_end_launch(blk, false);
+    throw;
+  }
   const bool ok = !blk.failed();
   traffic_end_launch(blk, ok);
   if (!ok) throw std::runtime_error("dilconv CUDA emulation: kernel failed: " + blk.error());

@@ -1,0 +1,284 @@
+"""Losses (cross-entropy, soft Dice, U-Net border weights) and metrics (confusion matrix, mIoU,
+pixel accuracy, distributed all-reduce) against hand-computed values and float64 references."""
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dilconv import losses, metrics
+
+IGN = 255
+
+
+def _batch(n=2, c=4, h=5, w=6, ignore_frac=0.2, dtype=torch.float64):
+    logits = torch.randn(n, c, h, w, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, c, (n, h, w))
+    target[torch.rand(n, h, w) < ignore_frac] = IGN
+    return logits, target
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-entropy
+
+def test_cross_entropy_matches_hand_reference():
+    logits, target = _batch()
+    got = losses.cross_entropy(logits, target)
+    lp = torch.log_softmax(logits, 1)
+    terms = [-lp[n, target[n, i, j], i, j] for n in range(2) for i in range(5) for j in range(6)
+             if target[n, i, j] != IGN]
+    ref = torch.stack(terms).mean()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    got.backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_cross_entropy_two_pixel_hand_value():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    assert losses.cross_entropy(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    target_ign = torch.tensor([[[0, IGN]]])
+    assert losses.cross_entropy(logits, target_ign).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+
+
+def test_cross_entropy_all_ignored_is_zero_with_graph():
+    logits, target = _batch()
+    target.fill_(IGN)
+    loss = losses.cross_entropy(logits, target)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_cross_entropy_bad_input():
+    logits, target = _batch()
+    with pytest.raises(ValueError, match="target labels must be in"):
+        losses.cross_entropy(logits, target.clamp(max=4) * 0 + 7)
+    with pytest.raises(ValueError, match="does not match"):
+        losses.cross_entropy(logits, target[:, :4])
+    with pytest.raises(ValueError, match="integer"):
+        losses.cross_entropy(logits, target.float())
+
+
+# ------------------------------------------------------------------------------------------------
+# soft Dice
+
+def _dice_ref(logits, target, smooth, per_image, include_bg):
+    p = torch.softmax(logits, 1)
+    n, c = logits.shape[:2]
+    out = []
+    groups = [[i] for i in range(n)] if per_image else [list(range(n))]
+    for grp in groups:
+        for k in range(0 if include_bg else 1, c):
+            inter = ps = ts = 0.0
+            for i in grp:
+                valid = target[i] != IGN
+                pk = p[i, k][valid]
+                tk = (target[i][valid] == k).double()
+                inter = inter + (pk * tk).sum()
+                ps = ps + pk.sum()
+                ts = ts + tk.sum()
+            out.append((2 * inter + smooth) / (ps + ts + smooth))
+    return 1 - torch.stack(out).mean()
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("include_bg", [True, False])
+def test_dice_matches_reference(per_image, include_bg):
+    logits, target = _batch()
+    got = losses.dice_loss(logits, target, smooth=0.5, per_image=per_image,
+                           include_background=include_bg)
+    ref = _dice_ref(logits.detach(), target, 0.5, per_image, include_bg)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_dice_hand_value_and_perfect_prediction():
+    # one-hot-like logits -> probabilities ~ exact; 2 classes, 4 pixels
+    target = torch.tensor([[[0, 0, 1, 1]]])
+    logits = torch.full((1, 2, 1, 4), -50.0)
+    logits[0, 0, 0, :3] = 50.0   # predicts 0,0,0,1
+    logits[0, 1, 0, 3] = 50.0
+    # class 0: inter 2, |P| 3, |T| 2 -> 4/5 ; class 1: inter 1, |P| 1, |T| 2 -> 2/3 (smooth 0)
+    expected = 1 - (4 / 5 + 2 / 3) / 2
+    assert losses.dice_loss(logits, target, smooth=0.0).item() == pytest.approx(expected, abs=1e-6)
+    perfect = torch.where(F.one_hot(target, 2).permute(0, 3, 1, 2).bool(), 50.0, -50.0)
+    assert losses.dice_loss(perfect, target, smooth=0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_gradcheck():
+    logits, target = _batch(n=1, c=3, h=3, w=4)
+    assert torch.autograd.gradcheck(lambda x: losses.dice_loss(x, target, smooth=1.0), (logits,))
+
+
+# ------------------------------------------------------------------------------------------------
+# U-Net border weights
+
+def _weight_map_bruteforce(inst, w0, sigma):
+    """Literal definition: distances from every background pixel to every pixel of every cell."""
+    inst = inst.numpy()
+    h, w = inst.shape
+    ids = [k for k in np.unique(inst) if k != 0]
+    labels = (inst > 0).astype(int)
+    counts = {c: (labels == c).sum() for c in np.unique(labels)}
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            wc = labels.size / (len(counts) * counts[labels[y, x]])
+            if inst[y, x] == 0 and len(ids) >= 2:
+                ds = sorted(min(math.hypot(y - yy, x - xx) for yy, xx in zip(*np.nonzero(inst == k)))
+                            for k in ids)
+                wc += w0 * math.exp(-(ds[0] + ds[1]) ** 2 / (2 * sigma ** 2))
+            out[y, x] = wc
+    return torch.from_numpy(out)
+
+
+def test_unet_weight_map_hand_value():
+    # two 2x2 cells in an 8-wide row band separated by a 2-pixel gap
+    inst = torch.zeros(4, 8, dtype=torch.int64)
+    inst[1:3, 1:3] = 1
+    inst[1:3, 5:7] = 2
+    w = losses.unet_weight_map(inst, w0=10, sigma=5)
+    # 8 cell pixels, 24 background: w_c = 32 / (2 * 8) = 2 for cells, 32 / (2 * 24) = 2/3 for bg
+    assert w[1, 1].item() == pytest.approx(2.0)
+    # pixel (1, 3): d1 = 1 (cell 1 at (1, 2)), d2 = 2 (cell 2 at (1, 5))
+    assert w[1, 3].item() == pytest.approx(2 / 3 + 10 * math.exp(-9 / 50), rel=1e-6)
+    # pixel (0, 0): d1 = sqrt(2) (cell 1 at (1, 1)), d2 = hypot(1, 5) (cell 2 at (1, 5))
+    d = math.sqrt(2) + math.hypot(1, 5)
+    assert w[0, 0].item() == pytest.approx(2 / 3 + 10 * math.exp(-d * d / 50), rel=1e-6)
+    # balance=False: w_c = 1
+    wb = losses.unet_weight_map(inst, balance=False)
+    assert wb[1, 1].item() == 1.0 and wb[1, 3].item() == pytest.approx(1 + 10 * math.exp(-9 / 50), rel=1e-6)
+
+
+def test_unet_weight_map_matches_bruteforce_on_random_cells():
+    g = torch.Generator().manual_seed(3)
+    inst = torch.zeros(14, 17, dtype=torch.int64)
+    for k in range(1, 5):  # random blobs, possibly touching
+        cy, cx = torch.randint(0, 14, (), generator=g), torch.randint(0, 17, (), generator=g)
+        r = 1 + int(torch.randint(0, 3, (), generator=g))
+        yy, xx = torch.meshgrid(torch.arange(14), torch.arange(17), indexing="ij")
+        inst[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (inst == 0)] = k
+    got = losses.unet_weight_map(inst, w0=10, sigma=5)
+    ref = _weight_map_bruteforce(inst, 10, 5)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_weight_map_single_cell_has_no_border_term_and_batches():
+    inst = torch.zeros(2, 6, 6, dtype=torch.int64)
+    inst[0, 2:4, 2:4] = 1
+    inst[1, 0:2, 0:2] = 1
+    inst[1, 4:6, 4:6] = 2
+    w = losses.unet_weight_map(inst)
+    assert w.shape == (2, 6, 6)
+    assert torch.allclose(w[0][inst[0] == 0], torch.full((32,), 36 / 64))
+    torch.testing.assert_close(w[1], losses.unet_weight_map(inst[1]))
+    assert (w[1][inst[1] == 0] > 36 / 64).all()
+
+
+def test_unet_weighted_loss_matches_reference_and_module():
+    logits, target = _batch(n=1, c=2, h=8, w=8, ignore_frac=0.0)
+    inst = torch.zeros(1, 8, 8, dtype=torch.int64)
+    inst[0, 1:4, 1:4] = 1
+    inst[0, 1:4, 5:8] = 2
+    target = (inst > 0).long()
+    wmap = losses.unet_weight_map(inst, target)
+    lp = torch.log_softmax(logits, 1)
+    ref = -(wmap.double() * lp.gather(1, target[:, None])[:, 0]).mean()
+    got = losses.unet_weighted_loss(logits, target, wmap)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+    mod = losses.UNetWeightedLoss()(logits, target, instances=inst)
+    torch.testing.assert_close(mod, ref, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="instances"):
+        losses.UNetWeightedLoss()(logits, target)
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+def test_confusion_matrix_hand_values():
+    target = torch.tensor([[0, 0, 1, 1, 2, IGN]])
+    pred = torch.tensor([[0, 1, 1, 1, 0, 2]])
+    cm = metrics.confusion_matrix(pred, target, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    s = metrics.scores(cm)
+    # IoU: c0 1/(2+2-1)=1/3, c1 2/(2+3-2)=2/3, c2 0/(1+0-0)=0
+    assert s["iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert s["miou"] == pytest.approx(1 / 3)
+    assert s["pixel_acc"] == pytest.approx(3 / 5)
+    assert s["mean_acc"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def test_absent_class_is_excluded_from_the_mean():
+    target = torch.tensor([[0, 1]])
+    cm = metrics.confusion_matrix(target.clone(), target, 4)
+    s = metrics.scores(cm)
+    assert math.isnan(s["iou"][2]) and math.isnan(s["iou"][3])
+    assert s["miou"] == 1.0
+
+
+def test_confusion_matrix_random_vs_loop_and_batch_accumulation():
+    k = 5
+    scores_ = torch.randn(3, k, 7, 9)
+    target = torch.randint(0, k, (3, 7, 9))
+    target[torch.rand(3, 7, 9) < 0.3] = IGN
+    ref = np.zeros((k, k), dtype=np.int64)
+    pred = scores_.argmax(1)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != IGN:
+            ref[t, p] += 1
+    acc = metrics.ConfusionMatrix(k)
+    for i in range(3):  # one image at a time, scores form
+        acc.update(scores_[i:i + 1], target[i:i + 1])
+    assert acc.mat.tolist() == ref.tolist()
+    whole = metrics.ConfusionMatrix(k).update(pred, target)
+    assert whole.compute() == acc.compute()
+    acc.reset()
+    assert acc.mat.sum() == 0
+
+
+def test_metrics_bad_input():
+    with pytest.raises(ValueError, match="target labels"):
+        metrics.confusion_matrix(torch.tensor([[0]]), torch.tensor([[9]]), 3)
+    with pytest.raises(ValueError, match="predicted labels"):
+        metrics.confusion_matrix(torch.tensor([[5]]), torch.tensor([[0]]), 3)
+    with pytest.raises(ValueError, match="differ"):
+        metrics.confusion_matrix(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), 3)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _allreduce_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(100 + rank)
+        target = torch.randint(0, 3, (2, 4, 4), generator=g)
+        pred = torch.randint(0, 3, (2, 4, 4), generator=g)
+        cm = metrics.ConfusionMatrix(3).update(pred, target).all_reduce()
+        results[rank] = cm.mat.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_confusion_matrix_all_reduce_two_processes():
+    import torch.multiprocessing as mp
+
+    world = 2
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_allreduce_worker, args=(world, _free_port(), results), nprocs=world, join=True)
+    expected = torch.zeros(3, 3, dtype=torch.int64)
+    for rank in range(world):
+        g = torch.Generator().manual_seed(100 + rank)
+        target = torch.randint(0, 3, (2, 4, 4), generator=g)
+        pred = torch.randint(0, 3, (2, 4, 4), generator=g)
+        expected += metrics.confusion_matrix(pred, target, 3)
+    assert results[0] == results[1] == expected.tolist()
