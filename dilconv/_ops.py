@@ -181,11 +181,22 @@ def _autograd_formulas(suffix: str):
 
     def convt_backward(ctx, grad):
         input, weight = ctx.saved_tensors
+        stride, padding, dilation, _ = ctx.conf
+        # conv2d over grad has H + output_padding // stride rows: more than the input when
+        # output_padding >= stride (allowed when it is < dilation). The extra rows/cols are
+        # positions no input element reaches: crop them from the input gradient, and give wgrad
+        # an input zero-padded to that size (zeros contribute nothing).
+        h, w = input.shape[2:]
+        p = conv_out_size(grad.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+        q = conv_out_size(grad.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
         gi = gw = gb = None
         if ctx.needs_input_grad[0]:
             gi = fprop(grad, weight, None, *ctx.conf)
+            if (p, q) != (h, w):
+                gi = gi[:, :, :h, :w]
         if ctx.needs_input_grad[1]:
-            gw = wgrad(input, grad, list(weight.shape), *ctx.conf)
+            x = input if (p, q) == (h, w) else torch.nn.functional.pad(input, [0, q - w, 0, p - h])
+            gw = wgrad(x, grad, list(weight.shape), *ctx.conf)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = _bias_grad(grad)
         return gi, gw, gb, None, None, None, None, None

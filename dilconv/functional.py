@@ -54,6 +54,22 @@ def _check_common(op, input, weight, bias, stride, dilation, groups):
         raise RuntimeError(f"{op}: dilation should be greater than zero (dilation={list(dilation)})")
 
 
+def _autocast(*tensors):
+    """Under torch.autocast, cast like torch does for conv2d (a lower-precision op): floating
+    tensors other than float64 go to the autocast dtype, so activations that autocast already made
+    low-precision meet weights of the same dtype, on every backend (dilconv's ops are custom ops,
+    which autocast itself leaves alone)."""
+    ref = tensors[0]
+    if not isinstance(ref, torch.Tensor):
+        return tensors
+    dev = ref.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return tensors
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                 and t.dtype != torch.float64 else t for t in tensors)
+
+
 def _check_padding(op, padding):
     if any(p < 0 for p in padding):
         raise RuntimeError(f"{op}: negative padding is not supported (padding={list(padding)})")
@@ -121,6 +137,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     """`torch.nn.functional.conv2d` computed by a dilconv backend (dense, grouped, depthwise,
     dilated; any kernel size)."""
     op = "conv2d"
+    input, weight, bias = _autocast(input, weight, bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
     _check_common(op, input, weight, bias, stride, dilation, groups)
     kernel = tuple(weight.shape[2:])
@@ -161,6 +178,7 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                      backend: Optional[str] = None) -> torch.Tensor:
     """`torch.nn.functional.conv_transpose2d` computed by a dilconv backend."""
     op = "conv_transpose2d"
+    input, weight, bias = _autocast(input, weight, bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
     padding, output_padding = _pair("padding", padding), _pair("output_padding", output_padding)
     _check_common(op, input, weight, bias, stride, dilation, groups)
@@ -209,6 +227,7 @@ def depthwise_separable_conv2d(input: torch.Tensor, dw_weight: torch.Tensor, pw_
     fuse it keep the depthwise tile on chip. A folded BatchNorm between the two convs is passed
     as a scaled dw_weight and shifted dw_bias (see DepthwiseSeparableConv2d)."""
     op = "separable_conv2d"
+    input, dw_weight, pw_weight, dw_bias, pw_bias = _autocast(input, dw_weight, pw_weight, dw_bias, pw_bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
     _check_common(op, input, dw_weight, dw_bias, stride, dilation, 1)
     if pw_weight.dim() != 4 or tuple(pw_weight.shape[2:]) != (1, 1):

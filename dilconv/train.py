@@ -184,7 +184,13 @@ def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
         return None
     if device.type == "cuda":
         if mode == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            why = autocast_unsupported(device, dtype)
+            if why:
+                print(f"--amp auto: training in fp32: dilconv convolutions reject autocast here ({why})",
+                      file=sys.stderr)
+                return None
+            return dtype
         if mode == "bf16" and not torch.cuda.is_bf16_supported():
             raise RuntimeError("--amp bf16: this GPU does not support bfloat16")
         return {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
@@ -193,6 +199,20 @@ def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     if mode == "fp16":
         raise RuntimeError("--amp fp16 is for CUDA; on the CPU use --amp bf16")
     return torch.bfloat16
+
+
+def autocast_unsupported(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why dilconv's convolutions fail under autocast on `device` (None when they work): in a
+    network, torch ops return low-precision activations that then meet fp32 conv weights."""
+    try:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            x = torch.randn(1, 2, 4, 4, device=device)
+            w = torch.randn(2, 2, 3, 3, device=device)
+            low = F.conv2d(x, w, padding=1)  # autocast: low precision
+            dilconv.functional.conv2d(low, w, padding=1)
+        return None
+    except (RuntimeError, NotImplementedError) as e:
+        return str(e).splitlines()[0]
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):

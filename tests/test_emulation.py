@@ -86,7 +86,11 @@ def test_traffic_counters(unit_exe):
     rep = json.loads(r.stdout)
     assert rep["enabled"] is False
     launches = rep["launches"]
-    assert len(launches) == 6  # the launch after traffic_enable(false) is not recorded
+    assert len(launches) == 7  # the launch after traffic_enable(false) is not recorded
+    # predicated_copy: half of each warp loads 64 aligned bytes (2 sectors), the other half records
+    # zero-byte accesses at a misaligned address, which add no sector and no bytes
+    pred = launches[6]["load"]
+    assert (pred["requests"], pred["sectors"], pred["useful_bytes"], pred["bytes"]) == (2, 4, 128, 128), pred
     # (requests, sectors, useful_bytes, bytes) of the loads; 2 blocks x 2 warps of float loads
     expected = [
         (4, 16, 512, 512),    # coalesced: 4 sectors per 128-byte request

@@ -183,3 +183,19 @@ def test_module_pickles_and_deepcopies():
     x = torch.randn(1, 2, 7, 7)
     assert torch.equal(m(x), m2(x)) and m2.backend == "torch"
     assert "backend='torch'" in repr(m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_like_torch(backend):
+    """Under torch.autocast a dilconv conv computes in the autocast dtype, as nn.Conv2d does, also
+    when low-precision activations from a torch op meet fp32 weights."""
+    torch.manual_seed(6)
+    ref = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6))
+    mod = copy.deepcopy(ref)
+    dilconv.convert(mod, backend=backend)
+    x = torch.randn(2, 4, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yr = ref(x)
+        y = _skip_unsupported(lambda: mod(x))
+    assert y.dtype == yr.dtype == torch.bfloat16
+    _close(y.float(), yr.float(), 2e-2)

@@ -106,6 +106,8 @@ CONVT = [
     ConvT(2, 6, 5, 6, 6, (4, 4), stride=2, padding=1, groups=6),  # depthwise transposed
     ConvT(1, 4, 3, 7, 6, (1, 7), stride=(1, 2), padding=(0, 3), output_padding=(0, 1)),
     ConvT(0, 4, 5, 6, 6, (4, 4), stride=2, padding=1),
+    # output_padding >= stride is allowed when < dilation: extra output rows no input reaches
+    ConvT(2, 4, 5, 6, 6, (3, 3), stride=1, padding=1, output_padding=1, dilation=2),
 ]
 
 
@@ -385,7 +387,7 @@ def test_conv2d_gradcheck(backend, p):
     _gradcheck(lambda x, w, b: run_conv(p, backend, x, w, b), conv_tensors(p, torch.float64, "channels_last"))
 
 
-@pytest.mark.parametrize("p", CONVT[:2] + CONVT[4:7], ids=str)
+@pytest.mark.parametrize("p", CONVT[:2] + CONVT[4:7] + CONVT[-1:], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_conv_transpose2d_gradcheck(backend, p):
     _gradcheck(lambda x, w, b: run_convt(p, backend, x, w, b), convt_tensors(p, torch.float64, "contiguous"))

@@ -1,11 +1,17 @@
 // Backend "cpu": the CPU-key implementations of the plain dilconv ops.
 //
-// Two paths, chosen per call (use_direct):
-//   direct  the kernels of kernels_impl.h: packed, padded input windows and register-blocked
-//           stencils. Used where a GEMM is mostly overhead: depthwise (with or without channel
-//           multiplier) and grouped convolutions with few channels per group.
-//   gemm    per group im2col/col2im and at::mm (BLAS) for the channel contraction: dense and
-//           wide-group convolutions.
+// Paths, chosen per call:
+//   nhwc    depthwise (multiplier 1) with channels-last tensors: vectors along the channels
+//           (use_nhwc).
+//   direct  packed, padded input windows and register-blocked stencils along the rows:
+//           depthwise (any multiplier) and grouped convolutions with <= 8 channels per group
+//           (use_direct).
+//   taps    one GEMM per kernel tap over the output rectangle where that tap reads inside the
+//           input: dense convolutions whose taps mostly read padding (large dilation on small
+//           maps, use_taps).
+//   gemm    im2col/col2im per group and at::mm (BLAS): the other dense/wide-group convolutions.
+// DILCONV_CPU_PATH=direct|gemm|taps forces a path and DILCONV_CPU_ISA=avx2|base an instruction
+// set (kernels.cpp), so the tests reach every variant.
 // fp16/bf16 are computed in float32 (converted on entry, rounded once on exit), float64 in
 // float64. Outputs follow dilconv._ops.output_memory_format; the kernels read and write any
 // strides, so inputs are never made contiguous just for layout.

@@ -1,7 +1,9 @@
 // Memory-traffic counters of the CUDA emulation (included by emulation.h users via platform.cuh).
 //
 // dc::load / dc::store record, when counting is on, (call site, per-lane sequence number,
-// address, bytes) in the calling CUDA thread's log. A *warp request* is the k-th execution of one
+// address, bytes) in the calling CUDA thread's log. A predicated-off lane may record 0 bytes at a
+// site (traffic_record(log, loc, p, 0, ...)) to keep its per-site numbering aligned with the
+// lanes that did access memory; such records touch no sector. A *warp request* is the k-th execution of one
 // call site by the lanes of one warp (what one load/store instruction of a converged warp is on
 // the GPU). At the end of each block the logs are grouped into requests and, for every request,
 // the distinct 32-byte sectors are counted (what the memory system moves) together with the
@@ -127,6 +129,7 @@ inline void traffic_block_end(unsigned nthreads) {
     s.requests = 1;
     uintptr_t cur_b = 0, cur_e = 0, last_sector = ~uintptr_t(0);
     for (auto [b, e] : r.ranges) {
+      if (e == b) continue;  // a predicated-off lane (zero-byte record) touches no sector
       s.bytes += e - b;
       if (b >= cur_e) {
         s.useful_bytes += cur_e - cur_b;
@@ -142,6 +145,7 @@ inline void traffic_block_end(unsigned nthreads) {
         }
     }
     s.useful_bytes += cur_e - cur_b;
+    if (s.sectors == 0) continue;  // every lane predicated off: no memory request on the GPU
     const Access& a = *r.first;
     const std::string loc = std::string(a.file) + ":" + std::to_string(a.line) + ":" + std::to_string(a.column);
     SiteStats& site = st.sites[loc + "|" + a.function + (a.store ? "|store" : "|load")];

@@ -54,9 +54,9 @@ class TritonBackend(registry.OpsBackend):
         """Whether "auto" picks Triton over torch (cuDNN) when the CUDA backend cannot run `p`.
 
         A static policy from the op structure, not from GPU measurements (none exist yet): the
-        cases where cuDNN is known to be weak or the fusion removes a full tensor round trip
-        (docs anchors): the fused separable conv, and dilated depthwise conv (which PyTorch sends
-        to its generic native kernel instead of cuDNN). Everything else stays with cuDNN."""
+        fused separable conv (it removes the mid tensor's write and re-read) and dilated depthwise
+        conv (which PyTorch sends to its generic native kernel instead of cuDNN). Everything else
+        stays with cuDNN until measured."""
         if p.op == "separable_conv2d":
             return True
         depthwise = p.op == "conv2d" and p.groups == p.c and p.k % p.c == 0

@@ -80,7 +80,8 @@ def occupancy(arch: str, registers: int, smem: int, threads: int) -> tuple[int, 
 
 def _config_name(cfg, dtype: str) -> str:
     kw = ",".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    return f"{kw},warps={cfg.num_warps},stages={cfg.num_stages},{dtype}"
+    reg = f",maxnreg={cfg.maxnreg}" if getattr(cfg, "maxnreg", None) else ""
+    return f"{kw},warps={cfg.num_warps},stages={cfg.num_stages}{reg},{dtype}"
 
 
 def jobs() -> list[dict]:
@@ -130,6 +131,8 @@ def _compile_args(job):
     src = ASTSource(fn, signature, constexprs, attrs)
     target = GPUTarget("cuda", ARCHS[job["arch"]]["capability"], 32)
     options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if getattr(cfg, "maxnreg", None):
+        options["maxnreg"] = cfg.maxnreg
     key = hashlib.sha256(json.dumps(
         [fn.cache_key, sorted(signature.items()), sorted((k, str(v)) for k, v in constexprs.items()),
          sorted(options.items()), job["arch"], triton.__version__], sort_keys=True).encode()).hexdigest()

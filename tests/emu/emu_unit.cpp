@@ -309,6 +309,7 @@ int traffic() {
   copy(1, 5, 1);   // broadcast: every lane reads the same float
   copy(2, 0, 0);   // every other float
   dc::launch(dc_emu::strided_copy<float4>, dim3(1), dim3(32), 0, dc::Stream{}, in4, out4, 1, 0, 0);
+  dc::launch(dc_emu::predicated_copy, dim3(1), dim3(64), 0, dc::Stream{}, in, out);
   dc::emu::traffic_enable(false);
   copy(1, 0, 0);  // not recorded
   std::printf("%s\n", dc::emu::traffic_report_json().c_str());

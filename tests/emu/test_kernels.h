@@ -216,4 +216,16 @@ __global__ void strided_copy(const T* in, T* out, int stride, int offset, int br
   dc::store(out + t, v);
 }
 
+// lanes >= 16 are predicated off: they record a zero-byte access at a misaligned address, as the
+// emulated cp.async does, which must not count a sector
+__global__ void predicated_copy(const float* in, float* out) {
+  const int t = threadIdx.x;
+  float v = 0.f;
+  if (t % 32 < 16)
+    v = dc::load(in + t);
+  else if (::dc::emu::traffic_enabled() && ::dc::emu::tl_ctx)
+    ::dc::emu::traffic_record(::dc::emu::tl_ctx->traffic, std::source_location::current(), in + 1, 0, false);
+  dc::store(out + t, v);
+}
+
 }  // namespace DC_TARGET_NS
