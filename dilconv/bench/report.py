@@ -44,6 +44,8 @@ def op_table(cases: list, peaks: dict) -> list[str]:
                 note.append(f"{r['time']['faults_per_call']:.0f} page faults/call")
             if r.get("note"):
                 note.append(r["note"])
+            if r.get("speedup_vs_deterministic"):
+                note.append(f"{r['speedup_vs_deterministic']['median']:.2f}× vs torch-deterministic")
             pct_peak = f"{100 * r['gflops'] * 1e9 / peak:.0f}%" if peak else "–"
             lines.append(head + f"| {name} | {_time_cell(r)} | {spc} | {r['gbps']:.1f} | "
                          f"{100 * r['gbps'] * 1e9 / bw:.0f}% | {r['gflops']:.1f} | {pct_peak} | "

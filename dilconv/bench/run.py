@@ -106,6 +106,9 @@ def run_case(case: OpCase, device: str, backends: list[str], timer, budget_s: fl
             r["gflops"] = w["flops"] / st.median / 1e9
             if base is not None and name != "torch":
                 r["speedup"] = vars(paired_speedup(base[1], samples))
+            det = timed.get("torch-deterministic")  # GPU: cuDNN restricted to deterministic algorithms
+            if det is not None and name not in ("torch", "torch-deterministic"):
+                r["speedup_vs_deterministic"] = vars(paired_speedup(det[1], samples))
     del prob, fns
     gc.collect()
     return res
