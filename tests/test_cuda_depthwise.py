@@ -228,8 +228,8 @@ def test_direct_calls_with_bad_arguments_raise():
         conv(x, torch.randn(4, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], 4)
     with pytest.raises(RuntimeError, match="dilation"):
         conv(x, w, None, [1, 1], [0, 0], [0, 1], 4)
-    with pytest.raises(NotImplementedError, match="depthwise"):
-        conv(x, torch.randn(4, 4, 3, 3), None, [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError):  # weight channels do not match groups (dense path)
+        conv(x, torch.randn(4, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 1)
     with pytest.raises(RuntimeError, match="grad_output"):
         OPS.conv2d_weight_grad_emu(torch.randn(1, 4, 5, 5), x, [4, 1, 3, 3], [1, 1], [0, 0], [1, 1], 4)
     with pytest.raises(RuntimeError, match="pw_weight"):
@@ -238,13 +238,20 @@ def test_direct_calls_with_bad_arguments_raise():
     with pytest.raises(RuntimeError, match="32-bit indexing"):
         big = torch.randn(1, 1, 1, 1).expand(2**16, 1, 2**8, 2**8)
         conv(big, torch.randn(1, 1, 1, 1), None, [1, 1], [0, 0], [1, 1], 1)
-    with pytest.raises(NotImplementedError, match="transposed"):
-        OPS.conv_transpose2d_emu(x, torch.randn(4, 1, 3, 3), None, [1, 1], [0, 0], [0, 0], 4, [1, 1])
+    with pytest.raises(RuntimeError):  # weight's input channels do not match the input
+        OPS.conv_transpose2d_emu(x, torch.randn(3, 1, 3, 3), None, [1, 1], [0, 0], [0, 0], 1, [1, 1])
 
 
-def test_registry_routes_depthwise_and_refuses_the_rest():
+def test_registry_routes_depthwise_to_the_depthwise_kernels():
+    from dilconv import registry
+
     x = torch.randn(1, 4, 6, 6)
     y = dilconv.functional.conv2d(x, torch.randn(8, 1, 3, 3), padding=1, groups=4, backend="cuda-emu")
     assert y.shape == (1, 8, 6, 6)
-    with pytest.raises(NotImplementedError, match="depthwise"):
-        dilconv.functional.conv2d(x, torch.randn(4, 2, 3, 3), groups=2, backend="cuda-emu")
+    p = lambda groups, k: registry.Problem(  # noqa: E731
+        op="conv2d", device="cpu", dtype=torch.float32, n=1, c=4, h=6, w=6, k=k, r=3, s=3,
+        stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=groups, channels_last=False,
+        max_numel=144, requires_grad=False)
+    assert not registry.implicit_gemm_problem(p(4, 8))  # depthwise, multiplier 2
+    assert registry.implicit_gemm_problem(p(2, 4))  # grouped: implicit GEMM
+    assert registry.cuda_kernels_unsupported(p(2, 4)) is None
