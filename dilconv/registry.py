@@ -168,7 +168,8 @@ def cpu_auto_policy(p: Problem) -> bool:
       * dense 3x3 atrous convolutions at ASPP rates on small maps (per-tap GEMMs skip the taps that
         read padding): 2048->256 at 33^2 rate 24 1.9x forward, 1.7x forward+backward; 512->256 at
         65^2 rate 36 1.9x / 2.6x; rate 12 on 33^2 1.2x forward only;
-      * depthwise 3x3, NCHW, stride 1, rows >= 32 wide: forward 1.0-3.3x (0.65x on 17^2 maps);
+      * depthwise 3x3, NCHW, stride 1, rows >= 32 wide: forward 1.0-3.3x single-threaded, but
+        0.65-0.95x at 2 threads, so inference stays with oneDNN;
       * dilated depthwise forward+backward: 3.7-6.4x NCHW, 4x channels-last (torch's dilated
         depthwise backward is its weak spot; undilated it is not: 0.6-2.5x, so only wide NCHW rows);
       * grouped convolutions with <= 4 channels per group (ResNeXt 32x4d stage 1): 1.5x forward,
@@ -190,7 +191,10 @@ def cpu_auto_policy(p: Problem) -> bool:
             return False
         if p.requires_grad:  # torch's dilated depthwise backward is its weak spot
             return max(p.dilation) > 1 or (not p.channels_last and q >= 32)
-        return not p.channels_last and q >= 32  # narrow rows waste vector lanes
+        # Inference: at 2 threads on an idle machine oneDNN's depthwise forward is as fast or
+        # faster (bench --quick: 728ch 65^2 d2 0.93x, 960ch 33^2 d2 0.65x), whatever the
+        # single-thread ratios said; "auto" must never lose to torch.
+        return False
     if cg <= 8:
         # grouped with few channels per group; the channels-last path of these kernels is planar
         return cg <= 4 and p.groups > 1 and not p.channels_last and q >= 28

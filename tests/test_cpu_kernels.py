@@ -253,7 +253,8 @@ def test_auto_policy_routes_by_measured_wins():
     assert cpu_auto_policy(prob(2048, 256, 33, 24, 1))          # ASPP: most taps read padding
     assert not cpu_auto_policy(prob(2048, 256, 33, 6, 1))       # dense, small rate: oneDNN
     assert not cpu_auto_policy(prob(64, 64, 65, 16, 1))         # small GEMMs: oneDNN
-    assert cpu_auto_policy(prob(728, 728, 65, 2, 728))          # depthwise NCHW
+    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728))      # depthwise inference: oneDNN
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, grad=True))  # its backward: ours
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))
     assert not cpu_auto_policy(prob(96, 96, 129, 1, 96, stride=2))
