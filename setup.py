@@ -38,7 +38,8 @@ def make_extension():
     print(f"dilconv: building {'with CUDA for ' + info['cuda_arch_list'] if WITH_CUDA else 'CPU-only'}",
           file=sys.stderr)
     return kind("dilconv._C", cfg.sources(WITH_CUDA), include_dirs=f["include_dirs"],
-                define_macros=f["define_macros"], extra_compile_args=args)
+                define_macros=f["define_macros"], extra_compile_args=args,
+                extra_link_args=f["ldflags"])
 
 
 setup(

@@ -63,11 +63,15 @@ def nvidia_include_dirs() -> list[str]:
 
 
 def flags(with_cuda: bool) -> dict:
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is a header template that is only parallel when the including
+    # translation unit is compiled with OpenMP (torch's ParallelOpenMP.h); without it every CPU
+    # kernel runs on one thread. The libgomp it links is the one torch already loaded (same soname).
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
     macros = [("DILCONV_WITH_CUDA", "1")] if with_cuda else []
     include = [CSRC] + (nvidia_include_dirs() if with_cuda else [])
-    return {"cxx": cxx, "nvcc": nvcc, "define_macros": macros, "include_dirs": include}
+    return {"cxx": cxx, "nvcc": nvcc, "define_macros": macros, "include_dirs": include,
+            "ldflags": ["-fopenmp"]}
 
 
 def local_version(torch, with_cuda: bool) -> str:

@@ -59,6 +59,7 @@ def _jit_load():
     cpp_extension.load(
         name="_C", sources=cfg.sources(with_cuda, relative=False), build_directory=build_dir,
         extra_cflags=f["cxx"] + [f"-D{k}={v}" for k, v in f["define_macros"]],
+        extra_ldflags=f["ldflags"],
         extra_cuda_cflags=f["nvcc"] + [f"-D{k}={v}" for k, v in f["define_macros"]],
         extra_include_paths=f["include_dirs"], with_cuda=with_cuda, verbose=False)
     return cfg.build_info(torch, with_cuda)
