@@ -49,3 +49,21 @@ def test_use_backend_is_context_manager_and_setter():
     assert dilconv.current_backend() == "auto"
     dilconv.use_backend("torch")
     assert dilconv.current_backend() == "torch"
+
+
+@pytest.mark.skipif(not _ext.loaded, reason="the compiled extension is not available")
+def test_cpu_kernels_are_compiled_parallel():
+    """at::parallel_for is a header template: it only spreads work over threads in a translation
+    unit compiled with OpenMP, otherwise every CPU kernel silently runs on one thread (as dilconv
+    did before -fopenmp). The library must call the OpenMP runtime, and that runtime must be the
+    one torch loaded (one thread pool, set by torch.set_num_threads)."""
+    import importlib.util
+
+    path = importlib.util.find_spec("dilconv._C").origin
+    with open(path, "rb") as f:
+        blob = f.read()
+    assert b"GOMP_parallel" in blob, f"{path} does not call the OpenMP runtime (built without -fopenmp)"
+    if sys.platform.startswith("linux"):
+        with open("/proc/self/maps") as f:
+            gomp = {line.split()[-1] for line in f if "libgomp" in line and line.split()[-1].startswith("/")}
+        assert len(gomp) <= 1, f"two OpenMP runtimes loaded: {sorted(gomp)}"

@@ -25,9 +25,11 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["auto", "direct", "gemm", "taps"])
+@pytest.fixture(params=["auto", "direct", "planar", "gemm", "taps"])
 def path(request, monkeypatch):
-    # auto: the kernels' own choice (channels-last depthwise kernels included)
+    # auto: the kernels' own choice (channels-last depthwise kernels included); direct: the
+    # stencil kernels with their own choice (flattened-window depthwise for stride 1 included);
+    # planar: the general packed-plane stencil only
     if request.param != "auto":
         monkeypatch.setenv("DILCONV_CPU_PATH", request.param)
     return request.param
@@ -97,6 +99,46 @@ def test_conv_paths(isa, path, dtype):
         assert y.is_contiguous(memory_format=_expected_format(x))
         assert gx.is_contiguous(memory_format=_expected_format(gy))
         assert gw.is_contiguous()
+
+
+@pytest.mark.parametrize("path_env", [None, "planar"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
+    """Stride-1 depthwise with <= 9 taps runs the flattened-window kernels (forward, and the input
+    gradient as a forward with flipped weights, and the weight gradient); planar is the general
+    kernel for the same problems. Shapes: rows narrower and wider than a vector, 1xN and Nx1,
+    multipliers, padding beyond what the taps need (negative padding in the input gradient),
+    batch 2, planes split into several row units (P > L1 budget), NCHW and strided views."""
+    if path_env:
+        monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    cases = [  # c, mult, (r, s), padding, dilation, h, w, layout
+        (5, 1, (3, 3), (2, 2), (2, 2), 13, 33, "nchw"),
+        (3, 2, (3, 3), (1, 1), (1, 1), 7, 5, "nchw"),
+        (4, 1, (1, 7), (0, 3), (1, 1), 6, 40, "strided"),
+        (2, 3, (7, 1), (6, 0), (2, 1), 17, 3, "nchw"),
+        (3, 1, (3, 3), (5, 4), (1, 1), 9, 9, "nchw"),  # padding > (k - 1) * d
+        (2, 1, (3, 2), (0, 0), (3, 4), 20, 19, "strided"),
+        (1, 1, (3, 3), (1, 1), (1, 1), 160, 70, "nchw"),  # several row units per plane
+        (6, 1, (2, 2), (1, 0), (1, 1), 1, 2, "nchw"),
+    ]
+    for c, mult, (r, s), p, d, h, w, layout in cases:
+        x = _layout(torch.randn(2, c, h, w, dtype=dtype), layout)
+        wt = torch.randn(c * mult, 1, r, s, dtype=dtype)
+        b = torch.randn(c * mult, dtype=dtype)
+        xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+        yr = F.conv2d(xr, wr, b.double(), 1, p, d, c)
+        gy = _layout(torch.randn(yr.shape, dtype=dtype), layout)
+        yr.backward(gy.double())
+        conf = ([1, 1], list(p), list(d), c)
+        got = {"y": ops.conv2d(x, wt, b, *conf),
+               "gx": ops.conv2d_input_grad(gy, wt, list(x.shape), *conf),
+               "gw": ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf)}
+        for name, ref in (("y", yr.detach()), ("gx", xr.grad), ("gw", wr.grad)):
+            try:
+                _close(got[name], ref, tol)
+            except AssertionError as e:
+                raise AssertionError(f"{name} {(c, mult, (r, s), p, d, h, w, layout)}: {e}") from None
 
 
 @pytest.mark.parametrize("case", [

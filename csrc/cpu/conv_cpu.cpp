@@ -123,10 +123,18 @@ T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
 bool use_direct(const Geo& g) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
-    if (!std::strcmp(e, "direct")) return true;
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar")) return true;
     if (!std::strcmp(e, "gemm") || !std::strcmp(e, "taps")) return false;
   }
   return g.Cg <= 8;
+}
+
+// stride-1 depthwise with few taps: the flattened-window kernel (DILCONV_CPU_PATH=planar keeps
+// the general packed-plane kernel, so tests reach both)
+bool use_dw_flat(const Geo& g) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH"))
+    if (!std::strcmp(e, "planar")) return false;
+  return dw_flat_ok(g);
 }
 
 int64_t threads() { return std::max<int64_t>(1, at::get_num_threads()); }
@@ -298,25 +306,39 @@ struct Scratch {
 // forward
 
 // y = act(conv(x, w) + bias) into y (compute type, any strides); w contiguous.
+// rows per flattened-window depthwise unit: window + flat output near half the L1 (48 KiB
+// here), and a few units per thread
+int64_t dw_flat_rows(const Geo& g, int64_t elem, int64_t other_units) {
+  const int64_t wp = g.Q + (g.S - 1) * g.dw;
+  const int64_t budget = (24 << 10) / elem;
+  int64_t rows = std::max<int64_t>(1, (budget - (g.R - 1) * g.dh * wp) / std::max<int64_t>(1, 2 * wp));
+  const int64_t want = 4 * threads();
+  if (other_units < want) rows = std::min(rows, std::max<int64_t>(1, g.P * other_units / want));
+  return std::min(rows, g.P);
+}
+
 template <class T>
 void fwd_direct(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
                 const Tensor& y) {
   const auto& K = kern<T>();
-  const int64_t kc = std::min<int64_t>(g.Kg, 16);
+  const bool flat = use_dw_flat(g);
+  // the flat kernel computes every multiplier channel from one packed window
+  const int64_t kc = flat ? g.Kg : std::min<int64_t>(g.Kg, 16);
   const int64_t nk = (g.Kg + kc - 1) / kc;
-  const int64_t rows = fwd_rows_per_unit(g, sizeof(T), K.vec, g.N * g.G * nk);
+  const int64_t rows = flat ? dw_flat_rows(g, sizeof(T), g.N * g.G * nk)
+                            : fwd_rows_per_unit(g, sizeof(T), K.vec, g.N * g.G * nk);
   const int64_t np = (g.P + rows - 1) / rows;
   const T *xp = ptr<T>(x), *wp = ptr<T>(w), *bp = ptr<T>(bias);
   T* yp = ptr<T>(y);
   const Strides xs = strides(x), ys = strides(y);
   at::parallel_for(0, g.N * g.G * nk * np, 1, [&](int64_t b, int64_t e) {
     Scratch s;
-    T* scratch = s.get<T>(K.fwd_scratch(g, rows));
+    T* scratch = s.get<T>(flat ? K.dw_flat_scratch(g, rows) : K.fwd_scratch(g, rows));
     for (int64_t u = b; u < e; ++u) {
       const int64_t pi = u % np, ki = u / np % nk, grp = u / np / nk % g.G, n = u / np / nk / g.G;
       const int64_t p0 = pi * rows, p1 = std::min(g.P, p0 + rows);
       const int64_t k0 = ki * kc, k1 = std::min(g.Kg, k0 + kc);
-      K.fwd(g, xp, xs, wp, bp, relu, yp, ys, n, grp, k0, k1, p0, p1, scratch);
+      (flat ? K.dw_flat_fwd : K.fwd)(g, xp, xs, wp, bp, relu, yp, ys, n, grp, k0, k1, p0, p1, scratch);
     }
   });
 }
@@ -513,6 +535,7 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
 template <class T>
 void wgrad_direct(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   const auto& K = kern<T>();
+  const bool flat = use_dw_flat(g);
   const int64_t kc = std::min<int64_t>(g.Kg, g.G >= 2 * threads() ? g.Kg : std::max<int64_t>(1, g.Kg / (2 * threads())));
   const int64_t nk = (g.Kg + kc - 1) / kc;
   const T *gyp = ptr<T>(gy), *xp = ptr<T>(x);
@@ -520,11 +543,11 @@ void wgrad_direct(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor&
   const Strides gys = strides(gy), xs = strides(x);
   at::parallel_for(0, g.G * nk, 1, [&](int64_t b, int64_t e) {
     Scratch s;
-    T* scratch = s.get<T>(K.wgrad_scratch(g, kc));
+    T* scratch = s.get<T>(flat ? K.dw_flat_wgrad_scratch(g, kc) : K.wgrad_scratch(g, kc));
     for (int64_t u = b; u < e; ++u) {
       const int64_t ki = u % nk, grp = u / nk;
       const int64_t k0 = ki * kc, k1 = std::min(g.Kg, k0 + kc);
-      K.wgrad(g, gyp, gys, xp, xs, gwp, grp, k0, k1, scratch);
+      (flat ? K.dw_flat_wgrad : K.wgrad)(g, gyp, gys, xp, xs, gwp, grp, k0, k1, scratch);
     }
   });
 }
@@ -809,9 +832,11 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
         const Strides ts{0, m, g.Q, 1};
         at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
           Scratch sm;
-          T* scratch = sm.get<T>(ks.fwd_scratch(g, p1 - p0));
+          const bool flat = use_dw_flat(g);
+          T* scratch = sm.get<T>(flat ? ks.dw_flat_scratch(g, p1 - p0) : ks.fwd_scratch(g, p1 - p0));
           for (int64_t c = b; c < e; ++c)
-            ks.fwd(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n, c, 0, g.Kg, p0, p1, scratch);
+            (flat ? ks.dw_flat_fwd : ks.fwd)(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n,
+                                             c, 0, g.Kg, p0, p1, scratch);
         });
         mid = tile_t.narrow(0, 0, m * g.K).view({g.K, m});
       }

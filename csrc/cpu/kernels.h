@@ -31,6 +31,10 @@ inline int64_t packed_rows(const Geo& g, int64_t rows) {
   return (rows - 1) * g.sh + (g.R - 1) * g.dh + 1;
 }
 
+inline bool dw_flat_ok(const Geo& g) {
+  return g.Cg == 1 && g.sh == 1 && g.sw == 1 && g.R * g.S <= 9;
+}
+
 template <class T>
 struct Kernels {
   int64_t vec;  // elements per vector register
@@ -40,6 +44,16 @@ struct Kernels {
               Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
               T* scratch);
   int64_t (*fwd_scratch)(const Geo&, int64_t rows);
+  // The same for depthwise (Cg == 1), stride 1, R * S <= 9 (dw_flat_ok): the stencil over the
+  // flattened padded window with the weights in registers.
+  void (*dw_flat_fwd)(const Geo&, const T* x, Strides xs, const T* w, const T* bias, bool relu,
+                      T* y, Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0,
+                      int64_t p1, T* scratch);
+  int64_t (*dw_flat_scratch)(const Geo&, int64_t rows);
+  // its weight gradient (same contract as wgrad)
+  void (*dw_flat_wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* gw,
+                        int64_t grp, int64_t k0, int64_t k1, T* scratch);
+  int64_t (*dw_flat_wgrad_scratch)(const Geo&, int64_t channels);
   // Input gradient by scattering gy rows into a packed window (any stride): batch n, group grp,
   // input channels [c0, c1) of the group; writes those channels of gx completely.
   void (*dgrad_scatter)(const Geo&, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,

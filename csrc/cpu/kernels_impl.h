@@ -222,6 +222,225 @@ void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool r
 }
 
 // ------------------------------------------------------------------------------------------
+// depthwise, stride 1, NCHW planes: the padded window of a channel is packed with a row pitch of
+// exactly the padded width wp = Q + (S - 1) * dw, so that output (p, q) and every tap read flat
+// offsets j = p * wp + q (+ r * dh * wp + s * dw): the stencil runs over the flattened window as
+// one long 1-D convolution (no per-row vector tails; the wp - Q columns between rows are computed
+// and dropped). The NT = R * S <= 9 tap weights stay in registers.
+
+// zero a short row
+template <class T>
+DILCONV_INLINE void zero_row(T* d, int64_t len) {
+  const int64_t nv = len > 0 ? len / NV<T> : 0;
+  for (int64_t v = 0; v < nv; ++v) st(d + v * NV<T>, V<T>{});
+  for (int64_t m = nv * NV<T>; m < len; ++m) d[m] = 0;
+}
+
+constexpr int64_t DW_FLAT_MAX_TAPS = 9;
+constexpr int DW_FLAT_U = 4;  // vectors per block
+
+template <class T>
+inline int64_t dw_flat_pitch(const Geo& g) { return g.Q + (g.S - 1) * g.dw; }
+
+template <class T>
+int64_t dw_flat_scratch(const Geo& g, int64_t rows) {
+  const int64_t wp = dw_flat_pitch<T>(g);
+  const int64_t slack = DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+  // packed window, then the flat output block
+  return (rows + (g.R - 1) * g.dh) * wp + slack + rows * wp + DW_FLAT_U * NV<T> + 2 * NV<T>;
+}
+
+template <class T, int NT>
+void dw_flat_block(const T* buf, const int64_t* off, const T* wk, int64_t len, T* out) {
+  constexpr int64_t L = NV<T>;
+  constexpr int U = DW_FLAT_U;
+  V<T> wv[NT];
+  const T* src[NT];
+  for (int t = 0; t < NT; ++t) {
+    wv[t] = splat<T>(wk[t]);
+    src[t] = buf + off[t];
+  }
+  for (int64_t j = 0; j < len; j += U * L) {
+    V<T> acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = wv[0] * ld(src[0] + j + u * L);
+#pragma GCC unroll 9
+    for (int t = 1; t < NT; ++t)
+      for (int u = 0; u < U; ++u) acc[u] += wv[t] * ld(src[t] + j + u * L);
+    for (int u = 0; u < U; ++u) st(out + j + u * L, acc[u]);
+  }
+}
+
+// Packs padded rows [p0, p0 + nr) of the channel plane src (padded row i = source row i - ph,
+// padded column j = source column j - pw, zero outside) with row pitch wp, then `slack` zeros.
+template <class T>
+void dw_flat_pack(const Geo& g, const T* src, Strides xs, int64_t p0, int64_t nr, int64_t wp,
+                  int64_t slack, T* buf) {
+  constexpr int64_t L = NV<T>;
+  int64_t jlo = g.pw < 0 ? 0 : g.pw, jhi = g.W + g.pw;  // padded columns holding source data
+  if (jhi > wp) jhi = wp;
+  if (jlo > jhi) jlo = jhi;
+  const int64_t len_src = jhi - jlo;
+  for (int64_t i = 0; i < nr; ++i) {
+    T* d = buf + i * wp;
+    const int64_t hi = i + p0 - g.ph;
+    if (hi < 0 || hi >= g.H) {
+      zero_row(d, wp);
+      continue;
+    }
+    const T* s = src + hi * xs.h + (jlo - g.pw) * xs.w;
+    for (int64_t j = 0; j < jlo; ++j) d[j] = 0;
+    if (xs.w == 1) {
+      int64_t m = 0;
+      for (; m + L <= len_src; m += L) st(d + jlo + m, ld(s + m));
+      for (; m < len_src; ++m) d[jlo + m] = s[m];
+    } else {
+      for (int64_t m = 0; m < len_src; ++m) d[jlo + m] = s[m * xs.w];
+    }
+    for (int64_t j = jhi; j < wp; ++j) d[j] = 0;
+  }
+  zero_row(buf + nr * wp, slack);
+}
+
+// Forward of output rows [p0, p1) of channels k0..k1 of group grp (one input channel each).
+template <class T>
+void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
+                 Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
+                 T* scratch) {
+  constexpr int64_t L = NV<T>;
+  const int64_t wp = dw_flat_pitch<T>(g);
+  const int64_t rows = p1 - p0;
+  const int64_t nr = rows + (g.R - 1) * g.dh;
+  const int64_t slack = DW_FLAT_U * L + (g.S - 1) * g.dw + L;
+  T* buf = scratch;
+  T* out = scratch + nr * wp + slack;
+  dw_flat_pack(g, x + n * xs.n + grp * xs.c, xs, p0, nr, wp, slack, buf);
+  const int64_t nt = g.R * g.S;
+  int64_t off[DW_FLAT_MAX_TAPS];
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+  const int64_t len = rows * wp;
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    const int64_t k = grp * g.Kg + kk;
+    const T* wk = w + k * nt;
+    switch (nt) {
+      case 1: dw_flat_block<T, 1>(buf, off, wk, len, out); break;
+      case 2: dw_flat_block<T, 2>(buf, off, wk, len, out); break;
+      case 3: dw_flat_block<T, 3>(buf, off, wk, len, out); break;
+      case 4: dw_flat_block<T, 4>(buf, off, wk, len, out); break;
+      case 5: dw_flat_block<T, 5>(buf, off, wk, len, out); break;
+      case 6: dw_flat_block<T, 6>(buf, off, wk, len, out); break;
+      case 7: dw_flat_block<T, 7>(buf, off, wk, len, out); break;
+      case 8: dw_flat_block<T, 8>(buf, off, wk, len, out); break;
+      default: dw_flat_block<T, 9>(buf, off, wk, len, out); break;
+    }
+    const T b = bias ? bias[k] : T(0);
+    T* yk = y + n * ys.n + k * ys.c;
+    const int64_t Q = g.Q;
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* o = out + (p - p0) * wp;
+      T* yr = yk + p * ys.h;
+      if (ys.w == 1) {
+        const V<T> bv = splat<T>(b);
+        int64_t q = 0;
+        for (; q + L <= Q; q += L) {
+          const V<T> v = ld(o + q) + bv;
+          st(yr + q, relu ? relu_v<T>(v) : v);
+        }
+        for (; q < Q; ++q) {
+          const T v = o[q] + b;
+          yr[q] = relu && v < 0 ? T(0) : v;
+        }
+      } else {
+        for (int64_t q = 0; q < Q; ++q) {
+          const T v = o[q] + b;
+          yr[q * ys.w] = relu && v < 0 ? T(0) : v;
+        }
+      }
+    }
+  }
+}
+
+// Weight gradient over the flattened windows: gw[t] = sum_j gy[j] * x[j + off[t]], with gy
+// packed at the same pitch and zeros in the wp - Q columns that are not outputs.
+template <class T>
+int64_t dw_flat_wgrad_scratch(const Geo& g, int64_t channels) {
+  const int64_t wp = dw_flat_pitch<T>(g);
+  const int64_t slack = DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+  return (g.P + (g.R - 1) * g.dh) * wp + slack + g.P * wp + DW_FLAT_U * NV<T> + 2 * NV<T> +
+         channels * DW_FLAT_MAX_TAPS;
+}
+
+template <class T, int NT>
+void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* sum) {
+  constexpr int64_t L = NV<T>;
+  V<T> acc[NT];
+  const T* src[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = V<T>{};
+    src[t] = buf + off[t];
+  }
+  for (int64_t j = 0; j < len; j += 2 * L) {
+    const V<T> a0 = ld(gb + j), a1 = ld(gb + j + L);
+#pragma GCC unroll 9
+    for (int t = 0; t < NT; ++t) acc[t] += a0 * ld(src[t] + j) + a1 * ld(src[t] + j + L);
+  }
+  for (int t = 0; t < NT; ++t) sum[t] += hsum<T>(acc[t]);
+}
+
+template <class T>
+void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* gw,
+                   int64_t grp, int64_t k0, int64_t k1, T* scratch) {
+  constexpr int64_t L = NV<T>;
+  const int64_t wp = dw_flat_pitch<T>(g);
+  const int64_t nr = g.P + (g.R - 1) * g.dh;
+  const int64_t slack = DW_FLAT_U * L + (g.S - 1) * g.dw + L;
+  const int64_t nt = g.R * g.S;
+  T* buf = scratch;
+  T* gb = buf + nr * wp + slack;
+  T* sum = gb + g.P * wp + DW_FLAT_U * L + 2 * L;
+  for (int64_t i = 0; i < (k1 - k0) * DW_FLAT_MAX_TAPS; ++i) sum[i] = 0;
+  int64_t off[DW_FLAT_MAX_TAPS];
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+  const int64_t len = g.P * wp;
+  // gy's gap columns and the block overrun read zeros
+  for (int64_t p = 0; p < g.P; ++p) zero_row(gb + p * wp + g.Q, wp - g.Q);
+  zero_row(gb + len, DW_FLAT_U * L + 2 * L);
+  for (int64_t n = 0; n < g.N; ++n) {
+    dw_flat_pack(g, x + n * xs.n + grp * xs.c, xs, 0, nr, wp, slack, buf);
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      const T* src = gy + n * gys.n + (grp * g.Kg + kk) * gys.c;
+      for (int64_t p = 0; p < g.P; ++p) {
+        T* d = gb + p * wp;
+        const T* sr = src + p * gys.h;
+        if (gys.w == 1) {
+          int64_t q = 0;
+          for (; q + L <= g.Q; q += L) st(d + q, ld(sr + q));
+          for (; q < g.Q; ++q) d[q] = sr[q];
+        } else {
+          for (int64_t q = 0; q < g.Q; ++q) d[q] = sr[q * gys.w];
+        }
+      }
+      T* sk = sum + (kk - k0) * DW_FLAT_MAX_TAPS;
+      switch (nt) {
+        case 1: dw_flat_dot<T, 1>(gb, buf, off, len, sk); break;
+        case 2: dw_flat_dot<T, 2>(gb, buf, off, len, sk); break;
+        case 3: dw_flat_dot<T, 3>(gb, buf, off, len, sk); break;
+        case 4: dw_flat_dot<T, 4>(gb, buf, off, len, sk); break;
+        case 5: dw_flat_dot<T, 5>(gb, buf, off, len, sk); break;
+        case 6: dw_flat_dot<T, 6>(gb, buf, off, len, sk); break;
+        case 7: dw_flat_dot<T, 7>(gb, buf, off, len, sk); break;
+        case 8: dw_flat_dot<T, 8>(gb, buf, off, len, sk); break;
+        default: dw_flat_dot<T, 9>(gb, buf, off, len, sk); break;
+      }
+    }
+  }
+  for (int64_t kk = k0; kk < k1; ++kk)
+    for (int64_t t = 0; t < nt; ++t)
+      gw[(grp * g.Kg + kk) * nt + t] = sum[(kk - k0) * DW_FLAT_MAX_TAPS + t];
+}
+
+// ------------------------------------------------------------------------------------------
 // input gradient by scatter (any stride): gy rows are added, times each tap weight, into a
 // packed window of gx rows; the window is then unpacked into gx.
 
@@ -726,6 +945,10 @@ Kernels<T> make(const char* isa) {
   k.vec = NV<T>;
   k.fwd = &fwd<T>;
   k.fwd_scratch = &fwd_scratch<T>;
+  k.dw_flat_fwd = &dw_flat_fwd<T>;
+  k.dw_flat_scratch = &dw_flat_scratch<T>;
+  k.dw_flat_wgrad = &dw_flat_wgrad<T>;
+  k.dw_flat_wgrad_scratch = &dw_flat_wgrad_scratch<T>;
   k.dgrad_scatter = &dgrad_scatter<T>;
   k.dgrad_scatter_scratch = &dgrad_scatter_scratch<T>;
   k.wgrad = &wgrad<T>;
