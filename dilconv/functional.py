@@ -136,6 +136,10 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
            groups: int = 1, *, backend: Optional[str] = None) -> torch.Tensor:
     """`torch.nn.functional.conv2d` computed by a dilconv backend (dense, grouped, depthwise,
     dilated; any kernel size)."""
+    if (backend or _backends._current) == "torch":
+        # torch checks its own arguments (same exceptions) and casts under autocast itself: the
+        # checks below would only add Python time to every call
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     op = "conv2d"
     input, weight, bias = _autocast(input, weight, bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
@@ -177,6 +181,8 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                      groups: int = 1, dilation: IntOr2 = 1, *,
                      backend: Optional[str] = None) -> torch.Tensor:
     """`torch.nn.functional.conv_transpose2d` computed by a dilconv backend."""
+    if (backend or _backends._current) == "torch":
+        return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
     op = "conv_transpose2d"
     input, weight, bias = _autocast(input, weight, bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)

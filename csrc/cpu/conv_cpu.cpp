@@ -810,7 +810,7 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
   const auto& ks = kern<T>();
   const bool nhwc = use_nhwc(g, x, y);
   const int64_t row_bytes = g.Q * g.K * static_cast<int64_t>(sizeof(T));
-  const int64_t rows = std::clamp<int64_t>((2 << 20) / std::max<int64_t>(1, row_bytes), 1, g.P);
+  const int64_t rows = std::clamp<int64_t>((8 << 20) / std::max<int64_t>(1, row_bytes), 1, g.P);
   const Tensor wt = nhwc ? taps_by_channel(dw, g) : dw;
   const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(dwb);
   const Strides xs = strides(x);
