@@ -104,7 +104,8 @@ def test_conv_paths(isa, path, dtype):
 @pytest.mark.parametrize("path_env", [None, "planar"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
-    """Stride-1 depthwise with <= 9 taps runs the flattened-window kernels (forward, and the input
+    """Stride-1 depthwise with <= 9 taps runs the flattened-window kernels in NCHW and the
+    register-blocked channel-vectorised kernels in channels-last (forward, and the input
     gradient as a forward with flipped weights, and the weight gradient); planar is the general
     kernel for the same problems. Shapes: rows narrower and wider than a vector, 1xN and Nx1,
     multipliers, padding beyond what the taps need (negative padding in the input gradient),
@@ -121,6 +122,12 @@ def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
         (2, 1, (3, 2), (0, 0), (3, 4), 20, 19, "strided"),
         (1, 1, (3, 3), (1, 1), (1, 1), 160, 70, "nchw"),  # several row units per plane
         (6, 1, (2, 2), (1, 0), (1, 1), 1, 2, "nchw"),
+        # channels-last, multiplier 1: the channel-vectorised kernels (register-blocked interior,
+        # channel counts that are not a multiple of the vector, overlapping last vector)
+        (19, 1, (3, 3), (2, 2), (2, 2), 11, 13, "nhwc"),
+        (37, 1, (3, 3), (1, 1), (1, 1), 6, 9, "nhwc"),
+        (40, 1, (1, 5), (0, 4), (1, 2), 5, 14, "nhwc"),
+        (17, 1, (3, 3), (3, 3), (3, 3), 3, 12, "nhwc"),  # no row has every tap inside
     ]
     for c, mult, (r, s), p, d, h, w, layout in cases:
         x = _layout(torch.randn(2, c, h, w, dtype=dtype), layout)

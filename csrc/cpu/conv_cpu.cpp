@@ -262,10 +262,11 @@ void wgrad_taps(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& g
 }
 
 // depthwise with multiplier 1 where both tensors have unit channel stride (channels_last):
-// the channel-vectorised kernels (DILCONV_CPU_PATH=direct|gemm forces the planar/GEMM paths)
+// the channel-vectorised kernels (DILCONV_CPU_PATH=direct|planar|gemm|taps forces the others)
 bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH"))
-    if (!std::strcmp(e, "direct") || !std::strcmp(e, "gemm") || !std::strcmp(e, "taps"))
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "gemm") ||
+        !std::strcmp(e, "taps"))
       return false;
   return g.Cg == 1 && g.Kg == 1 && (a.stride(1) == 1 || g.C == 1) && (b.stride(1) == 1 || g.C == 1);
 }

@@ -785,6 +785,49 @@ void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* 
   }
 }
 
+// Interior pixels [0, nq) of one output row with every tap inside the input, channel block by
+// channel block: the NT tap weights of a block of CB vectors stay in registers while the row is
+// swept four pixels at a time, and the input rows under one block (3 rows x the row width x CB
+// vectors for 3x3) stay in L1, so each input vector comes from L2 once per output row instead of
+// once per tap.
+template <class T, int NT, int CB>
+void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
+                      const T* bias, bool relu, T* y, int64_t py, int64_t nq) {
+  constexpr int64_t L = NV<T>;
+  const int64_t nv = (C + L - 1) / L;
+  for (int64_t v = 0; v < nv; v += CB) {
+    int64_t cs[CB];
+    for (int c = 0; c < CB; ++c) cs[c] = vstart<T>(v + c < nv ? v + c : nv - 1, C);
+    V<T> wv[NT][CB], bv[CB];
+    for (int t = 0; t < NT; ++t)
+      for (int c = 0; c < CB; ++c) wv[t][c] = ld(wt + t * C + cs[c]);
+    for (int c = 0; c < CB; ++c) bv[c] = bias ? ld(bias + cs[c]) : V<T>{};
+    int64_t q = 0;
+    for (; q + 4 <= nq; q += 4) {
+      V<T> acc[4][CB];
+      for (int i = 0; i < 4; ++i)
+        for (int c = 0; c < CB; ++c) acc[i][c] = bv[c];
+#pragma GCC unroll 9
+      for (int t = 0; t < NT; ++t) {
+        const T* xp = x + q * px + xo[t];
+        for (int i = 0; i < 4; ++i)
+          for (int c = 0; c < CB; ++c) acc[i][c] += wv[t][c] * ld(xp + i * px + cs[c]);
+      }
+      for (int i = 0; i < 4; ++i)
+        for (int c = 0; c < CB; ++c)
+          st(y + (q + i) * py + cs[c], relu ? relu_v<T>(acc[i][c]) : acc[i][c]);
+    }
+    for (; q < nq; ++q) {
+      V<T> acc[CB];
+      for (int c = 0; c < CB; ++c) acc[c] = bv[c];
+#pragma GCC unroll 9
+      for (int t = 0; t < NT; ++t)
+        for (int c = 0; c < CB; ++c) acc[c] += wv[t][c] * ld(x + q * px + xo[t] + cs[c]);
+      for (int c = 0; c < CB; ++c) st(y + q * py + cs[c], relu ? relu_v<T>(acc[c]) : acc[c]);
+    }
+  }
+}
+
 // forward, output rows [p0, p1) of batch n; wt is [R * S][C]; x, y have channel stride 1;
 // taps: 4 * R * S int64 of scratch
 template <class T>
@@ -830,6 +873,27 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
     }
     for (int64_t q = 0; q < qa; ++q) border(q);
     int64_t q = qa;
+    if (vec && nit == g.R * g.S && nit <= 9 && qb > qa) {
+      const int64_t px = g.sw * xs.w;
+      constexpr int CB = VB == 64 ? 2 : 1;  // AVX2/SSE: 16 registers hold 9 weights + 4 sums
+      auto go = [&](auto nt_tag) {
+        constexpr int NT = decltype(nt_tag)::value;
+        nhwc_row_blocked<T, NT, CB>(g.C, x + q * px, ixo, px, wt, bias, relu, yrow + q * ys.w,
+                                    ys.w, qb - qa);
+      };
+      switch (nit) {
+        case 1: go(Int<1>{}); break;
+        case 2: go(Int<2>{}); break;
+        case 3: go(Int<3>{}); break;
+        case 4: go(Int<4>{}); break;
+        case 5: go(Int<5>{}); break;
+        case 6: go(Int<6>{}); break;
+        case 7: go(Int<7>{}); break;
+        case 8: go(Int<8>{}); break;
+        default: go(Int<9>{}); break;
+      }
+      q = qb;
+    }
     if (vec) {
       const int64_t px = g.sw * xs.w;
       for (; q + 4 <= qb; q += 4)
@@ -868,6 +932,43 @@ void dw_nhwc_dgrad(const Geo& g, const T* gy, Strides gys, const T* wt, T* gx, S
 
 // weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into
 // part [R * S][C]
+// Weight gradient of output pixels [0, nq) of one row where every tap reads inside the input:
+// per block of CB channel vectors the NT tap sums stay in registers and each gy vector is loaded
+// once for all taps. The last vector of a row of C channels may overlap its neighbour: its
+// already-counted lanes are masked out (tail_mask), and a block's vectors past the end are not
+// added at all.
+template <class T, int NT, int CB>
+void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64_t* xo,
+                      int64_t pb, int64_t nq, const V<T>& tail_mask, bool masked, T* part) {
+  constexpr int64_t L = NV<T>;
+  const int64_t nv = (C + L - 1) / L;
+  for (int64_t v = 0; v < nv; v += CB) {
+    int64_t cs[CB];
+    for (int c = 0; c < CB; ++c) cs[c] = vstart<T>(v + c < nv ? v + c : nv - 1, C);
+    V<T> acc[NT][CB];
+    for (int t = 0; t < NT; ++t)
+      for (int c = 0; c < CB; ++c) acc[t][c] = V<T>{};
+    for (int64_t q = 0; q < nq; ++q) {
+      V<T> av[CB];
+      for (int c = 0; c < CB; ++c) av[c] = ld(a + q * pa + cs[c]);
+      const T* bq = b + q * pb;
+#pragma GCC unroll 9
+      for (int t = 0; t < NT; ++t)
+        for (int c = 0; c < CB; ++c) acc[t][c] += av[c] * ld(bq + xo[t] + cs[c]);
+    }
+    for (int c = 0; c < CB; ++c) {
+      if (v + c >= nv) break;
+      const bool last = masked && v + c == nv - 1;
+      for (int t = 0; t < NT; ++t) {
+        T* d = part + t * C + cs[c];
+        st(d, ld(d) + (last ? acc[t][c] * tail_mask : acc[t][c]));
+      }
+    }
+  }
+}
+
+// weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into
+// part [R * S][C]
 template <class T>
 void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
                    int64_t f0, int64_t f1) {
@@ -896,8 +997,89 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   V<T> tail_mask;
   const int64_t over = nv * NV<T> - C;
   for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
+  // interior columns: every horizontal tap inside the input
+  int64_t qa = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;
+  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;
+  int64_t qb = last >= 0 ? last / g.sw + 1 : 0;
+  if (qb > g.Q) qb = g.Q;
+  if (qa > qb) qa = qb;
+  const bool blocked = g.R * g.S <= 9 && qb > qa;
+  int64_t xo[9];
+  // sums of tap (r, s) over output columns [qlo, qhi) of row (n, p)
+  auto tap_cols = [&](int64_t n, int64_t p, int64_t r, int64_t s, int64_t qlo, int64_t qhi) {
+    if (qlo >= qhi) return;
+    const int64_t ih = p * g.sh + r * g.dh - g.ph;
+    const int64_t o = s * g.dw - g.pw;
+    T* d = part + (r * g.S + s) * C;
+    const T* arow = gy + n * gys.n + p * gys.h;
+    const T* brow = x + n * xs.n + ih * xs.h + o * xs.w;
+    for (int64_t v = 0; v < nv; v += 4) {
+      const int64_t u = nv - v < 4 ? nv - v : 4;
+      int64_t st4[4];
+      for (int64_t j = 0; j < u; ++j) st4[j] = vstart<T>(v + j, C);
+      const bool masked = over && v + u == nv;
+      auto go = [&](auto u_tag) {
+        constexpr int U = decltype(u_tag)::value;
+        V<T> acc[U];
+        for (int k = 0; k < U; ++k) acc[k] = V<T>{};
+        for (int64_t q = qlo; q < qhi; ++q) {
+          const T* a = arow + q * gys.w;
+          const T* b = brow + q * g.sw * xs.w;
+          for (int k = 0; k < U; ++k) acc[k] += ld(a + st4[k]) * ld(b + st4[k]);
+        }
+        if (masked) acc[U - 1] *= tail_mask;
+        for (int k = 0; k < U; ++k) st(d + st4[k], ld(d + st4[k]) + acc[k]);
+      };
+      switch (u) {
+        case 1: go(Int<1>{}); break;
+        case 2: go(Int<2>{}); break;
+        case 3: go(Int<3>{}); break;
+        default: go(Int<4>{}); break;
+      }
+    }
+  };
   for (int64_t f = f0; f < f1; ++f) {
     const int64_t n = f / g.P, p = f % g.P;
+    bool rows_ok = true;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t ih = p * g.sh + r * g.dh - g.ph;
+      rows_ok = rows_ok && ih >= 0 && ih < g.H;
+    }
+    if (blocked && rows_ok) {
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s)
+          xo[r * g.S + s] = (p * g.sh + r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
+      const T* a = gy + n * gys.n + p * gys.h + qa * gys.w;
+      const T* b = x + n * xs.n + qa * g.sw * xs.w;
+      constexpr int CB = VB == 64 ? 2 : 1;  // 9 x CB sums + CB gy vectors in registers
+      auto go = [&](auto nt_tag) {
+        constexpr int NT = decltype(nt_tag)::value;
+        nhwc_wgrad_block<T, NT, CB>(C, a, gys.w, b, xo, g.sw * xs.w, qb - qa, tail_mask, over > 0,
+                                    part);
+      };
+      switch (g.R * g.S) {
+        case 1: go(Int<1>{}); break;
+        case 2: go(Int<2>{}); break;
+        case 3: go(Int<3>{}); break;
+        case 4: go(Int<4>{}); break;
+        case 5: go(Int<5>{}); break;
+        case 6: go(Int<6>{}); break;
+        case 7: go(Int<7>{}); break;
+        case 8: go(Int<8>{}); break;
+        default: go(Int<9>{}); break;
+      }
+      // the border columns, tap by tap
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t o = s * g.dw - g.pw;
+          int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
+          int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
+          if (qhi > g.Q) qhi = g.Q;
+          tap_cols(n, p, r, s, qlo, qa < qhi ? qa : qhi);
+          tap_cols(n, p, r, s, qb > qlo ? qb : qlo, qhi);
+        }
+      continue;
+    }
     for (int64_t r = 0; r < g.R; ++r) {
       const int64_t ih = p * g.sh + r * g.dh - g.ph;
       if (ih < 0 || ih >= g.H) continue;
@@ -906,34 +1088,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
         int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
         int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
         if (qhi > g.Q) qhi = g.Q;
-        if (qlo >= qhi) continue;
-        T* d = part + (r * g.S + s) * C;
-        const T* arow = gy + n * gys.n + p * gys.h;
-        const T* brow = x + n * xs.n + ih * xs.h + o * xs.w;
-        for (int64_t v = 0; v < nv; v += 4) {
-          const int64_t u = nv - v < 4 ? nv - v : 4;
-          int64_t st4[4];
-          for (int64_t j = 0; j < u; ++j) st4[j] = vstart<T>(v + j, C);
-          const bool masked = over && v + u == nv;
-          auto go = [&](auto u_tag) {
-            constexpr int U = decltype(u_tag)::value;
-            V<T> acc[U];
-            for (int k = 0; k < U; ++k) acc[k] = V<T>{};
-            for (int64_t q = qlo; q < qhi; ++q) {
-              const T* a = arow + q * gys.w;
-              const T* b = brow + q * g.sw * xs.w;
-              for (int k = 0; k < U; ++k) acc[k] += ld(a + st4[k]) * ld(b + st4[k]);
-            }
-            if (masked) acc[U - 1] *= tail_mask;
-            for (int k = 0; k < U; ++k) st(d + st4[k], ld(d + st4[k]) + acc[k]);
-          };
-          switch (u) {
-            case 1: go(Int<1>{}); break;
-            case 2: go(Int<2>{}); break;
-            case 3: go(Int<3>{}); break;
-            default: go(Int<4>{}); break;
-          }
-        }
+        tap_cols(n, p, r, s, qlo, qhi);
       }
     }
   }
