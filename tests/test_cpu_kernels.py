@@ -25,11 +25,12 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["auto", "direct", "planar", "gemm", "taps"])
+@pytest.fixture(params=["auto", "direct", "flat", "planar", "gemm", "taps"])
 def path(request, monkeypatch):
     # auto: the kernels' own choice (channels-last depthwise kernels included); direct: the
     # stencil kernels with their own choice (flattened-window depthwise for stride 1 included);
-    # planar: the general packed-plane stencil only
+    # flat: the flattened-window kernels wherever they apply; planar: the general packed-plane
+    # stencil only
     if request.param != "auto":
         monkeypatch.setenv("DILCONV_CPU_PATH", request.param)
     return request.param
@@ -101,13 +102,13 @@ def test_conv_paths(isa, path, dtype):
         assert gw.is_contiguous()
 
 
-@pytest.mark.parametrize("path_env", [None, "planar"])
+@pytest.mark.parametrize("path_env", [None, "flat", "planar"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
     """Stride-1 depthwise with <= 9 taps runs the flattened-window kernels in NCHW and the
     register-blocked channel-vectorised kernels in channels-last (forward, and the input
-    gradient as a forward with flipped weights, and the weight gradient); planar is the general
-    kernel for the same problems. Shapes: rows narrower and wider than a vector, 1xN and Nx1,
+    gradient as a forward with flipped weights, and the weight gradient) where they compute fewer
+    values than the general planar kernel; flat and planar force one or the other. Shapes: rows narrower and wider than a vector, 1xN and Nx1,
     multipliers, padding beyond what the taps need (negative padding in the input gradient),
     batch 2, planes split into several row units (P > L1 budget), NCHW and strided views."""
     if path_env:

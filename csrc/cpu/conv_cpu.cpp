@@ -5,12 +5,14 @@
 //           (use_nhwc).
 //   direct  packed, padded input windows and register-blocked stencils along the rows:
 //           depthwise (any multiplier) and grouped convolutions with <= 8 channels per group
-//           (use_direct).
+//           (use_direct). Stride-1 depthwise with <= 9 taps packs the window at the padded width
+//           and runs the stencil over the flattened window (flat, use_dw_flat) where that
+//           computes fewer values than the general planar kernel.
 //   taps    one GEMM per kernel tap over the output rectangle where that tap reads inside the
 //           input: dense convolutions whose taps mostly read padding (large dilation on small
 //           maps, use_taps).
 //   gemm    im2col/col2im per group and at::mm (BLAS): the other dense/wide-group convolutions.
-// DILCONV_CPU_PATH=direct|gemm|taps forces a path and DILCONV_CPU_ISA=avx2|base an instruction
+// DILCONV_CPU_PATH=direct|flat|planar|gemm|taps forces a path and DILCONV_CPU_ISA=avx2|base an instruction
 // set (kernels.cpp), so the tests reach every variant.
 // fp16/bf16 are computed in float32 (converted on entry, rounded once on exit), float64 in
 // float64. Outputs follow dilconv._ops.output_memory_format; the kernels read and write any
@@ -123,18 +125,23 @@ T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
 bool use_direct(const Geo& g) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
-    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar")) return true;
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "flat"))
+      return true;
     if (!std::strcmp(e, "gemm") || !std::strcmp(e, "taps")) return false;
   }
   return g.Cg <= 8;
 }
 
-// stride-1 depthwise with few taps: the flattened-window kernel (DILCONV_CPU_PATH=planar keeps
-// the general packed-plane kernel, so tests reach both)
-bool use_dw_flat(const Geo& g) {
-  if (const char* e = std::getenv("DILCONV_CPU_PATH"))
+// stride-1 depthwise with few taps: the flattened-window kernel where it computes fewer values than
+// the planar one (DILCONV_CPU_PATH=flat|planar forces one of them, so tests reach both)
+bool use_dw_flat(const Geo& g, int64_t vec) {
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
     if (!std::strcmp(e, "planar")) return false;
-  return dw_flat_ok(g);
+    if (!std::strcmp(e, "flat")) return dw_flat_ok(g);
+  }
+  // the flat kernel computes Q + (S - 1) * dw values a row, the planar one Q rounded up to whole
+  // vectors: at large dilations on small maps (ASPP rates) the flat halo columns cost more
+  return dw_flat_ok(g) && g.Q + (g.S - 1) * g.dw <= (g.Q + vec - 1) / vec * vec;
 }
 
 int64_t threads() { return std::max<int64_t>(1, at::get_num_threads()); }
@@ -265,8 +272,8 @@ void wgrad_taps(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& g
 // the channel-vectorised kernels (DILCONV_CPU_PATH=direct|planar|gemm|taps forces the others)
 bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
   if (const char* e = std::getenv("DILCONV_CPU_PATH"))
-    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "gemm") ||
-        !std::strcmp(e, "taps"))
+    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "flat") ||
+        !std::strcmp(e, "gemm") || !std::strcmp(e, "taps"))
       return false;
   return g.Cg == 1 && g.Kg == 1 && (a.stride(1) == 1 || g.C == 1) && (b.stride(1) == 1 || g.C == 1);
 }
@@ -291,7 +298,8 @@ int64_t fwd_rows_per_unit(const Geo& g, int64_t elem, int64_t vec, int64_t other
   int64_t rows = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, row_bytes));
   const int64_t want = 4 * threads();
   if (other_units < want) rows = std::min(rows, std::max<int64_t>(1, g.P * other_units / want));
-  return std::min(rows, g.P);
+  rows = std::max(rows, 2 * (g.R - 1) * g.dh / g.sh);  // see dw_flat_rows: bound the halo share
+  return std::clamp<int64_t>(rows, 1, g.P);
 }
 
 struct Scratch {
@@ -312,17 +320,21 @@ struct Scratch {
 int64_t dw_flat_rows(const Geo& g, int64_t elem, int64_t other_units) {
   const int64_t wp = g.Q + (g.S - 1) * g.dw;
   const int64_t budget = (24 << 10) / elem;
-  int64_t rows = std::max<int64_t>(1, (budget - (g.R - 1) * g.dh * wp) / std::max<int64_t>(1, 2 * wp));
+  const int64_t halo = (g.R - 1) * g.dh;  // packed rows a unit reads beyond its own
+  int64_t rows = std::max<int64_t>(1, (budget - halo * wp) / std::max<int64_t>(1, 2 * wp));
   const int64_t want = 4 * threads();
   if (other_units < want) rows = std::min(rows, std::max<int64_t>(1, g.P * other_units / want));
-  return std::min(rows, g.P);
+  // never let the halo dominate: at large dilations it would be packed over and over (rate 36:
+  // 72 halo rows per output row); past the budget the window lives in L2
+  rows = std::max(rows, 2 * halo);
+  return std::clamp<int64_t>(rows, 1, g.P);
 }
 
 template <class T>
 void fwd_direct(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
                 const Tensor& y) {
   const auto& K = kern<T>();
-  const bool flat = use_dw_flat(g);
+  const bool flat = use_dw_flat(g, K.vec);
   // the flat kernel computes every multiplier channel from one packed window
   const int64_t kc = flat ? g.Kg : std::min<int64_t>(g.Kg, 16);
   const int64_t nk = (g.Kg + kc - 1) / kc;
@@ -536,7 +548,7 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
 template <class T>
 void wgrad_direct(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   const auto& K = kern<T>();
-  const bool flat = use_dw_flat(g);
+  const bool flat = use_dw_flat(g, K.vec);
   const int64_t kc = std::min<int64_t>(g.Kg, g.G >= 2 * threads() ? g.Kg : std::max<int64_t>(1, g.Kg / (2 * threads())));
   const int64_t nk = (g.Kg + kc - 1) / kc;
   const T *gyp = ptr<T>(gy), *xp = ptr<T>(x);
@@ -833,7 +845,7 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
         const Strides ts{0, m, g.Q, 1};
         at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
           Scratch sm;
-          const bool flat = use_dw_flat(g);
+          const bool flat = use_dw_flat(g, ks.vec);
           T* scratch = sm.get<T>(flat ? ks.dw_flat_scratch(g, p1 - p0) : ks.fwd_scratch(g, p1 - p0));
           for (int64_t c = b; c < e; ++c)
             (flat ? ks.dw_flat_fwd : ks.fwd)(g, xp, xs, wp, bp, mid_relu, tile - p0 * ts.h, ts, n,
