@@ -125,6 +125,37 @@ def _problem(op, input, weight, out_shape, stride, padding, dilation, groups, k,
     )
 
 
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _auto_key(op, input, weight, bias, *conf):
+    """The signature under which "auto"'s pick for this call is remembered, or None when it must
+    not be (tracing, autocast, non-tensor arguments, unhashable arguments)."""
+    if (not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor)
+            or torch.compiler.is_compiling()):
+        return None
+    dev = input.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        return None
+    grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    try:
+        key = (op, input.shape, input.stride(), input.dtype, input.device, weight.shape,
+               weight.stride(), weight.dtype, bias is None, grad, *map(_hashable, conf))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _remember(key, b):
+    if key is not None:
+        if len(_backends.AUTO_PICKS) > 4096:
+            _backends.AUTO_PICKS.clear()
+        _backends.AUTO_PICKS[key] = b.name
+
+
 def _batched(fn, input, *rest):
     if input.dim() == 3:
         return fn(input.unsqueeze(0), *rest).squeeze(0)
@@ -136,7 +167,10 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
            groups: int = 1, *, backend: Optional[str] = None) -> torch.Tensor:
     """`torch.nn.functional.conv2d` computed by a dilconv backend (dense, grouped, depthwise,
     dilated; any kernel size)."""
-    if (backend or _backends._current) == "torch":
+    name = backend or _backends._current
+    key = _auto_key("conv2d", input, weight, bias, stride, padding, dilation, groups) \
+        if name == "auto" else None
+    if name == "torch" or (key is not None and _backends.AUTO_PICKS.get(key) == "torch"):
         # torch checks its own arguments (same exceptions) and casts under autocast itself: the
         # checks below would only add Python time to every call
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -171,6 +205,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         p = _problem(op, x, weight, out_shape, stride, pad, dilation, groups, k, *kernel,
                      (x, weight, bias))
         b = _backends.resolve(backend, p)
+        _remember(key, b)
         return b.conv2d(x, weight, bias, list(stride), list(pad), list(dilation), groups)
 
     return _batched(run, input)
@@ -181,7 +216,10 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                      groups: int = 1, dilation: IntOr2 = 1, *,
                      backend: Optional[str] = None) -> torch.Tensor:
     """`torch.nn.functional.conv_transpose2d` computed by a dilconv backend."""
-    if (backend or _backends._current) == "torch":
+    name = backend or _backends._current
+    key = _auto_key("conv_transpose2d", input, weight, bias, stride, padding, output_padding,
+                    groups, dilation) if name == "auto" else None
+    if name == "torch" or (key is not None and _backends.AUTO_PICKS.get(key) == "torch"):
         return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
     op = "conv_transpose2d"
     input, weight, bias = _autocast(input, weight, bias)
@@ -216,6 +254,7 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         p = _problem(op, x, weight, (x.shape[0], k, *out_hw), stride, padding, dilation, groups, k,
                      *kernel, (x, weight, bias))
         b = _backends.resolve(backend, p)
+        _remember(key, b)
         return b.conv_transpose2d(x, weight, bias, list(stride), list(padding), list(output_padding),
                                   groups, list(dilation))
 

@@ -162,26 +162,32 @@ class CpuBackend(OpsBackend):
 
 
 def cpu_auto_policy(p: Problem) -> bool:
-    """Where dilconv's CPU kernels beat oneDNN, as measured on the development machine (A/B in one
-    process; single-thread CPU-time ratios torch/cpu, because the shared 2-core machine made 2-thread
-    wall-clock ratios noisy, though they pointed the same way). Measured wins:
-      * dense 3x3 atrous convolutions at ASPP rates on small maps (per-tap GEMMs skip the taps that
-        read padding): 2048->256 at 33^2 rate 24 1.9x forward, 1.7x forward+backward; 512->256 at
-        65^2 rate 36 1.9x / 2.6x; rate 12 on 33^2 1.2x forward only;
-      * depthwise 3x3, NCHW, stride 1, rows >= 32 wide: forward 1.0-3.3x single-threaded, but
-        0.65-0.95x at 2 threads, so inference stays with oneDNN;
-      * dilated depthwise forward+backward: 3.7-6.4x NCHW, 4x channels-last (torch's dilated
-        depthwise backward is its weak spot; undilated it is not: 0.6-2.5x, so only wide NCHW rows);
-      * grouped convolutions with <= 4 channels per group (ResNeXt 32x4d stage 1): 1.5x forward,
-        2.2x forward+backward;
-      * the separable op with wide depthwise stages (Xception's 728) when training: 1.2x.
-    Everything else goes to oneDNN: channels-last depthwise forward (0.7-1.0x), strided depthwise
-    (0.65-0.75x), dense layers with small dilation or few channels, transposed convolutions, and
-    half precision (oneDNN has bf16/fp16 kernels; ours compute in float32)."""
+    """Where dilconv's CPU kernels beat oneDNN: the op suite at batch 1, fp32, 2 threads, on an idle
+    machine, interleaved A/B (`python -m dilconv bench --dtype fp32 --batch 1`; speed-ups
+    torch/cpu):
+      * depthwise, stride 1, NCHW: forward 1.07-1.71x with <= 9 taps (7x7: 0.85x), forward +
+        backward 1.2-6.4x (torch's dilated depthwise backward is its weak spot); channels-last
+        forward 0.5-0.95x (oneDNN's best case), forward + backward 3.9-6.2x dilated, 2.0x 7x7,
+        0.81-0.88x undilated 3x3; stride 2: 0.76-1.09x;
+      * separable, dilated: training 1.2-8.6x either layout; forward 1.1-2.4x at rates >= 12,
+        1.07-1.17x at rate 2 NCHW, 0.87-1.17x at rate 6; undilated training 0.64-1.0x;
+      * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,
+        2.6x forward + backward; wider groups and channels-last 0.06-0.9x;
+      * transposed, NCHW: 1.02-3.4x (FCN/U-Net upsampling); channels-last 0.1-0.9x;
+      * dense 3x3 at ASPP rates on small maps, NCHW (per-tap GEMMs skip the taps that read
+        padding): 1.3-2.0x forward, 1.1-2.1x forward + backward where most taps read padding;
+        channels-last 0.4-0.7x forward.
+    Everything else goes to oneDNN, and so does half precision (oneDNN has bf16/fp16 kernels;
+    dilconv's CPU kernels compute in float32)."""
     if p.dtype not in (torch.float32, torch.float64):
         return False
+    d = max(p.dilation)
     if p.op == "separable_conv2d":
-        return p.requires_grad and not p.channels_last and p.mid_channels >= 256
+        if d == 1 or p.stride != (1, 1):
+            return False
+        return p.requires_grad or d >= 12 or (d == 2 and not p.channels_last)
+    if p.op == "conv_transpose2d":
+        return not p.channels_last
     if p.op != "conv2d":
         return False
     cg = p.c // p.groups
@@ -189,18 +195,15 @@ def cpu_auto_policy(p: Problem) -> bool:
     if cg == 1:  # depthwise (any channel multiplier)
         if p.stride != (1, 1):
             return False
-        if p.requires_grad:  # torch's dilated depthwise backward is its weak spot
-            return max(p.dilation) > 1 or (not p.channels_last and q >= 32)
-        # Inference: at 2 threads on an idle machine oneDNN's depthwise forward is as fast or
-        # faster (bench --quick: 728ch 65^2 d2 0.93x, 960ch 33^2 d2 0.65x), whatever the
-        # single-thread ratios said; "auto" must never lose to torch.
-        return False
+        if not p.channels_last:
+            return p.requires_grad or p.r * p.s <= 9
+        return p.requires_grad and (d > 1 or p.r * p.s > 9)
     if cg <= 8:
         # grouped with few channels per group; the channels-last path of these kernels is planar
         return cg <= 4 and p.groups > 1 and not p.channels_last and q >= 28
     # dense/wide groups: the per-tap GEMMs skip the taps that read padding, which pays once most
     # of them do (ASPP rates 18-36; DeepLab's 33^2/65^2 maps) and the GEMMs are large
-    if cg < 128 or p.k // p.groups < 128:
+    if p.channels_last or cg < 128 or p.k // p.groups < 128:
         return False
     frac = _valid_tap_fraction(p)
     return frac < 0.45 or (frac < 0.6 and not p.requires_grad)
@@ -286,6 +289,13 @@ _lazy: dict[str, Callable[[], Backend]] = {}
 
 def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
+    AUTO_PICKS.clear()
+
+
+# "auto"'s pick per call signature (dilconv.functional fills it): a call that "auto" sends to torch
+# costs torch's own time, not dilconv's argument checks on top (tens of microseconds, which is
+# 10-20% of a small layer). Keys are built from shapes, strides, dtypes and arguments only.
+AUTO_PICKS: dict = {}
 
 
 def register_lazy_backend(name: str, factory: Callable[[], Backend]) -> None:

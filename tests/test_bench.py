@@ -139,6 +139,33 @@ def test_network_suite_runs_and_skips_missing(monkeypatch):
             assert r["status"] == "ok" and r["error"] < 1e-4 and r["time"]["median"] > 0, r
 
 
+@pytest.mark.parametrize("mode", ["inference", "train step"])
+def test_network_breakdown_records_every_conv(monkeypatch, mode):
+    """--breakdown: every dilconv convolution of one pass is recorded (the tiny net makes three:
+    atrous 3x3, depthwise 3x3, 1x1), timed per backend, and the Amdahl arithmetic holds."""
+    from dilconv.bench import breakdown
+
+    fake = types.ModuleType("dilconv.models")
+    fake.deeplabv3plus = _tiny_net
+    fake.MODELS = {"deeplabv3plus": _tiny_net}
+    monkeypatch.setitem(sys.modules, "dilconv.models", fake)
+    plan = [p for p in networks.plan("deeplabv3plus_mobilenetv2", False, 17, layouts=("nchw",))
+            if p["mode"] == mode]
+    res = networks.run_network(plan[0], "cpu", ["cpu"], CpuTimer(), budget_s=0.02, breakdown=True)
+    b = res["breakdown"]
+    assert sum(r["count"] for r in b["calls"]) == 3 and len(b["calls"]) == 3
+    assert {r["call"].split()[2] for r in b["calls"]} == {"w=6x3x3x3", "w=6x1x3x3", "w=4x6x1x1"}
+    for r in b["calls"]:
+        assert set(r["ms"]) == {"torch", "cpu"} and all(v > 0 for v in r["ms"].values())
+    assert b["conv_best_ms"] <= min(b["conv_ms"].values()) + 1e-9
+    net = res["results"]["torch"]["time"]["median"] * 1e3
+    rest = max(net - b["conv_ms"]["torch"], 0.0)
+    assert b["bound"] == pytest.approx(net / (rest + b["conv_best_ms"]))
+    assert b["conv_share"] == pytest.approx(b["conv_ms"]["torch"] / net)
+    md = "\n".join(breakdown.markdown(res["id"], mode, b))
+    assert "Amdahl" in md and "w=4x6x1x1" in md
+
+
 def test_cli_writes_report(tmp_path):
     out = tmp_path / "r"
     cmd = [sys.executable, "-m", "dilconv", "bench", "--ops", "rx50_g32_1024", "--batch", "1",

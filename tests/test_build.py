@@ -67,3 +67,31 @@ def test_cpu_kernels_are_compiled_parallel():
         with open("/proc/self/maps") as f:
             gomp = {line.split()[-1] for line in f if "libgomp" in line and line.split()[-1].startswith("/")}
         assert len(gomp) <= 1, f"two OpenMP runtimes loaded: {sorted(gomp)}"
+
+
+def test_auto_remembers_its_pick_per_signature():
+    """"auto" remembers its pick per call signature, so a layer it sends to torch pays torch's
+    time only; a different signature (grad mode, layout, shape) is decided afresh, bad arguments
+    still raise, and registering a backend forgets every pick."""
+    import torch
+    import torch.nn.functional as F
+
+    registry.AUTO_PICKS.clear()
+    x, w = torch.randn(1, 4, 9, 9), torch.randn(6, 4, 3, 3)
+    with registry.use_backend("auto"):
+        y1 = dilconv.functional.conv2d(x, w, None, 1, 1)
+        assert len(registry.AUTO_PICKS) == 1 and set(registry.AUTO_PICKS.values()) <= set(registry.NAMES)
+        y2 = dilconv.functional.conv2d(x, w, None, 1, 1)
+        torch.testing.assert_close(y1, F.conv2d(x, w, None, 1, 1))
+        torch.testing.assert_close(y2, y1)
+        dilconv.functional.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1)
+        dilconv.functional.conv2d(x.requires_grad_(), w, None, 1, 1)
+        assert len(registry.AUTO_PICKS) == 3
+        with pytest.raises(RuntimeError, match="groups"):
+            dilconv.functional.conv2d(x, w, None, 1, 1, 1, 3)
+        assert len(registry.AUTO_PICKS) == 3
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dilconv.functional.conv2d(x, w, None, 1, 1)
+        assert len(registry.AUTO_PICKS) == 3  # autocast casts first: not remembered
+    registry.register_backend(registry.get_backend("torch"))
+    assert registry.AUTO_PICKS == {}

@@ -4,6 +4,7 @@ The core matrix (tests/test_ops.py) covers the backend through the public API; t
 each internal path (direct stencil kernels / im2col+GEMM / per-tap GEMMs, via DILCONV_CPU_PATH) and each
 instruction-set variant (AVX-512 / AVX2 / SSE2, via DILCONV_CPU_ISA), call the ops directly, and
 check that bad direct calls raise instead of writing out of bounds."""
+import dataclasses
 import random
 import zlib
 
@@ -301,16 +302,30 @@ def test_auto_policy_routes_by_measured_wins():
                        groups, cl, c * hw * hw, grad)
 
     assert cpu_auto_policy(prob(2048, 256, 33, 24, 1))          # ASPP: most taps read padding
+    assert not cpu_auto_policy(prob(2048, 256, 33, 24, 1, cl=True))  # ... but not channels-last
     assert not cpu_auto_policy(prob(2048, 256, 33, 6, 1))       # dense, small rate: oneDNN
     assert not cpu_auto_policy(prob(64, 64, 65, 16, 1))         # small GEMMs: oneDNN
-    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728))      # depthwise inference: oneDNN
-    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, grad=True))  # its backward: ours
-    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))
-    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728))          # NCHW depthwise: ours
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, grad=True))
+    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))  # its backward: ours
+    assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True))  # undilated: oneDNN
     assert not cpu_auto_policy(prob(96, 96, 129, 1, 96, stride=2))
-    assert not cpu_auto_policy(prob(728, 728, 17, 2, 728))      # narrow rows
     assert cpu_auto_policy(prob(128, 128, 56, 1, 32))           # ResNeXt 32x4d stage 1
+    assert not cpu_auto_policy(prob(256, 256, 28, 1, 32))       # 8 channels per group: oneDNN
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, dtype=torch.bfloat16))
+
+    def sep(d, grad=False, cl=False):
+        return Problem("separable_conv2d", "cpu", torch.float32, 1, 728, 33, 33, 256, 3, 3, (1, 1),
+                       (d, d), (d, d), 728, cl, 728 * 33 * 33, grad, 728)
+
+    assert cpu_auto_policy(sep(12)) and cpu_auto_policy(sep(12, cl=True))
+    assert cpu_auto_policy(sep(6, grad=True)) and not cpu_auto_policy(sep(6))
+    assert not cpu_auto_policy(sep(1, grad=True))
+    convt = Problem("conv_transpose2d", "cpu", torch.float32, 1, 21, 34, 34, 21, 4, 4, (2, 2),
+                    (1, 1), (1, 1), 1, False, 21 * 70 * 70, False)
+    assert cpu_auto_policy(convt)
+    assert not cpu_auto_policy(dataclasses.replace(convt, channels_last=True))
     # "auto" computes the same thing whichever way it routes
     x, w = torch.randn(1, 4, 40, 40), torch.randn(4, 1, 3, 3)
     torch.testing.assert_close(dilconv.functional.conv2d(x, w, None, 1, 2, 2, 4, backend="auto"),

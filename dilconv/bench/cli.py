@@ -16,6 +16,9 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="anchor shapes only, fp32, batch 1, short timing")
     p.add_argument("--ops", default=None, help="comma-separated substrings of op names/groups; 'none' skips the op suite")
     p.add_argument("--networks", default=None, help="comma-separated network names; 'none' skips the network suite")
+    p.add_argument("--breakdown", action="store_true",
+                   help="networks: also time each of their convolutions in isolation per backend "
+                        "(conv share of the network, Amdahl bound on the speed-up)")
     p.add_argument("--backends", default=None, help="comma-separated backends to time against torch "
                    "(default: every usable one but the test vehicles cuda-emu and CPU triton)")
     p.add_argument("--dtype", default=None, help="fp32,fp16,bf16 (default all; --quick: fp32)")
@@ -100,7 +103,8 @@ def main(args) -> int:
         for n in nets:
             bar.set_postfix_str(n["id"])
             out["networks"].append(networks.run_network(n, device, backends, timer, budget,
-                                                        min_reps=3 if quick else 5))
+                                                        min_reps=3 if quick else 5,
+                                                        breakdown=args.breakdown))
             bar.update()
     out["wall_s"] = time.perf_counter() - t0
     out["machine"]["loadavg_end"] = machine._loadavg()

@@ -127,7 +127,7 @@ def _error(outs, ref) -> float:
 
 
 def run_network(net: dict, device: str, backends: list[str], timer, budget_s: float,
-                min_reps: int = 5) -> dict:
+                min_reps: int = 5, breakdown: bool = False) -> dict:
     res = {k: net[k] for k in ("id", "network", "input", "dtype", "layout", "mode")}
     res["results"] = {}
     model, why = _build(net)
@@ -213,6 +213,15 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
             res["results"][b]["time"] = vars(st)
             if base is not None and b != "torch":
                 res["results"][b]["speedup"] = vars(paired_speedup(base[1], samples))
+        if breakdown and base is not None:
+            from dilconv.bench import breakdown as bd
+
+            # the calls of one pass under torch (the same calls every backend makes)
+            with bd.record_calls() as calls, _using("torch"), torch.set_grad_enabled(train):
+                step(model, x, target)
+            conv_backends = ["torch", *[b for b in backends if b in fns]]
+            times, counts = bd.time_calls(calls, conv_backends, train, timer, budget_s / 4)
+            res["breakdown"] = bd.summarise(times, counts, base[0].median, conv_backends)
     del model, fns, opt
     gc.collect()
     return res

@@ -103,6 +103,13 @@ def markdown(run: dict) -> str:
         out += ["", "## Ops", ""] + op_table(run["ops"], p)
     if run.get("networks"):
         out += ["", "## Networks", ""] + net_table(run["networks"])
+        parts = [n for n in run["networks"] if n.get("breakdown")]
+        if parts:
+            from dilconv.bench.breakdown import markdown
+
+            out += ["", "## Where the network time goes (isolated convolutions, estimates)", ""]
+            for n in parts:
+                out += markdown(n["id"], n["mode"], n["breakdown"])
     if run.get("plots"):
         out += ["", "## Plots", ""] + [f"![{os.path.splitext(f)[0]}]({f})" for f in run["plots"]]
     return "\n".join(out) + "\n"
