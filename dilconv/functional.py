@@ -173,6 +173,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if name == "torch" or (key is not None and _backends.AUTO_PICKS.get(key) == "torch"):
         # torch checks its own arguments (same exceptions) and casts under autocast itself: the
         # checks below would only add Python time to every call
+        if _backends.PICK_OBSERVERS:
+            _backends.observe_pick("torch")
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     op = "conv2d"
     input, weight, bias = _autocast(input, weight, bias)
@@ -220,6 +222,8 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     key = _auto_key("conv_transpose2d", input, weight, bias, stride, padding, output_padding,
                     groups, dilation) if name == "auto" else None
     if name == "torch" or (key is not None and _backends.AUTO_PICKS.get(key) == "torch"):
+        if _backends.PICK_OBSERVERS:
+            _backends.observe_pick("torch")
         return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
     op = "conv_transpose2d"
     input, weight, bias = _autocast(input, weight, bias)

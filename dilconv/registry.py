@@ -292,6 +292,16 @@ def register_backend(backend: Backend) -> None:
     AUTO_PICKS.clear()
 
 
+# Observers of which backend computes each call (the bench's record_resolution): resolve() and
+# the functional API's direct calls of torch report to them.
+PICK_OBSERVERS: list = []
+
+
+def observe_pick(name: str) -> None:
+    for f in PICK_OBSERVERS:
+        f(name)
+
+
 # "auto"'s pick per call signature (dilconv.functional fills it): a call that "auto" sends to torch
 # costs torch's own time, not dilconv's argument checks on top (tens of microseconds, which is
 # 10-20% of a small layer). Keys are built from shapes, strides, dtypes and arguments only.
@@ -395,6 +405,13 @@ AUTO_ORDER = {
 
 def resolve(name: Optional[str], p: Problem) -> Backend:
     """The backend that computes `p`: `name` (or the current one) checked, or the pick of "auto"."""
+    b = _resolve(name, p)
+    if PICK_OBSERVERS:
+        observe_pick(b.name)
+    return b
+
+
+def _resolve(name: Optional[str], p: Problem) -> Backend:
     name = name or _current
     if name != "auto":
         b = get_backend(name)

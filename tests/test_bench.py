@@ -137,6 +137,9 @@ def test_network_suite_runs_and_skips_missing(monkeypatch):
         for name in ("torch", "auto"):
             r = res["results"][name]
             assert r["status"] == "ok" and r["error"] < 1e-4 and r["time"]["median"] > 0, r
+            # every one of the three convs is accounted for, whichever way it was dispatched
+            assert sum(r["paths"].values()) == 3, r["paths"]
+        assert res["results"]["torch"]["paths"] == {"torch": 3}
 
 
 @pytest.mark.parametrize("mode", ["inference", "train step"])
