@@ -142,18 +142,22 @@ def _auto_key(op, input, weight, bias, *conf):
                                         or (bias is not None and bias.requires_grad))
     try:
         key = (op, input.shape, input.stride(), input.dtype, input.device, weight.shape,
-               weight.stride(), weight.dtype, bias is None, grad, *map(_hashable, conf))
+               weight.stride(), weight.dtype, weight.device,
+               None if bias is None else (bias.shape, bias.dtype, bias.device), grad,
+               *map(_hashable, conf))
         hash(key)
     except TypeError:
         return None
     return key
 
 
-def _remember(key, b):
+def _remember(key, b, call=None):
+    """Remember "auto"'s pick for `key`: "torch", or (backend name, *normalised arguments) when
+    `call` gives them (the call can then skip the checks it already passed)."""
     if key is not None:
         if len(_backends.AUTO_PICKS) > 4096:
             _backends.AUTO_PICKS.clear()
-        _backends.AUTO_PICKS[key] = b.name
+        _backends.AUTO_PICKS[key] = b.name if b.name == "torch" or call is None else (b.name, *call)
 
 
 def _batched(fn, input, *rest):
@@ -170,12 +174,24 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     name = backend or _backends._current
     key = _auto_key("conv2d", input, weight, bias, stride, padding, dilation, groups) \
         if name == "auto" else None
-    if name == "torch" or (key is not None and _backends.AUTO_PICKS.get(key) == "torch"):
+    hit = _backends.AUTO_PICKS.get(key) if key is not None else None
+    if name == "torch" or hit == "torch":
         # torch checks its own arguments (same exceptions) and casts under autocast itself: the
         # checks below would only add Python time to every call
         if _backends.PICK_OBSERVERS:
             _backends.observe_pick("torch")
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if hit is not None:  # a call of this signature passed the checks and went to hit[0]
+        b, st, pd, dl, extra = _backends.get_backend(hit[0]), *hit[1:]
+        if _backends.PICK_OBSERVERS:
+            _backends.observe_pick(b.name)
+
+        def run_again(x):
+            if extra is not None:
+                x = F.pad(x, [0, extra[1], 0, extra[0]])
+            return b.conv2d(x, weight, bias, list(st), list(pd), list(dl), groups)
+
+        return _batched(run_again, input)
     op = "conv2d"
     input, weight, bias = _autocast(input, weight, bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
@@ -207,7 +223,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         p = _problem(op, x, weight, out_shape, stride, pad, dilation, groups, k, *kernel,
                      (x, weight, bias))
         b = _backends.resolve(backend, p)
-        _remember(key, b)
+        _remember(key, b, (tuple(stride), tuple(pad), tuple(dilation), extra))
         return b.conv2d(x, weight, bias, list(stride), list(pad), list(dilation), groups)
 
     return _batched(run, input)

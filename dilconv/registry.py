@@ -166,7 +166,8 @@ def cpu_auto_policy(p: Problem) -> bool:
     machine, interleaved A/B (`python -m dilconv bench --dtype fp32 --batch 1`; speed-ups
     torch/cpu):
       * depthwise, stride 1, NCHW: forward 1.07-1.71x with <= 9 taps (7x7: 0.85x), forward +
-        backward 1.2-6.4x (torch's dilated depthwise backward is its weak spot); channels-last
+        backward 1.2-6.4x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
+        (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
         forward 0.5-0.95x (oneDNN's best case), forward + backward 3.9-6.2x dilated, 2.0x 7x7,
         0.81-0.88x undilated 3x3; stride 2: 0.76-1.09x;
       * separable, dilated: training 1.2-8.6x either layout; forward 1.1-2.4x at rates >= 12,
@@ -195,8 +196,12 @@ def cpu_auto_policy(p: Problem) -> bool:
     if cg == 1:  # depthwise (any channel multiplier)
         if p.stride != (1, 1):
             return False
+        pq = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1)) * q  # output pixels (stride 1)
         if not p.channels_last:
-            return p.requires_grad or p.r * p.s <= 9
+            # tiny maps (7x7, the end of a backbone at small inputs): oneDNN's call overhead is lower
+            if p.requires_grad:
+                return d > 1 or pq >= 256
+            return p.r * p.s <= 9 and pq >= 128
         return p.requires_grad and (d > 1 or p.r * p.s > 9)
     if cg <= 8:
         # grouped with few channels per group; the channels-last path of these kernels is planar
