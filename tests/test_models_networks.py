@@ -379,4 +379,8 @@ def test_cpu_backend_matches_torch():
     (ya["out"].square().mean() + ya["aux"].mean()).backward()
     (yb["out"].square().mean() + yb["aux"].mean()).backward()
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-9, atol=1e-12, msg=n)
+        # elementwise against each tensor's scale: BatchNorm's backward cancels most of a conv
+        # weight's gradient, so some elements are ~1e-4 of the largest and carry float64 rounding
+        # of the whole sum (a different summation order moves them by ~1e-12 of the scale)
+        scale = pa.grad.abs().max().item()
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-9, atol=1e-10 * scale + 1e-12, msg=n)

@@ -26,6 +26,23 @@ struct Int {
   static constexpr int value = N;
 };
 
+// f(Int<NT>{}) for a run-time tap count nt in 1..9: the kernels that keep one value per tap in
+// registers are compiled per tap count.
+template <class F>
+DILCONV_INLINE void with_taps(int64_t nt, F&& f) {
+  switch (nt) {
+    case 1: f(Int<1>{}); break;
+    case 2: f(Int<2>{}); break;
+    case 3: f(Int<3>{}); break;
+    case 4: f(Int<4>{}); break;
+    case 5: f(Int<5>{}); break;
+    case 6: f(Int<6>{}); break;
+    case 7: f(Int<7>{}); break;
+    case 8: f(Int<8>{}); break;
+    default: f(Int<9>{}); break;
+  }
+}
+
 template <class T>
 inline V<T> ld(const T* p) {
   V<T> v;
@@ -322,17 +339,9 @@ void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias
   for (int64_t kk = k0; kk < k1; ++kk) {
     const int64_t k = grp * g.Kg + kk;
     const T* wk = w + k * nt;
-    switch (nt) {
-      case 1: dw_flat_block<T, 1>(buf, off, wk, len, out); break;
-      case 2: dw_flat_block<T, 2>(buf, off, wk, len, out); break;
-      case 3: dw_flat_block<T, 3>(buf, off, wk, len, out); break;
-      case 4: dw_flat_block<T, 4>(buf, off, wk, len, out); break;
-      case 5: dw_flat_block<T, 5>(buf, off, wk, len, out); break;
-      case 6: dw_flat_block<T, 6>(buf, off, wk, len, out); break;
-      case 7: dw_flat_block<T, 7>(buf, off, wk, len, out); break;
-      case 8: dw_flat_block<T, 8>(buf, off, wk, len, out); break;
-      default: dw_flat_block<T, 9>(buf, off, wk, len, out); break;
-    }
+    with_taps(nt, [&](auto nt_tag) {
+      dw_flat_block<T, decltype(nt_tag)::value>(buf, off, wk, len, out);
+    });
     const T b = bias ? bias[k] : T(0);
     T* yk = y + n * ys.n + k * ys.c;
     const int64_t Q = g.Q;
@@ -422,17 +431,9 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
         }
       }
       T* sk = sum + (kk - k0) * DW_FLAT_MAX_TAPS;
-      switch (nt) {
-        case 1: dw_flat_dot<T, 1>(gb, buf, off, len, sk); break;
-        case 2: dw_flat_dot<T, 2>(gb, buf, off, len, sk); break;
-        case 3: dw_flat_dot<T, 3>(gb, buf, off, len, sk); break;
-        case 4: dw_flat_dot<T, 4>(gb, buf, off, len, sk); break;
-        case 5: dw_flat_dot<T, 5>(gb, buf, off, len, sk); break;
-        case 6: dw_flat_dot<T, 6>(gb, buf, off, len, sk); break;
-        case 7: dw_flat_dot<T, 7>(gb, buf, off, len, sk); break;
-        case 8: dw_flat_dot<T, 8>(gb, buf, off, len, sk); break;
-        default: dw_flat_dot<T, 9>(gb, buf, off, len, sk); break;
-      }
+      with_taps(nt, [&](auto nt_tag) {
+        dw_flat_dot<T, decltype(nt_tag)::value>(gb, buf, off, len, sk);
+      });
     }
   }
   for (int64_t kk = k0; kk < k1; ++kk)
@@ -881,17 +882,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
         nhwc_row_blocked<T, NT, CB>(g.C, x + q * px, ixo, px, wt, bias, relu, yrow + q * ys.w,
                                     ys.w, qb - qa);
       };
-      switch (nit) {
-        case 1: go(Int<1>{}); break;
-        case 2: go(Int<2>{}); break;
-        case 3: go(Int<3>{}); break;
-        case 4: go(Int<4>{}); break;
-        case 5: go(Int<5>{}); break;
-        case 6: go(Int<6>{}); break;
-        case 7: go(Int<7>{}); break;
-        case 8: go(Int<8>{}); break;
-        default: go(Int<9>{}); break;
-      }
+      with_taps(nit, go);
       q = qb;
     }
     if (vec) {
@@ -1057,17 +1048,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
         nhwc_wgrad_block<T, NT, CB>(C, a, gys.w, b, xo, g.sw * xs.w, qb - qa, tail_mask, over > 0,
                                     part);
       };
-      switch (g.R * g.S) {
-        case 1: go(Int<1>{}); break;
-        case 2: go(Int<2>{}); break;
-        case 3: go(Int<3>{}); break;
-        case 4: go(Int<4>{}); break;
-        case 5: go(Int<5>{}); break;
-        case 6: go(Int<6>{}); break;
-        case 7: go(Int<7>{}); break;
-        case 8: go(Int<8>{}); break;
-        default: go(Int<9>{}); break;
-      }
+      with_taps(g.R * g.S, go);
       // the border columns, tap by tap
       for (int64_t r = 0; r < g.R; ++r)
         for (int64_t s = 0; s < g.S; ++s) {
