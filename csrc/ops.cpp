@@ -15,7 +15,12 @@
 //   * separable_conv2d: mid = act(dw(x) + dw_bias), out = act(pw(mid) + pw_bias). A folded
 //     BatchNorm between the two is passed as an already-scaled dw_weight/dw_bias (exact).
 #include <Python.h>
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include <array>
+#include <tuple>
 
 // A bare Python module so that `import dilconv._C` loads this library (and its op
 // registrations) without pulling pybind11 into the build.
@@ -59,9 +64,41 @@ void define_ops(torch::Library& m, const std::string& suffix) {
       "bool out_relu) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
+// The whole backward of conv2d in one call, so that a backend can read grad_output once for all
+// three gradients (the CPU's depthwise kernels do). Plain names only; this generic version (any
+// device) is the separate gradient ops, and the CPU key overrides it (csrc/cpu/conv_cpu.cpp).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_generic(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> mask) {
+  static const auto dgrad =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dilconv::conv2d_input_grad", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  static const auto wgrad =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dilconv::conv2d_weight_grad", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  at::Tensor gx, gw, gb;
+  if (mask[0]) gx = dgrad.call(grad_output, weight, input.sizes(), stride, padding, dilation, groups);
+  if (mask[1]) gw = wgrad.call(grad_output, input, weight.sizes(), stride, padding, dilation, groups);
+  if (mask[2]) gb = grad_output.sum({0, 2, 3});
+  return {gx, gw, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dilconv, m) {
   define_ops(m, "");      // backends "cpu" (CPU key) and "cuda" (CUDA key)
   define_ops(m, "_emu");  // backend "cuda-emu" (CPU key)
+  // (grad_input, grad_weight, grad_bias); an output whose output_mask entry is false is None
+  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> "
+        "(Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {
+  m.impl("conv2d_backward", &conv2d_backward_generic);
 }

@@ -27,6 +27,8 @@ OP_NAMES = (
     "separable_conv2d",
     "separable_conv2d_backward",
 )
+# ops with plain names only (backends "cpu" and "cuda"); the other variants use the separate ops
+PLAIN_ONLY_OP_NAMES = ("conv2d_backward",)
 
 
 def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -101,6 +103,14 @@ def _fake_separable_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_w
     )
 
 
+def _fake_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    return (
+        _empty(grad_output, input.shape, output_memory_format(grad_output)) if output_mask[0] else None,
+        weight.new_empty(weight.shape) if output_mask[1] else None,
+        grad_output.new_empty(weight.shape[:1]) if output_mask[2] else None,
+    )
+
+
 _FAKES = {
     "conv2d": _fake_conv2d,
     "conv2d_input_grad": _fake_conv2d_input_grad,
@@ -123,6 +133,7 @@ def _autograd_formulas(suffix: str):
     fprop = lambda *a: _op("conv2d", suffix)(*a)  # noqa: E731
     dgrad = lambda *a: _op("conv2d_input_grad", suffix)(*a)  # noqa: E731
     wgrad = lambda *a: _op("conv2d_weight_grad", suffix)(*a)  # noqa: E731
+    fused = _op("conv2d_backward", suffix) if suffix == "" else None
 
     # conv2d(input, weight, bias, stride, padding, dilation, groups)
     def conv2d_setup(ctx, inputs, output):
@@ -133,14 +144,48 @@ def _autograd_formulas(suffix: str):
 
     def conv2d_backward(ctx, grad):
         input, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2]]
+        if fused is not None:  # one call: the backend may read grad once for all three
+            gi, gw, gb = fused(grad, input, weight, *ctx.conf, mask)
+            return gi, gw, gb, None, None, None, None
         gi = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        if mask[0]:
             gi = dgrad(grad, weight, list(input.shape), *ctx.conf)
-        if ctx.needs_input_grad[1]:
+        if mask[1]:
             gw = wgrad(grad, input, list(weight.shape), *ctx.conf)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if mask[2]:
             gb = _bias_grad(grad)
         return gi, gw, gb, None, None, None, None
+
+    # conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
+    # (its own backward, for double backward through the fused call: the same formulas as the
+    # separate ops' below, summed per input)
+    def bwd_setup(ctx, inputs, output):
+        g, input, weight, stride, padding, dilation, groups, _ = inputs
+        ctx.save_for_backward(g, input, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+
+    def bwd_backward(ctx, ggi, ggw, ggb):
+        g, input, weight = ctx.saved_tensors
+        need_g, need_x, need_w = ctx.needs_input_grad[:3]
+        dg = dx = dw = None
+        if need_g:
+            terms = []
+            if ggi is not None:
+                terms.append(fprop(ggi, weight, None, *ctx.conf))
+            if ggw is not None:
+                terms.append(fprop(input, ggw, None, *ctx.conf))
+            if ggb is not None:
+                terms.append(ggb.view(1, -1, 1, 1).expand_as(g))
+            dg = sum(terms[1:], terms[0]) if terms else torch.zeros_like(g)
+        if need_x:
+            dx = (dgrad(g, ggw, list(input.shape), *ctx.conf) if ggw is not None
+                  else torch.zeros_like(input))
+        if need_w:
+            dw = (wgrad(g, ggi, list(weight.shape), *ctx.conf) if ggi is not None
+                  else torch.zeros_like(weight))
+        return dg, dx, dw, None, None, None, None, None
 
     # conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation, groups)
     def dgrad_setup(ctx, inputs, output):
@@ -215,13 +260,16 @@ def _autograd_formulas(suffix: str):
         return (gi, gdw, gdb if dw_b is not None else None, gpw, gpb if pw_b is not None else None,
                 None, None, None, None, None)
 
-    return {
+    formulas = {
         "conv2d": (conv2d_backward, conv2d_setup),
         "conv2d_input_grad": (dgrad_backward, dgrad_setup),
         "conv2d_weight_grad": (wgrad_backward, wgrad_setup),
         "conv_transpose2d": (convt_backward, convt_setup),
         "separable_conv2d": (sep_backward, sep_setup),
     }
+    if fused is not None:
+        formulas["conv2d_backward"] = (bwd_backward, bwd_setup)
+    return formulas
 
 
 def register_variant(suffix: str, *, fake: bool = True) -> None:
@@ -230,6 +278,8 @@ def register_variant(suffix: str, *, fake: bool = True) -> None:
     if fake:
         for name, fn in _FAKES.items():
             torch.library.register_fake(f"dilconv::{name}{suffix}")(fn)
+        if suffix == "":
+            torch.library.register_fake("dilconv::conv2d_backward")(_fake_conv2d_backward)
     for name, (backward, setup) in _autograd_formulas(suffix).items():
         torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
 

@@ -150,6 +150,58 @@ def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
                 raise AssertionError(f"{name} {(c, mult, (r, s), p, d, h, w, layout)}: {e}") from None
 
 
+@pytest.mark.parametrize("path_env", [None, "planar"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_backward(isa, path_env, dtype, monkeypatch):
+    """conv2d_backward, the whole backward in one call: stride-1 "same"-size depthwise convs take
+    the fused kernels (NCHW: one packing of gy per channel serves all three gradients;
+    channels-last: rows walked a few at a time, gy re-read from the L2), everything else the
+    separate gradients. Every output_mask, against float64 autograd; shapes on both sides of
+    every fused-path condition (multiplier, stride, output size, tap count, layout), batch 0 and 2,
+    planes wider than a vector and narrower, 1xN and Nx1, strided views."""
+    if path_env:
+        monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    cases = [  # n, c, mult, (r, s), stride, padding, dilation, h, w, layout
+        (1, 5, 1, (3, 3), 1, (2, 2), (2, 2), 13, 33, "nchw"),  # fused
+        (2, 3, 1, (1, 3), 1, (0, 3), (1, 3), 7, 20, "strided"),  # fused, 1xN
+        (2, 4, 1, (5, 1), 1, (4, 0), (2, 1), 9, 4, "nchw"),  # fused, Nx1, narrow rows
+        (1, 6, 1, (3, 3), 1, (1, 1), (1, 1), 40, 70, "nchw"),  # fused, several vectors a row
+        (2, 19, 1, (3, 3), 1, (2, 2), (2, 2), 11, 13, "nhwc"),  # fused channels-last
+        (1, 40, 1, (1, 5), 1, (0, 4), (1, 2), 5, 14, "nhwc"),  # fused channels-last
+        (2, 3, 2, (3, 3), 1, (1, 1), (1, 1), 7, 5, "nchw"),  # multiplier 2: separate
+        (1, 4, 1, (3, 3), 2, (1, 1), (1, 1), 9, 9, "nchw"),  # stride 2: separate
+        (1, 17, 1, (3, 3), 2, (2, 2), (2, 2), 9, 9, "nhwc"),  # stride 2: separate
+        (1, 3, 1, (3, 3), 1, (3, 2), (1, 1), 6, 8, "nchw"),  # output larger than the input
+        (1, 3, 1, (3, 3), 1, (0, 0), (1, 1), 6, 8, "nhwc"),  # output smaller
+        (1, 2, 1, (5, 5), 1, (2, 2), (1, 1), 8, 8, "nchw"),  # 25 taps: separate
+        (0, 4, 1, (3, 3), 1, (1, 1), (1, 1), 5, 5, "nchw"),  # empty batch
+    ]
+    for n, c, mult, (r, s), st, p, d, h, w, layout in cases:
+        x = _layout(torch.randn(n, c, h, w, dtype=dtype), layout)
+        wt = torch.randn(c * mult, 1, r, s, dtype=dtype)
+        xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+        yr = F.conv2d(xr, wr, None, st, p, d, c)
+        gy = _layout(torch.randn(yr.shape, dtype=dtype), layout)
+        yr.backward(gy.double())
+        refs = (xr.grad, wr.grad, gy.double().sum((0, 2, 3)))
+        conf = ([st, st], list(p), list(d), c)
+        for mask in ([True, True, True], [True, False, False], [False, True, False],
+                     [False, False, True], [True, False, True], [False, True, True]):
+            got = ops.conv2d_backward(gy, x, wt, *conf, mask)
+            for i, (name, ref) in enumerate(zip(("gx", "gw", "gb"), refs)):
+                if not mask[i]:
+                    assert got[i] is None
+                    continue
+                assert got[i].dtype == dtype and got[i].shape == ref.shape
+                if name == "gx":
+                    assert got[i].is_contiguous(memory_format=_expected_format(gy))
+                try:
+                    _close(got[i], ref, tol)
+                except AssertionError as e:
+                    raise AssertionError(f"{name} {mask} {(n, c, mult, (r, s), st, p, d, h, w, layout)}: {e}") from None
+
+
 @pytest.mark.parametrize("case", [
     # c, k, g, kernel, stride, padding, output_padding, dilation, h, w
     (4, 6, 1, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 5, 7),
@@ -261,6 +313,17 @@ def test_opcheck(layout):
     torch.library.opcheck(ops.conv2d.default, (x, wt, b, *conf))
     torch.library.opcheck(ops.conv2d_input_grad.default, (gy, wt, list(x.shape), *conf))
     torch.library.opcheck(ops.conv2d_weight_grad.default, (gy, x, list(wt.shape), *conf))
+    torch.library.opcheck(ops.conv2d_backward.default, (gy, x, wt, *conf, [True, True, True]))
+    torch.library.opcheck(ops.conv2d_backward.default, (gy, x, wt, *conf, [False, True, False]))
+    # the fused depthwise kernels, and double backward through them
+    dwx = _layout(torch.randn(2, 6, 9, 11, dtype=torch.float64), layout).requires_grad_()
+    dww = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    dgy = _layout(torch.randn(2, 6, 9, 11, dtype=torch.float64), layout).requires_grad_()
+    dconf = ([1, 1], [2, 2], [2, 2], 6)
+    torch.library.opcheck(ops.conv2d_backward.default, (dgy, dwx, dww, *dconf, [True, True, True]))
+    torch.library.opcheck(ops.conv2d_backward.default, (dgy, dwx, dww, *dconf, [True, False, True]))
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: ops.conv2d(a, b, None, *dconf), (dwx, dww), fast_mode=True)
     wt_t = torch.randn(4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(ops.conv_transpose2d.default,
                           (x, wt_t, None, [2, 2], [1, 1], [1, 0], 1, [1, 1]))

@@ -441,6 +441,8 @@ def _opcheck_cases(backend):
             cases.append(("conv2d", p, (x.requires_grad_(), w.requires_grad_(), bias, *conf)))
             cases.append(("conv2d_input_grad", p, (out, w, list(x.shape), *conf)))
             cases.append(("conv2d_weight_grad", p, (out, x.detach(), list(w.shape), *conf)))
+            if b.suffix == "":  # the whole backward in one call: plain names only
+                cases.append(("conv2d_backward", p, (out, x.detach(), w.detach(), *conf, [True, True, True])))
     for p in (CONVT[0], CONVT[4], CONVT[6]):
         x, w, bias = convt_tensors(p, torch.float32, "channels_last")
         cases.append(("conv_transpose2d", p, (x.requires_grad_(), w.requires_grad_(), bias,

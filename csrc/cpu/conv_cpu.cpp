@@ -728,6 +728,112 @@ Tensor conv2d_weight_grad(const Tensor& grad_output, const Tensor& input, IntArr
   return finish(gw, grad_output.scalar_type());
 }
 
+// The whole backward of conv2d: (grad_input, grad_weight, grad_bias), each only where
+// output_mask asks (else undefined). Stride-1 "same" depthwise convs with few taps take the fused
+// kernel (gy read once for all three); everything else the separate gradients.
+template <class T>
+void dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& w,
+                  const Tensor& gx, const Tensor& gw, const Tensor& gb) {
+  const auto& K = kern<T>();
+  const Tensor wf = flipped_weight(w, g);
+  const T *gyp = ptr<T>(gy), *xp = ptr<T>(x), *wfp = ptr<T>(wf);
+  T *gxp = ptr<T>(gx), *gwp = ptr<T>(gw), *gbp = ptr<T>(gb);
+  const Strides gys = strides(gy), xs = strides(x), gxs = gx.defined() ? strides(gx) : Strides{};
+  at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
+    Scratch s;
+    T* scratch = s.get<T>(K.dw_flat_bwd_scratch(g));
+    K.dw_flat_bwd(g, gyp, gys, xp, xs, wfp, gxp, gxs, gwp, gbp, b, e, scratch);
+  });
+}
+
+bool use_dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, int64_t vec) {
+  return dw_flat_bwd_ok(g) && use_dw_flat(g, vec) && !use_nhwc(g, gy, x) && use_direct(g);
+}
+
+// Channels-last: each thread takes a range of rows (N * P == N * H) and walks it a few rows at a
+// time, input gradient (a forward of gy with the flipped weights) then weight and bias gradient
+// of the same rows, so the second and third reads of those gy rows hit the L2.
+bool use_dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x) {
+  return use_nhwc(g, gy, x) && g.sh == 1 && g.sw == 1 && g.P == g.H && g.Q == g.W;
+}
+
+template <class T>
+void dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& w,
+                       const Tensor& gx, const Tensor& gw, const Tensor& gb) {
+  const auto& K = kern<T>();
+  const Geo f = dgrad_as_fwd(g);
+  const Tensor wt = taps_by_channel(flipped_weight(w, g), f);
+  const int64_t rs = g.R * g.S, rows = g.N * g.P;
+  const int64_t parts = std::min(threads(), rows);
+  // per part: [R * S][C] weight-gradient sums, then [C] bias-gradient sums
+  Tensor part = at::zeros({parts, rs + 1, g.C}, gy.options());
+  const T *gyp = ptr<T>(gy), *xp = ptr<T>(x), *wtp = ptr<T>(wt);
+  T *gxp = ptr<T>(gx), *pp = ptr<T>(part);
+  const Strides gys = strides(gy), xs = strides(x), gxs = gx.defined() ? strides(gx) : Strides{};
+  // rows a step: gy rows plus halo, and the x rows, within the L2 (2 rows at 728ch x 65)
+  const int64_t row_bytes = g.Q * g.C * static_cast<int64_t>(sizeof(T));
+  const int64_t chunk = std::clamp<int64_t>((512 << 10) / std::max<int64_t>(1, row_bytes), 1, 8);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(4 * rs);
+    for (int64_t i = b; i < e; ++i) {
+      T* acc = pp + i * (rs + 1) * g.C;
+      const int64_t f1 = rows * (i + 1) / parts;
+      for (int64_t a = rows * i / parts; a < f1;) {
+        const int64_t n = a / g.P, p0 = a % g.P;
+        const int64_t p1 = std::min({g.P, p0 + chunk, p0 + (f1 - a)});
+        if (gxp) K.dw_nhwc_fwd(f, gyp, gys, wtp, nullptr, false, gxp, gxs, n, p0, p1, taps.data());
+        if (gw.defined()) K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, acc, a, a + p1 - p0);
+        if (gb.defined()) K.dw_nhwc_colsum(g, gyp, gys, acc + rs * g.C, a, a + p1 - p0);
+        a += p1 - p0;
+      }
+    }
+  });
+  const Tensor sums = part.sum(0);
+  if (gw.defined()) gw.view({g.C, rs}).copy_(sums.narrow(0, 0, rs).t());
+  if (gb.defined()) gb.copy_(sums[rs]);
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,
+                                                   const Tensor& weight, IntArrayRef stride,
+                                                   IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, std::array<bool, 3> mask) {
+  const char* op = "dilconv::conv2d_backward";
+  check_dim(op, grad_output, "grad_output", 4);
+  check_dim(op, input, "input", 4);
+  check_dim(op, weight, "weight", 4);
+  check_dtype(op, grad_output);
+  check_float(op, input, "input", grad_output);
+  check_float(op, weight, "weight", grad_output);
+  Geo g = grad_geo(op, grad_output, input.sizes(), weight.sizes(), stride, padding, dilation,
+                   groups);
+  const auto dtype = grad_output.scalar_type();
+  const auto ct = compute_type(dtype);
+  const auto opts = grad_output.options().dtype(ct);
+  Tensor gx, gw, gb;
+  if (mask[0]) gx = empty_fmt(input.sizes(), opts, out_format(grad_output));
+  if (mask[1]) gw = at::empty(weight.sizes(), opts);
+  if (mask[2]) gb = at::empty({g.K}, opts);
+  with_type(ct, [&](auto t) {
+    using T = decltype(t);
+    const Tensor gy = to_compute(grad_output, ct), x = to_compute(input, ct);
+    const Tensor w = to_compute(weight, ct).contiguous();
+    const bool fuse = gy.numel() > 0 && (mask[0] || mask[1]);
+    if (fuse && use_dw_bwd_nhwc_fused(g, gy, x)) {
+      dw_bwd_nhwc_fused<T>(g, gy, x, w, gx, gw, gb);
+      return;
+    }
+    if (fuse && use_dw_bwd_fused(g, gy, x, kern<T>().vec)) {
+      dw_bwd_fused<T>(g, gy, x, w, gx, gw, gb);
+      return;
+    }
+    if (mask[0]) dgrad_any<T>(g, gy, w, gx);
+    if (mask[1]) wgrad_any<T>(g, gy, x, gw);
+    if (mask[2]) at::sum_out(gb, gy, {0, 2, 3});
+  });
+  auto out = [&](const Tensor& t) { return t.defined() ? finish(t, dtype) : t; };
+  return {out(gx), out(gw), out(gb)};
+}
+
 Tensor conv_transpose2d(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                         IntArrayRef stride, IntArrayRef padding, IntArrayRef output_padding,
                         int64_t groups, IntArrayRef dilation) {
@@ -947,6 +1053,7 @@ TORCH_LIBRARY_IMPL(dilconv, CPU, m) {
   m.impl("conv2d", &dilconv::cpu::conv2d);
   m.impl("conv2d_input_grad", &dilconv::cpu::conv2d_input_grad);
   m.impl("conv2d_weight_grad", &dilconv::cpu::conv2d_weight_grad);
+  m.impl("conv2d_backward", &dilconv::cpu::conv2d_backward);
   m.impl("conv_transpose2d", &dilconv::cpu::conv_transpose2d);
   m.impl("separable_conv2d", &dilconv::cpu::separable_conv2d);
   m.impl("separable_conv2d_backward", &dilconv::cpu::separable_conv2d_backward);

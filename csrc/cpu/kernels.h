@@ -35,6 +35,10 @@ inline bool dw_flat_ok(const Geo& g) {
   return g.Cg == 1 && g.sh == 1 && g.sw == 1 && g.R * g.S <= 9;
 }
 
+inline bool dw_flat_bwd_ok(const Geo& g) {
+  return dw_flat_ok(g) && g.Kg == 1 && g.P == g.H && g.Q == g.W && g.ph >= 0 && g.pw >= 0;
+}
+
 template <class T>
 struct Kernels {
   int64_t vec;  // elements per vector register
@@ -54,6 +58,12 @@ struct Kernels {
   void (*dw_flat_wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* gw,
                         int64_t grp, int64_t k0, int64_t k1, T* scratch);
   int64_t (*dw_flat_wgrad_scratch)(const Geo&, int64_t channels);
+  // the whole backward of such a depthwise conv with multiplier 1 and P == H, Q == W
+  // (dw_flat_bwd_ok): input, weight and bias gradients of channels [c0, c1) from one packing of
+  // gy per channel; wf the flipped weights; gx, gw, gb nullable (not wanted)
+  void (*dw_flat_bwd)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, const T* wf,
+                      T* gx, Strides gxs, T* gw, T* gb, int64_t c0, int64_t c1, T* scratch);
+  int64_t (*dw_flat_bwd_scratch)(const Geo&);
   // Input gradient by scattering gy rows into a packed window (any stride): batch n, group grp,
   // input channels [c0, c1) of the group; writes those channels of gx completely.
   void (*dgrad_scatter)(const Geo&, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,
@@ -83,6 +93,8 @@ struct Kernels {
   // ([R * S][C])
   void (*dw_nhwc_wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* part,
                         int64_t f0, int64_t f1);
+  // bias gradient: adds gy summed over the pixels of output rows [f0, f1) to acc ([C])
+  void (*dw_nhwc_colsum)(const Geo&, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1);
   const char* isa;
 };
 

@@ -318,6 +318,35 @@ void dw_flat_pack(const Geo& g, const T* src, Strides xs, int64_t p0, int64_t nr
   zero_row(buf + nr * wp, slack);
 }
 
+// Copies rows [p0, p1) of a flat output block (pitch wp, Q values a row) into the plane yk,
+// adding b and applying relu.
+template <class T>
+void dw_flat_store(const T* out, int64_t wp, int64_t Q, T b, bool relu, T* yk, Strides ys,
+                   int64_t p0, int64_t p1) {
+  constexpr int64_t L = NV<T>;
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* o = out + (p - p0) * wp;
+    T* yr = yk + p * ys.h;
+    if (ys.w == 1) {
+      const V<T> bv = splat<T>(b);
+      int64_t q = 0;
+      for (; q + L <= Q; q += L) {
+        const V<T> v = ld(o + q) + bv;
+        st(yr + q, relu ? relu_v<T>(v) : v);
+      }
+      for (; q < Q; ++q) {
+        const T v = o[q] + b;
+        yr[q] = relu && v < 0 ? T(0) : v;
+      }
+    } else {
+      for (int64_t q = 0; q < Q; ++q) {
+        const T v = o[q] + b;
+        yr[q * ys.w] = relu && v < 0 ? T(0) : v;
+      }
+    }
+  }
+}
+
 // Forward of output rows [p0, p1) of channels k0..k1 of group grp (one input channel each).
 template <class T>
 void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
@@ -342,30 +371,7 @@ void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias
     with_taps(nt, [&](auto nt_tag) {
       dw_flat_block<T, decltype(nt_tag)::value>(buf, off, wk, len, out);
     });
-    const T b = bias ? bias[k] : T(0);
-    T* yk = y + n * ys.n + k * ys.c;
-    const int64_t Q = g.Q;
-    for (int64_t p = p0; p < p1; ++p) {
-      const T* o = out + (p - p0) * wp;
-      T* yr = yk + p * ys.h;
-      if (ys.w == 1) {
-        const V<T> bv = splat<T>(b);
-        int64_t q = 0;
-        for (; q + L <= Q; q += L) {
-          const V<T> v = ld(o + q) + bv;
-          st(yr + q, relu ? relu_v<T>(v) : v);
-        }
-        for (; q < Q; ++q) {
-          const T v = o[q] + b;
-          yr[q] = relu && v < 0 ? T(0) : v;
-        }
-      } else {
-        for (int64_t q = 0; q < Q; ++q) {
-          const T v = o[q] + b;
-          yr[q * ys.w] = relu && v < 0 ? T(0) : v;
-        }
-      }
-    }
+    dw_flat_store(out, wp, g.Q, bias ? bias[k] : T(0), relu, y + n * ys.n + k * ys.c, ys, p0, p1);
   }
 }
 
@@ -379,10 +385,13 @@ int64_t dw_flat_wgrad_scratch(const Geo& g, int64_t channels) {
          channels * DW_FLAT_MAX_TAPS;
 }
 
-template <class T, int NT>
-void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* sum) {
+// sum[t] += gb . buf[off[t]:] over len values; with GB, *gsum += the sum of gb (the bias
+// gradient, while gb is in registers anyway)
+template <class T, int NT, bool GB = false>
+void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* sum,
+                 T* gsum = nullptr) {
   constexpr int64_t L = NV<T>;
-  V<T> acc[NT];
+  V<T> acc[NT], ga = V<T>{};
   const T* src[NT];
   for (int t = 0; t < NT; ++t) {
     acc[t] = V<T>{};
@@ -390,10 +399,12 @@ void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* 
   }
   for (int64_t j = 0; j < len; j += 2 * L) {
     const V<T> a0 = ld(gb + j), a1 = ld(gb + j + L);
+    if (GB) ga += a0 + a1;
 #pragma GCC unroll 9
     for (int t = 0; t < NT; ++t) acc[t] += a0 * ld(src[t] + j) + a1 * ld(src[t] + j + L);
   }
   for (int t = 0; t < NT; ++t) sum[t] += hsum<T>(acc[t]);
+  if (GB) *gsum += hsum<T>(ga);
 }
 
 template <class T>
@@ -439,6 +450,66 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   for (int64_t kk = k0; kk < k1; ++kk)
     for (int64_t t = 0; t < nt; ++t)
       gw[(grp * g.Kg + kk) * nt + t] = sum[(kk - k0) * DW_FLAT_MAX_TAPS + t];
+}
+
+// Fused depthwise backward (multiplier 1, stride 1, "same" size: P == H, Q == W, so the input
+// gradient is a forward of gy with the flipped weights and the same padding): per channel,
+// gy is packed once and serves the input gradient (stencil over the packed window), the weight
+// gradient (its interior, at the same pitch as the packed x, is exactly the gy block
+// dw_flat_dot wants: zeros in the gap columns) and the bias gradient. gy and x are read from
+// memory once instead of three and two times. Channels [c0, c1), summed over the batch; gx,
+// gw ([C][R * S]) and gb (nullable) written for those channels. wf: the flipped weights.
+template <class T>
+int64_t dw_flat_bwd_scratch(const Geo& g) {
+  const int64_t wp = dw_flat_pitch<T>(g);
+  const int64_t slack = DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+  const int64_t win = (g.P + (g.R - 1) * g.dh) * wp + slack;
+  return 2 * win + g.P * wp + DW_FLAT_U * NV<T> + 2 * NV<T> + DW_FLAT_MAX_TAPS;
+}
+
+template <class T>
+void dw_flat_bwd(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, const T* wf,
+                 T* gx, Strides gxs, T* gw, T* gb, int64_t c0, int64_t c1, T* scratch) {
+  constexpr int64_t L = NV<T>;
+  const int64_t wp = dw_flat_pitch<T>(g);
+  const int64_t nr = g.P + (g.R - 1) * g.dh;
+  const int64_t slack = DW_FLAT_U * L + (g.S - 1) * g.dw + L;
+  const int64_t nt = g.R * g.S;
+  T* gbuf = scratch;
+  T* xbuf = gbuf + nr * wp + slack;
+  T* out = xbuf + nr * wp + slack;
+  T* sum = out + g.P * wp + DW_FLAT_U * L + 2 * L;
+  int64_t off[DW_FLAT_MAX_TAPS];
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+  const int64_t len = g.P * wp;
+  const T* ginner = gbuf + g.ph * wp + g.pw;  // gy[p][q] at ginner[p * wp + q]
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t t = 0; t < nt; ++t) sum[t] = 0;
+    T bsum = 0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      dw_flat_pack(g, gy + n * gys.n + c * gys.c, gys, 0, nr, wp, slack, gbuf);
+      if (gx) {
+        with_taps(nt, [&](auto nt_tag) {
+          dw_flat_block<T, decltype(nt_tag)::value>(gbuf, off, wf + c * nt, len, out);
+        });
+        dw_flat_store(out, wp, g.W, T(0), false, gx + n * gxs.n + c * gxs.c, gxs, 0, g.H);
+      }
+      if (gw) {
+        dw_flat_pack(g, x + n * xs.n + c * xs.c, xs, 0, nr, wp, slack, xbuf);
+        with_taps(nt, [&](auto nt_tag) {
+          dw_flat_dot<T, decltype(nt_tag)::value, true>(ginner, xbuf, off, len, sum, &bsum);
+        });
+      } else if (gb) {
+        V<T> a = V<T>{};
+        for (int64_t j = 0; j < len; j += L) a += ld(ginner + j);
+        bsum += hsum<T>(a);
+      }
+    }
+    if (gw)
+      for (int64_t t = 0; t < nt; ++t) gw[c * nt + t] = sum[t];
+    if (gb) gb[c] = bsum;
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -960,6 +1031,22 @@ void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64
 
 // weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into
 // part [R * S][C]
+// bias gradient: acc[c] += gy summed over the pixels of output rows [f0, f1) (flattened
+// n * P + p); channel stride 1
+template <class T>
+void dw_nhwc_colsum(const Geo& g, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1) {
+  constexpr int64_t L = NV<T>;
+  for (int64_t f = f0; f < f1; ++f) {
+    const T* row = gy + f / g.P * gys.n + f % g.P * gys.h;
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const T* a = row + q * gys.w;
+      int64_t c = 0;
+      for (; c + L <= g.C; c += L) st(acc + c, ld(acc + c) + ld(a + c));
+      for (; c < g.C; ++c) acc[c] += a[c];
+    }
+  }
+}
+
 template <class T>
 void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
                    int64_t f0, int64_t f1) {
@@ -1085,6 +1172,8 @@ Kernels<T> make(const char* isa) {
   k.dw_flat_scratch = &dw_flat_scratch<T>;
   k.dw_flat_wgrad = &dw_flat_wgrad<T>;
   k.dw_flat_wgrad_scratch = &dw_flat_wgrad_scratch<T>;
+  k.dw_flat_bwd = &dw_flat_bwd<T>;
+  k.dw_flat_bwd_scratch = &dw_flat_bwd_scratch<T>;
   k.dgrad_scatter = &dgrad_scatter<T>;
   k.dgrad_scatter_scratch = &dgrad_scatter_scratch<T>;
   k.wgrad = &wgrad<T>;
@@ -1094,6 +1183,7 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_fwd = &dw_nhwc_fwd<T>;
   k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
+  k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
   k.isa = isa;
   return k;
 }
