@@ -27,8 +27,6 @@ OP_NAMES = (
     "separable_conv2d",
     "separable_conv2d_backward",
 )
-# ops with plain names only (backends "cpu" and "cuda"); the other variants use the separate ops
-PLAIN_ONLY_OP_NAMES = ("conv2d_backward",)
 
 
 def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:

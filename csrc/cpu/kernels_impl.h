@@ -267,10 +267,15 @@ int64_t dw_flat_scratch(const Geo& g, int64_t rows) {
   return (rows + (g.R - 1) * g.dh) * wp + slack + rows * wp + DW_FLAT_U * NV<T> + 2 * NV<T>;
 }
 
+// out[j] = sum_t wk[t] * buf[j + off[t]] for j < len (rounded up to whole blocks). pf, pw
+// (nullable): memory read resp. written next, prefetched into the L2 one block per block computed
+// (a channel plane spans a few pages: the hardware prefetchers restart at every page).
 template <class T, int NT>
-void dw_flat_block(const T* buf, const int64_t* off, const T* wk, int64_t len, T* out) {
+void dw_flat_block(const T* buf, const int64_t* off, const T* wk, int64_t len, T* out,
+                   const T* pf = nullptr, T* pw = nullptr) {
   constexpr int64_t L = NV<T>;
   constexpr int U = DW_FLAT_U;
+  constexpr int64_t LINE = 64 / sizeof(T);
   V<T> wv[NT];
   const T* src[NT];
   for (int t = 0; t < NT; ++t) {
@@ -278,6 +283,10 @@ void dw_flat_block(const T* buf, const int64_t* off, const T* wk, int64_t len, T
     src[t] = buf + off[t];
   }
   for (int64_t j = 0; j < len; j += U * L) {
+    for (int64_t l = 0; l < U * L; l += LINE) {
+      if (pf) __builtin_prefetch(pf + j + l, 0, 2);
+      if (pw) __builtin_prefetch(pw + j + l, 1, 2);
+    }
     V<T> acc[U];
     for (int u = 0; u < U; ++u) acc[u] = wv[0] * ld(src[0] + j + u * L);
 #pragma GCC unroll 9
@@ -365,11 +374,19 @@ void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias
   for (int64_t r = 0; r < g.R; ++r)
     for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
   const int64_t len = rows * wp;
+  // contiguous planes: the next unit reads the source rows right after the ones packed here
+  // (the next rows of this plane, or the next plane), and this one writes rows [p0, p1) of y
+  const T* pf = nullptr;
+  if (xs.w == 1 && xs.h == g.W && xs.c == g.H * g.W) {
+    const int64_t last = p0 - g.ph + nr < g.H ? p0 - g.ph + nr : g.H;
+    pf = x + n * xs.n + grp * xs.c + last * xs.h;
+  }
   for (int64_t kk = k0; kk < k1; ++kk) {
     const int64_t k = grp * g.Kg + kk;
     const T* wk = w + k * nt;
+    T* pw = ys.w == 1 && ys.h == g.Q ? y + n * ys.n + k * ys.c + p0 * ys.h : nullptr;
     with_taps(nt, [&](auto nt_tag) {
-      dw_flat_block<T, decltype(nt_tag)::value>(buf, off, wk, len, out);
+      dw_flat_block<T, decltype(nt_tag)::value>(buf, off, wk, len, out, kk == k0 ? pf : nullptr, pw);
     });
     dw_flat_store(out, wp, g.Q, bias ? bias[k] : T(0), relu, y + n * ys.n + k * ys.c, ys, p0, p1);
   }
@@ -387,10 +404,12 @@ int64_t dw_flat_wgrad_scratch(const Geo& g, int64_t channels) {
 
 // sum[t] += gb . buf[off[t]:] over len values; with GB, *gsum += the sum of gb (the bias
 // gradient, while gb is in registers anyway)
+// (pf, nullable: memory read next, prefetched as in dw_flat_block)
 template <class T, int NT, bool GB = false>
 void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* sum,
-                 T* gsum = nullptr) {
+                 T* gsum = nullptr, const T* pf = nullptr) {
   constexpr int64_t L = NV<T>;
+  constexpr int64_t LINE = 64 / sizeof(T);
   V<T> acc[NT], ga = V<T>{};
   const T* src[NT];
   for (int t = 0; t < NT; ++t) {
@@ -398,6 +417,7 @@ void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* 
     src[t] = buf + off[t];
   }
   for (int64_t j = 0; j < len; j += 2 * L) {
+    if (pf && j % LINE == 0) __builtin_prefetch(pf + j, 0, 2);
     const V<T> a0 = ld(gb + j), a1 = ld(gb + j + L);
     if (GB) ga += a0 + a1;
 #pragma GCC unroll 9
@@ -484,21 +504,32 @@ void dw_flat_bwd(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs,
     for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
   const int64_t len = g.P * wp;
   const T* ginner = gbuf + g.ph * wp + g.pw;  // gy[p][q] at ginner[p * wp + q]
+  // prefetches (contiguous planes only): the x plane during the input gradient, the next gy
+  // plane during the weight gradient, the gx plane before it is stored
+  const bool dense = gys.w == 1 && gys.h == g.Q && xs.w == 1 && xs.h == g.W;
+  const bool gx_dense = gxs.w == 1 && gxs.h == g.W;
   for (int64_t c = c0; c < c1; ++c) {
     for (int64_t t = 0; t < nt; ++t) sum[t] = 0;
     T bsum = 0;
     for (int64_t n = 0; n < g.N; ++n) {
+      const T* xc = x + n * xs.n + c * xs.c;
+      const T* gnext = c + 1 < c1 ? gy + n * gys.n + (c + 1) * gys.c
+                                  : n + 1 < g.N ? gy + (n + 1) * gys.n + c0 * gys.c : nullptr;
       dw_flat_pack(g, gy + n * gys.n + c * gys.c, gys, 0, nr, wp, slack, gbuf);
       if (gx) {
+        T* gxc = gx + n * gxs.n + c * gxs.c;
         with_taps(nt, [&](auto nt_tag) {
-          dw_flat_block<T, decltype(nt_tag)::value>(gbuf, off, wf + c * nt, len, out);
+          dw_flat_block<T, decltype(nt_tag)::value>(gbuf, off, wf + c * nt, len, out,
+                                                    dense && gw ? xc : nullptr,
+                                                    gx_dense ? gxc : nullptr);
         });
-        dw_flat_store(out, wp, g.W, T(0), false, gx + n * gxs.n + c * gxs.c, gxs, 0, g.H);
+        dw_flat_store(out, wp, g.W, T(0), false, gxc, gxs, 0, g.H);
       }
       if (gw) {
-        dw_flat_pack(g, x + n * xs.n + c * xs.c, xs, 0, nr, wp, slack, xbuf);
+        dw_flat_pack(g, xc, xs, 0, nr, wp, slack, xbuf);
         with_taps(nt, [&](auto nt_tag) {
-          dw_flat_dot<T, decltype(nt_tag)::value, true>(ginner, xbuf, off, len, sum, &bsum);
+          dw_flat_dot<T, decltype(nt_tag)::value, true>(ginner, xbuf, off, len, sum, &bsum,
+                                                        dense ? gnext : nullptr);
         });
       } else if (gb) {
         V<T> a = V<T>{};
