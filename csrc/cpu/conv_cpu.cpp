@@ -746,6 +746,9 @@ void dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor&
   });
 }
 
+template <class T>
+int64_t ks_vec() { return kern<T>().vec; }
+
 bool use_dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, int64_t vec) {
   return dw_flat_bwd_ok(g) && use_dw_flat(g, vec) && !use_nhwc(g, gy, x) && use_direct(g);
 }
@@ -1036,10 +1039,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       Tensor gmid = cl ? at::matmul(gy.transpose(1, 2), pw).transpose(1, 2)  // [N, CM, PQ]
                        : at::matmul(pw.t(), gy);
       if (mid_relu) gmid.mul_(mv.gt(0));
-      gdb.copy_(gmid.sum({0, 2}));
       const Tensor gm4 = gmid.view({g.N, g.K, g.P, g.Q});
-      wgrad_any<T>(g, gm4, x, gdw);
-      dgrad_any<T>(g, gm4, dw, gx);
+      // the depthwise backward: one pass over gmid where the fused kernels apply
+      if (use_dw_bwd_nhwc_fused(g, gm4, x)) {
+        dw_bwd_nhwc_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
+      } else if (use_dw_bwd_fused(g, gm4, x, ks_vec<T>())) {
+        dw_bwd_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
+      } else {
+        gdb.copy_(gmid.sum({0, 2}));
+        wgrad_any<T>(g, gm4, x, gdw);
+        dgrad_any<T>(g, gm4, dw, gx);
+      }
     });
   }
   return {finish(gx, dtype), finish(gdw, dtype), finish(gdb, dtype), finish(gpw, dtype),
