@@ -462,8 +462,12 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
         }
       }
       T* sk = sum + (kk - k0) * DW_FLAT_MAX_TAPS;
+      // prefetch: the x plane the next pass packs (next image, else the next unit's channel)
+      const T* pf = nullptr;
+      if (kk + 1 == k1 && xs.w == 1 && xs.h == g.W)
+        pf = n + 1 < g.N ? x + (n + 1) * xs.n + grp * xs.c : x + n * xs.n + (grp + 1) * xs.c;
       with_taps(nt, [&](auto nt_tag) {
-        dw_flat_dot<T, decltype(nt_tag)::value>(gb, buf, off, len, sk);
+        dw_flat_dot<T, decltype(nt_tag)::value>(gb, buf, off, len, sk, nullptr, pf);
       });
     }
   }
