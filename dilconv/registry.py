@@ -165,13 +165,15 @@ def cpu_auto_policy(p: Problem) -> bool:
     """Where dilconv's CPU kernels beat oneDNN: the op suite at batch 1, fp32, 2 threads, on an idle
     machine, interleaved A/B (`python -m dilconv bench --dtype fp32 --batch 1`; speed-ups
     torch/cpu):
-      * depthwise, stride 1, NCHW: forward 1.07-1.71x with <= 9 taps (7x7: 0.85x), forward +
-        backward 1.2-6.4x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
+      * depthwise, stride 1, NCHW: forward 1.07-2.2x with <= 9 taps (7x7: 0.85x), forward +
+        backward 1.2-10x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
         (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
         forward 0.5-0.95x (oneDNN's best case), forward + backward 3.9-6.2x dilated, 2.0x 7x7,
         0.81-0.88x undilated 3x3; stride 2: 0.76-1.09x;
-      * separable, dilated: training 1.2-8.6x either layout; forward 1.1-2.4x at rates >= 12,
-        1.07-1.17x at rate 2 NCHW, 0.87-1.17x at rate 6; undilated training 0.64-1.0x;
+      * separable, stride 1 (depthwise tile in cache, pointwise as a GEMM): forward 1.05-1.56x
+        undilated and at rates 2-6, 1.8-2.8x at rate 12, either layout (728->256 @33^2,
+        256->256 @65^2, 96->96 @129^2, 304->256 @25-129^2; one tie, 1.00x channels-last rate 6
+        @129^2); training 1.5-2.2x dilated, 0.74-0.98x undilated;
       * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,
         2.6x forward + backward; wider groups and channels-last 0.06-0.9x;
       * transposed, NCHW: 1.02-3.4x (FCN/U-Net upsampling); channels-last 0.1-0.9x;
@@ -184,9 +186,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         return False
     d = max(p.dilation)
     if p.op == "separable_conv2d":
-        if d == 1 or p.stride != (1, 1):
+        if p.stride != (1, 1):
             return False
-        return p.requires_grad or d >= 12 or (d == 2 and not p.channels_last)
+        return d > 1 or not p.requires_grad
     if p.op == "conv_transpose2d":
         return not p.channels_last
     if p.op != "conv2d":
