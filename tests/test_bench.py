@@ -179,10 +179,20 @@ def test_cli_writes_report(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["machine"]["threads_used"] == 2 and "mallopt" in data["machine"]["allocation"]
     assert data["peaks"]["bandwidth_Bps"] > 0 and data["peaks"]["matmul"]["fp32"]["flops_per_s"] > 0
+    assert data["peaks"]["cached_bandwidth_Bps"] > 0 and data["peaks"]["cached_copy_bytes"] == 32 << 20
     assert [c["layout"] for c in data["ops"]] == ["nchw", "nhwc"]
     md = (out / "results.md").read_text()
     assert "rx50_g32_1024" in md and "speed-up vs torch" in md and "2 threads used" in md
+    assert "GB/s at 16 MiB" in md and "256 MiB each way" in md
     assert (out / "roofline.png").stat().st_size > 1000
+
+
+def test_bandwidth_reference_follows_the_working_set():
+    from dilconv.bench.machine import bandwidth_for
+    p = {"bandwidth_Bps": 25e9, "cached_bandwidth_Bps": 40e9, "cached_copy_bytes": 32 << 20}
+    assert bandwidth_for(p, 24e6) == 40e9  # a 728ch 65x65 depthwise layer: cache-scale
+    assert bandwidth_for(p, 200e6) == 25e9  # beyond twice the small copy: DRAM-scale
+    assert bandwidth_for({"bandwidth_Bps": 25e9}, 24e6) == 25e9  # GPU runs: one figure
 
 
 def test_benchmarks_dir_skipped_without_benchmark_only():

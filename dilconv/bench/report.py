@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from dilconv.bench.machine import bandwidth_for
+
 
 def _ms(t):
     return f"{t * 1e3:.3g}"
@@ -21,7 +23,6 @@ def _status_cell(r):
 
 
 def op_table(cases: list, peaks: dict) -> list[str]:
-    bw = peaks["bandwidth_Bps"]
     lines = ["| case | n | dtype | layout | pass | backend | ms median [IQR] | speed-up vs torch "
              "[IQR] | GB/s | % BW | GFLOP/s | % peak | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -47,6 +48,7 @@ def op_table(cases: list, peaks: dict) -> list[str]:
             if r.get("speedup_vs_deterministic"):
                 note.append(f"{r['speedup_vs_deterministic']['median']:.2f}× vs torch-deterministic")
             pct_peak = f"{100 * r['gflops'] * 1e9 / peak:.0f}%" if peak else "–"
+            bw = bandwidth_for(peaks, c["bytes"])
             lines.append(head + f"| {name} | {_time_cell(r)} | {spc} | {r['gbps']:.1f} | "
                          f"{100 * r['gbps'] * 1e9 / bw:.0f}% | {r['gflops']:.1f} | {pct_peak} | "
                          f"{'; '.join(note)} |")
@@ -88,15 +90,19 @@ def markdown(run: dict) -> str:
            + (" — a shared, busy machine: absolute times are inflated and noisy; the interleaved "
               "ratios are the figures to read" if (m.get("loadavg_start") or [0])[0] > m["cpu_cores"]
               else "") + "  ",
-           f"Measured peaks (same run): copy {p['bandwidth_Bps'] / 1e9:.1f} GB/s (read + write), "
-           f"matmul {mm}  ", "",
+           f"Measured peaks (same run): copy {p['bandwidth_Bps'] / 1e9:.1f} GB/s "
+           f"({p['copy_bytes'] / 2**21:.0f} MiB each way, read + write)"
+           + (f", {p['cached_bandwidth_Bps'] / 1e9:.1f} GB/s at {p['cached_copy_bytes'] / 2**21:.0f} MiB"
+              if "cached_bandwidth_Bps" in p else "")
+           + f", matmul {mm}  ", "",
            "Method: every backend's result is checked against a float64 torch reference before "
            "it is timed (FAIL = outside tolerance, not timed; n/a = the backend does not handle the "
            "problem). Backends are timed interleaved in one process (each repeat runs each "
            "backend once, rotating the order); time = median seconds per call with the "
            "inter-quartile range; speed-up = median of the per-repeat ratios torch/backend. "
            "GB/s and GFLOP/s use the minimal bytes (each operand once) and 2 FLOPs per "
-           "multiply-add. `torch` is torch.nn.functional (oneDNN on the CPU, cuDNN on a GPU).", ""]
+           "multiply-add; % BW compares GB/s with the copy of the nearer size (the smaller copy "
+           "for cases moving up to twice its bytes). `torch` is torch.nn.functional (oneDNN on the CPU, cuDNN on a GPU).", ""]
     for n in run.get("notes", []):
         out.append(f"- {n}")
     if run.get("ops"):
