@@ -892,16 +892,19 @@ void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* 
   }
 }
 
-// Interior pixels [0, nq) of one output row with every tap inside the input, channel block by
-// channel block: the NT tap weights of a block of CB vectors stay in registers while the row is
-// swept four pixels at a time, and the input rows under one block (3 rows x the row width x CB
-// vectors for 3x3) stay in L1, so each input vector comes from L2 once per output row instead of
-// once per tap.
+// Interior pixels [0, nq) of one output row with every tap inside the input: the NT tap weights
+// of a block of CB vectors stay in registers while QC pixels are computed four at a time, then
+// the next channel block of the same pixels (weights reloaded from L1).
 template <class T, int NT, int CB>
 void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
                       const T* bias, bool relu, T* y, int64_t py, int64_t nq) {
   constexpr int64_t L = NV<T>;
+  // every channel block of a chunk of QC pixels before the next chunk: the rows are then read
+  // (and y written) front to back, which the hardware prefetchers follow; swept channel block by
+  // channel block across a whole row they see a stride of C elements (728ch 65^2: 1.05 -> 0.85 ms)
+  constexpr int64_t QC = 8;
   const int64_t nv = (C + L - 1) / L;
+  for (int64_t qc = 0; qc < nq; qc += QC)
   for (int64_t v = 0; v < nv; v += CB) {
     int64_t cs[CB];
     for (int c = 0; c < CB; ++c) cs[c] = vstart<T>(v + c < nv ? v + c : nv - 1, C);
@@ -909,8 +912,9 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
     for (int t = 0; t < NT; ++t)
       for (int c = 0; c < CB; ++c) wv[t][c] = ld(wt + t * C + cs[c]);
     for (int c = 0; c < CB; ++c) bv[c] = bias ? ld(bias + cs[c]) : V<T>{};
-    int64_t q = 0;
-    for (; q + 4 <= nq; q += 4) {
+    const int64_t qe = qc + QC < nq ? qc + QC : nq;
+    int64_t q = qc;
+    for (; q + 4 <= qe; q += 4) {
       V<T> acc[4][CB];
       for (int i = 0; i < 4; ++i)
         for (int c = 0; c < CB; ++c) acc[i][c] = bv[c];
@@ -924,7 +928,7 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
         for (int c = 0; c < CB; ++c)
           st(y + (q + i) * py + cs[c], relu ? relu_v<T>(acc[i][c]) : acc[i][c]);
     }
-    for (; q < nq; ++q) {
+    for (; q < qe; ++q) {
       V<T> acc[CB];
       for (int c = 0; c < CB; ++c) acc[c] = bv[c];
 #pragma GCC unroll 9
