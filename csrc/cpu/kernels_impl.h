@@ -1042,14 +1042,17 @@ template <class T, int NT, int CB>
 void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64_t* xo,
                       int64_t pb, int64_t nq, const V<T>& tail_mask, bool masked, T* part) {
   constexpr int64_t L = NV<T>;
+  constexpr int64_t QC = 16;  // pixels a chunk: rows read front to back (see nhwc_row_blocked)
   const int64_t nv = (C + L - 1) / L;
+  for (int64_t qc = 0; qc < nq; qc += QC)
   for (int64_t v = 0; v < nv; v += CB) {
     int64_t cs[CB];
     for (int c = 0; c < CB; ++c) cs[c] = vstart<T>(v + c < nv ? v + c : nv - 1, C);
     V<T> acc[NT][CB];
     for (int t = 0; t < NT; ++t)
       for (int c = 0; c < CB; ++c) acc[t][c] = V<T>{};
-    for (int64_t q = 0; q < nq; ++q) {
+    const int64_t qe = qc + QC < nq ? qc + QC : nq;
+    for (int64_t q = qc; q < qe; ++q) {
       V<T> av[CB];
       for (int c = 0; c < CB; ++c) av[c] = ld(a + q * pa + cs[c]);
       const T* bq = b + q * pb;
