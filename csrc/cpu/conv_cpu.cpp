@@ -746,9 +746,6 @@ void dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor&
   });
 }
 
-template <class T>
-int64_t ks_vec() { return kern<T>().vec; }
-
 bool use_dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, int64_t vec) {
   return dw_flat_bwd_ok(g) && use_dw_flat(g, vec) && !use_nhwc(g, gy, x) && use_direct(g);
 }
@@ -1043,7 +1040,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       // the depthwise backward: one pass over gmid where the fused kernels apply
       if (use_dw_bwd_nhwc_fused(g, gm4, x)) {
         dw_bwd_nhwc_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
-      } else if (use_dw_bwd_fused(g, gm4, x, ks_vec<T>())) {
+      } else if (use_dw_bwd_fused(g, gm4, x, kern<T>().vec)) {
         dw_bwd_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
       } else {
         gdb.copy_(gmid.sum({0, 2}));
