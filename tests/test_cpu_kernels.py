@@ -378,6 +378,17 @@ def test_auto_policy_routes_by_measured_wins():
     assert not cpu_auto_policy(prob(256, 256, 28, 1, 32))       # 8 channels per group: oneDNN
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, dtype=torch.bfloat16))
 
+    def pointwise(c, k, hw, grad=False, cl=False, n=1):
+        return Problem("conv2d", "cpu", torch.float32, n, c, hw, hw, k, 1, 1, (1, 1), (0, 0), (1, 1),
+                       1, cl, max(c, k) * hw * hw, grad)
+
+    assert cpu_auto_policy(pointwise(16, 96, 257)) and cpu_auto_policy(pointwise(24, 144, 129))
+    assert cpu_auto_policy(pointwise(32, 192, 65, grad=True))   # expansion, training
+    assert not cpu_auto_policy(pointwise(32, 192, 65))          # ... inference: a tie
+    assert not cpu_auto_policy(pointwise(16, 64, 129))          # small output: oneDNN
+    assert not cpu_auto_policy(pointwise(960, 160, 33, grad=True))  # projection: oneDNN
+    assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True))
+
     def sep(d, grad=False, cl=False):
         return Problem("separable_conv2d", "cpu", torch.float32, 1, 728, 33, 33, 256, 3, 3, (1, 1),
                        (d, d), (d, d), 728, cl, 728 * 33 * 33, grad, 728)
