@@ -314,7 +314,11 @@ void dw_flat_pack(const Geo& g, const T* src, Strides xs, int64_t p0, int64_t nr
       continue;
     }
     const T* s = src + hi * xs.h + (jlo - g.pw) * xs.w;
-    for (int64_t j = 0; j < jlo; ++j) d[j] = 0;
+    // the pad columns (a few): one vector store each, before the data resp. spilling into the
+    // next row, which is packed after this one (the last spills into the slack, zeroed below);
+    // GCC turns the plain loops into memset calls, which cost more than the copy on small planes
+    if (jlo <= L) st(d, V<T>{});
+    else zero_row(d, jlo);
     if (xs.w == 1) {
       int64_t m = 0;
       for (; m + L <= len_src; m += L) st(d + jlo + m, ld(s + m));
@@ -322,7 +326,8 @@ void dw_flat_pack(const Geo& g, const T* src, Strides xs, int64_t p0, int64_t nr
     } else {
       for (int64_t m = 0; m < len_src; ++m) d[jlo + m] = s[m * xs.w];
     }
-    for (int64_t j = jhi; j < wp; ++j) d[j] = 0;
+    if (wp - jhi <= L) st(d + jhi, V<T>{});
+    else zero_row(d + jhi, wp - jhi);
   }
   zero_row(buf + nr * wp, slack);
 }
