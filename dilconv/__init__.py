@@ -13,10 +13,12 @@ from dilconv.registry import backends, current_backend, use_backend
 from dilconv.convert import convert
 from dilconv.modules import (
     AtrousConv2d,
+    ConvNormActSequential,
     ConvTranspose2d,
     DepthwiseConv2d,
     DepthwiseSeparableConv2d,
     GroupedConv2d,
+    conv_norm_act,
     fold_batchnorm,
 )
 
@@ -28,7 +30,7 @@ except Exception:  # a source checkout that was never installed
     __version__ = "0.1.0"
 
 __all__ = [
-    "AtrousConv2d", "ConvTranspose2d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",
-    "GroupedConv2d", "backends", "convert", "current_backend", "fold_batchnorm", "functional",
-    "use_backend", "__version__",
+    "AtrousConv2d", "ConvNormActSequential", "ConvTranspose2d", "DepthwiseConv2d",
+    "DepthwiseSeparableConv2d", "GroupedConv2d", "backends", "conv_norm_act", "convert",
+    "current_backend", "fold_batchnorm", "functional", "use_backend", "__version__",
 ]

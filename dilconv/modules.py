@@ -3,6 +3,7 @@ parameters, state_dict keys and initialisation; only the computation goes throug
 backend (`backend=None` follows `dilconv.use_backend`, default "auto")."""
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -96,6 +97,36 @@ def fold_batchnorm(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.Ba
     return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype), shift.to(weight.dtype)
 
 
+# Folded (weight, bias) per conv module, reused while no tensor they came from has changed (keyed
+# by storage and version counter). Only filled with grad mode off: with it on, the fold must stay
+# in the autograd graph (an eval-mode BatchNorm can still be trained through, e.g. frozen-BN
+# fine-tuning), so it is recomputed per call.
+_FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _fold_key(conv: nn.Module, bn: nn.BatchNorm2d):
+    ts = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    try:
+        return (id(bn), bn.eps) + tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                                        if t is not None else None for t in ts)
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return None
+
+
+def _folded(conv: nn.Module, bn: nn.BatchNorm2d):
+    """fold_batchnorm(conv.weight, conv.bias, bn), cached while neither changes (grad mode off)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return fold_batchnorm(conv.weight, conv.bias, bn)
+    key = _fold_key(conv, bn)
+    hit = _FOLD_CACHE.get(conv)
+    if hit is not None and key is not None and hit[0] == key:
+        return hit[1], hit[2]
+    w, b = fold_batchnorm(conv.weight, conv.bias, bn)
+    if key is not None:
+        _FOLD_CACHE[conv] = (key, w, b)
+    return w, b
+
+
 class DepthwiseSeparableConv2d(nn.Module):
     """Depthwise (possibly dilated) conv then pointwise 1x1 conv — the atrous-separable conv of
     Xception/DeepLabV3+/MobileNet — computed by one fused op where the backend has one.
@@ -163,16 +194,95 @@ class DepthwiseSeparableConv2d(nn.Module):
                 mid = torch.relu(mid)
             out = pw(mid)
             return torch.relu(out) if self.out_relu else out
+        return self._fused_forward(input)
+
+    def _fused_forward(self, input, out_norm: Optional[nn.BatchNorm2d] = None,
+                       out_relu: bool = False) -> torch.Tensor:
+        """The fused op; `out_norm` (an eval-mode BatchNorm after this module, when out_relu is
+        off) is folded into the pointwise weights and `out_relu` ORed with self.out_relu."""
+        dw, pw = self.depthwise, self.pointwise
         x, padding = input, dw.padding
         if dw.padding_mode != "zeros":
             x, padding = F.pad(x, dw._reversed_padding_repeated_twice, mode=dw.padding_mode), 0
         w, b = dw.weight, dw.bias
         if self.mid_norm is not None:
-            w, b = fold_batchnorm(w, b, self.mid_norm)
-        return DF.depthwise_separable_conv2d(x, w, pw.weight, b, pw.bias, dw.stride, padding,
+            w, b = _folded(dw, self.mid_norm)
+        pw_w, pw_b = (pw.weight, pw.bias) if out_norm is None else _folded(pw, out_norm)
+        return DF.depthwise_separable_conv2d(x, w, pw_w, b, pw_b, dw.stride, padding,
                                              dw.dilation, mid_relu=self.mid_relu,
-                                             out_relu=self.out_relu, backend=self.backend)
+                                             out_relu=self.out_relu or out_relu,
+                                             backend=self.backend)
 
     def extra_repr(self):
         return (f"mid_relu={self.mid_relu}, out_relu={self.out_relu}"
                 + (f", backend={self.backend!r}" if self.backend else ""))
+
+
+def _effective_backend(m: nn.Module) -> str:
+    return getattr(m, "backend", None) or _backends.current_backend()
+
+
+def _hooked(*mods) -> bool:
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in mods)
+
+
+def _foldable(conv, bn) -> bool:
+    if type(bn) is not nn.BatchNorm2d or bn.training or bn.running_mean is None \
+            or _hooked(conv, bn):
+        return False
+    if isinstance(conv, DepthwiseSeparableConv2d):
+        ok = conv._fused() and not conv.out_relu and bn.num_features == conv.pointwise.out_channels
+    else:
+        ok = isinstance(conv, AtrousConv2d) and bn.num_features == conv.out_channels
+    return ok and _effective_backend(conv) != "torch"
+
+
+def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], input: torch.Tensor):
+    """act(bn(conv(input))) (act may be None), as one conv where that is possible: `conv` a
+    dilconv conv module, `bn` an eval-mode nn.BatchNorm2d (folded into the conv's weight and
+    bias, exact up to rounding, cached while parameters and running statistics are unchanged),
+    `act` nn.ReLU / nn.ReLU6 (applied in place on the conv's fresh output; a
+    DepthwiseSeparableConv2d takes a ReLU into its fused op), no forward hooks, and a backend
+    other than "torch" (the reference keeps plain torch.nn semantics). Otherwise the three
+    modules run one after the other. Folding removes BatchNorm's pass over the activations, the
+    largest non-conv cost of CPU inference."""
+    if not _foldable(conv, bn) or (act is not None and (type(act) not in (nn.ReLU, nn.ReLU6)
+                                                        or _hooked(act))):
+        y = bn(conv(input))
+        return y if act is None else act(y)
+    if isinstance(conv, DepthwiseSeparableConv2d):
+        relu = type(act) is nn.ReLU
+        y = conv._fused_forward(input, bn, out_relu=relu)
+        if relu:
+            return y
+    else:
+        w, b = _folded(conv, bn)
+        y = conv._conv_forward(input, w, b)
+    if type(act) is nn.ReLU:
+        return F.relu_(y)
+    if type(act) is nn.ReLU6:
+        return F.hardtanh_(y, 0.0, 6.0)
+    return y
+
+
+class ConvNormActSequential(nn.Sequential):
+    """`nn.Sequential` (same children, same state_dict) that runs each conv -> BatchNorm2d
+    [-> ReLU / ReLU6] run of its children through `conv_norm_act`: in inference under a dilconv
+    backend, one conv with the BatchNorm folded in. In training mode, under backend "torch", or
+    where a child has forward hooks, it is exactly nn.Sequential."""
+
+    def forward(self, input):
+        mods = list(self._modules.values())
+        i, n = 0, len(mods)
+        while i < n:
+            m = mods[i]
+            bn = mods[i + 1] if i + 1 < n else None
+            if bn is not None and _foldable(m, bn):
+                act = mods[i + 2] if i + 2 < n and type(mods[i + 2]) in (nn.ReLU, nn.ReLU6) \
+                    and not _hooked(mods[i + 2]) else None
+                input = conv_norm_act(m, bn, act, input)
+                i += 2 if act is None else 3
+            else:
+                input = m(input)
+                i += 1
+        return input

@@ -199,3 +199,162 @@ def test_autocast_like_torch(backend):
         y = _skip_unsupported(lambda: mod(x))
     assert y.dtype == yr.dtype == torch.bfloat16
     _close(y.float(), yr.float(), 2e-2)
+
+
+# --- conv -> BatchNorm -> activation runs folded in inference (ConvNormActSequential) ---------
+
+def _random_bn(n, eps=1e-5):
+    bn = nn.BatchNorm2d(n, eps=eps)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.25, 4)
+    bn.weight.data.uniform_(-1.5, 1.5)  # negative scales too: the fold flips those filters
+    bn.bias.data.uniform_(-1, 1)
+    return bn
+
+
+def _conv_chain(kind, act, backend):
+    """(dilconv ConvNormActSequential, the same layers as a plain nn.Sequential of torch.nn)."""
+    if kind == "separable":
+        conv = dilconv.DepthwiseSeparableConv2d(6, 7, 3, padding=2, dilation=2, bias=False,
+                                                mid_norm=True, mid_relu=True, backend=backend)
+        conv.mid_norm.load_state_dict(_random_bn(6).state_dict())
+        k = 7
+    else:
+        kw = dict(dense=dict(groups=1, out_channels=7, kernel_size=(1, 5), padding="same",
+                             dilation=(1, 3), bias=True),
+                  depthwise=dict(groups=6, out_channels=12, kernel_size=3, stride=2, padding=2,
+                                 dilation=2, bias=False),
+                  grouped=dict(groups=2, out_channels=8, kernel_size=3, padding=1,
+                               padding_mode="reflect", bias=False))[kind]
+        conv = _cls_for(dict(in_channels=6, **kw))(6, backend=backend, **kw)
+        k = kw["out_channels"]
+    layers = [conv, _random_bn(k, eps=1e-3)] + ([] if act is None else [act(inplace=True)])
+    fused = dilconv.modules.ConvNormActSequential(*layers)
+    plain = copy.deepcopy(nn.Sequential(*layers))
+    for m in plain.modules():
+        if hasattr(m, "backend"):
+            m.backend = "torch"
+    return fused, plain
+
+
+def _count_batch_norm_calls(monkeypatch):
+    calls = []
+    real = torch.nn.functional.batch_norm
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", counting)
+    return calls
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6], ids=["none", "relu", "relu6"])
+@pytest.mark.parametrize("kind", ["dense", "depthwise", "grouped", "separable"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_norm_act_folds_batchnorm_in_inference(backend, kind, act, channels_last,
+                                                     monkeypatch):
+    fused, plain = _conv_chain(kind, act, backend)
+    fused.eval(), plain.eval()
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 6, 11, 13) * 30  # wide enough that ReLU6 clips on both sides
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = plain.double()(x.double())
+    calls = _count_batch_norm_calls(monkeypatch)
+    with torch.no_grad():
+        y = _skip_unsupported(lambda: fused(x))
+        y2 = fused(x)  # second call: the cached fold
+    if backend != "torch":
+        assert not calls, "BatchNorm ran: the fold did not happen"
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    _close(y.double(), ref, tol=1e-5)
+    assert torch.equal(y, y2)
+    if act is nn.ReLU6:
+        assert (y == 6).any() and (y == 0).any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_norm_act_fold_cache_follows_parameter_updates(backend):
+    fused, plain = _conv_chain("dense", nn.ReLU, backend)
+    fused.eval(), plain.eval()
+    x = torch.randn(1, 6, 9, 9)
+    with torch.no_grad():
+        _skip_unsupported(lambda: fused(x))
+        # in-place updates of the weight, the running statistics and the affine parameters
+        for mod in (fused, plain):
+            mod[0].weight.mul_(-0.5)
+            mod[1].running_var.mul_(3.0)
+            mod[1].running_mean.add_(0.25)
+            mod[1].bias.sub_(0.5)
+        _close(fused(x), plain(x))
+        # a state_dict load replaces them too
+        other, _ = _conv_chain("dense", nn.ReLU, "torch")
+        plain.load_state_dict(other.state_dict())
+        fused.load_state_dict(other.state_dict())
+        _close(fused(x), plain(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_norm_act_fold_is_differentiable(backend):
+    """Frozen-BatchNorm fine-tuning: eval mode with gradients. The fold stays in the graph, so
+    the conv weight and the BatchNorm's affine parameters get their true gradients."""
+    fused, _ = _conv_chain("depthwise", nn.ReLU6, backend)
+    fused = fused.double().eval()
+    x = torch.randn(2, 6, 8, 9, dtype=torch.float64, requires_grad=True)
+    params = [fused[0].weight, fused[1].weight, fused[1].bias]
+    _skip_unsupported(lambda: fused(x))
+    assert torch.autograd.gradcheck(lambda x, *p: fused(x), (x, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_norm_act_training_and_hooks_run_unfused(backend, monkeypatch):
+    fused, plain = _conv_chain("dense", nn.ReLU, backend)
+    x = torch.randn(3, 6, 7, 7)
+    # training: batch statistics, running statistics updated exactly as nn.Sequential does
+    y = _skip_unsupported(lambda: fused(x))
+    _close(y, plain(x))
+    assert torch.allclose(fused[1].running_mean, plain[1].running_mean)
+    assert torch.allclose(fused[1].running_var, plain[1].running_var)
+    # eval with a forward hook on the norm: the hook must see the norm run
+    fused.eval(), plain.eval()
+    seen = []
+    fused[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    calls = _count_batch_norm_calls(monkeypatch)
+    with torch.no_grad():
+        _close(fused(x), plain(x))
+    assert seen == [torch.Size([3, 7, 7, 7])] and calls
+
+
+def test_conv_norm_act_under_torch_backend_is_plain_sequential(monkeypatch):
+    fused, plain = _conv_chain("dense", nn.ReLU6, None)
+    fused.eval(), plain.eval()
+    x = torch.randn(2, 6, 9, 9)
+    calls = _count_batch_norm_calls(monkeypatch)
+    with dilconv.use_backend("torch"), torch.no_grad():
+        y = fused(x)
+    assert calls  # the reference keeps torch.nn's computation
+    assert torch.equal(y, plain(x))
+
+
+def test_models_fold_their_batchnorms_in_inference(monkeypatch):
+    """The network builders use the folding blocks: DeepLabV3+ MobileNetV2 in eval mode under
+    a dilconv backend runs no BatchNorm at all (the ASPP's image pooling included)."""
+    from dilconv import models
+
+    m = models.deeplabv3plus(backbone="mobilenet_v2", num_classes=5, backend="cpu").eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.load_state_dict(_random_bn(mod.num_features, mod.eps).state_dict())
+    x = torch.randn(1, 3, 65, 65)
+    ref_model = copy.deepcopy(m).double()
+    for mod in ref_model.modules():
+        if hasattr(mod, "backend"):
+            mod.backend = "torch"
+    ref = ref_model(x.double())["out"]
+    calls = _count_batch_norm_calls(monkeypatch)
+    with torch.no_grad():
+        y = m(x)["out"]
+    assert not calls
+    _close(y.double(), ref, tol=1e-4)

@@ -108,7 +108,13 @@ def markdown(run: dict) -> str:
     if run.get("ops"):
         out += ["", "## Ops", ""] + op_table(run["ops"], p)
     if run.get("networks"):
-        out += ["", "## Networks", ""] + net_table(run["networks"])
+        out += ["", "## Networks", "",
+                "One model object runs under every backend. In inference under a dilconv backend "
+                "each conv -> BatchNorm (eval) [-> ReLU/ReLU6] of the network runs as one conv "
+                "with the BatchNorm folded into its weights and bias "
+                "(dilconv.ConvNormActSequential); under `torch` the BatchNorms run as torch.nn "
+                "runs them (eager PyTorch). Training steps run the same layers under every "
+                "backend.", ""] + net_table(run["networks"])
         parts = [n for n in run["networks"] if n.get("breakdown")]
         if parts:
             from dilconv.bench.breakdown import markdown

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dilconv.modules import (AtrousConv2d, ConvTranspose2d, DepthwiseConv2d,
-                             DepthwiseSeparableConv2d, GroupedConv2d)
+from dilconv.modules import (AtrousConv2d, ConvNormActSequential, ConvTranspose2d,
+                             DepthwiseConv2d, DepthwiseSeparableConv2d, GroupedConv2d)
 
 
 def conv(cin: int, cout: int, k, stride=1, padding=None, dilation=1, groups=1, bias=True, *,
@@ -25,8 +25,9 @@ def conv(cin: int, cout: int, k, stride=1, padding=None, dilation=1, groups=1, b
     return cls(cin, cout, k, stride, padding, dilation, groups, bias=bias, backend=backend)
 
 
-class ConvBNAct(nn.Sequential):
-    """conv, BatchNorm, activation: torchvision's Conv2dNormActivation layout (0, 1, 2)."""
+class ConvBNAct(ConvNormActSequential):
+    """conv, BatchNorm, activation: torchvision's Conv2dNormActivation layout (0, 1, 2). In
+    inference under a dilconv backend it runs as one conv with the BatchNorm folded in."""
 
     def __init__(self, cin, cout, k=3, stride=1, dilation=1, groups=1, act=nn.ReLU, *,
                  padding=None, backend=None):
@@ -38,10 +39,11 @@ class ConvBNAct(nn.Sequential):
         self.out_channels = cout
 
 
-class SepConvBN(nn.Sequential):
+class SepConvBN(ConvNormActSequential):
     """Atrous separable conv as in DeepLab's `split_separable_conv2d` / Xception: depthwise, BN,
     [ReLU], pointwise, BN, [ReLU]. The depthwise+BN+pointwise part is one
-    DepthwiseSeparableConv2d (fused op in eval mode)."""
+    DepthwiseSeparableConv2d (fused op in eval mode, which then also takes in the
+    outer BN and ReLU)."""
 
     def __init__(self, cin, cout, k=3, stride=1, dilation=1, *, mid_relu=True, out_relu=True,
                  backend=None):
@@ -164,6 +166,6 @@ def check_output_stride(output_stride: int) -> None:
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
 
 
-__all__ = ["conv", "ConvBNAct", "SepConvBN", "bilinear_kernel", "bilinear_upsampler",
-           "init_bilinear_", "crop", "center_crop", "mirror_pad", "pad_to_multiple", "resize",
+__all__ = ["conv", "ConvBNAct", "ConvNormActSequential", "SepConvBN", "bilinear_kernel",
+           "bilinear_upsampler", "init_bilinear_", "crop", "center_crop", "mirror_pad", "pad_to_multiple", "resize",
            "init_kaiming_", "count_params", "rates_for", "check_output_stride"]

@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dilconv.models._layers import ConvBNAct, SepConvBN, conv, rates_for, resize
+from dilconv.models._layers import (ConvBNAct, ConvNormActSequential, SepConvBN, conv,
+                                     rates_for, resize)
 from dilconv.models.backbones import make_backbone
 
 
-class ASPPPooling(nn.Sequential):
+class ASPPPooling(ConvNormActSequential):
     """Image-level features: global average pool, 1x1 conv, BN, ReLU, bilinear upsample.
     (In training mode BatchNorm over a 1x1 map needs a batch of at least 2.)"""
 
@@ -24,8 +25,7 @@ class ASPPPooling(nn.Sequential):
 
     def forward(self, x):
         size = x.shape[-2:]
-        for m in self:
-            x = m(x)
+        x = super().forward(x)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -46,14 +46,15 @@ class ASPP(nn.Module):
         if image_pooling:
             branches.append(ASPPPooling(cin, cout, backend=backend))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(conv(len(branches) * cout, cout, 1, bias=False, backend=backend),
-                                     nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.project = ConvNormActSequential(
+            conv(len(branches) * cout, cout, 1, bias=False, backend=backend),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.Dropout(dropout))
 
     def forward(self, x):
         return self.project(torch.cat([b(x) for b in self.convs], dim=1))
 
 
-class DeepLabHead(nn.Sequential):
+class DeepLabHead(ConvNormActSequential):
     """torchvision's DeepLabHead: ASPP, 3x3 conv 256, BN, ReLU, 1x1 classifier."""
 
     def __init__(self, cin, num_classes, rates=(12, 24, 36), *, backend=None):
@@ -62,7 +63,7 @@ class DeepLabHead(nn.Sequential):
                          nn.ReLU(inplace=True), conv(256, num_classes, 1, backend=backend))
 
 
-class DeepLabPaperHead(nn.Sequential):
+class DeepLabPaperHead(ConvNormActSequential):
     """DeepLabV3 paper / TF reference: ASPP (projection 1x1 256 + BN, dropout 0.1), 1x1 logits."""
 
     def __init__(self, cin, num_classes, rates=(6, 12, 18), *, separable=False, backend=None):
@@ -70,7 +71,7 @@ class DeepLabPaperHead(nn.Sequential):
                          conv(256, num_classes, 1, backend=backend))
 
 
-class FCNHead(nn.Sequential):
+class FCNHead(ConvNormActSequential):
     """torchvision's FCNHead: 3x3 conv to Cin/4, BN, ReLU, Dropout 0.1, 1x1 classifier."""
 
     def __init__(self, cin, num_classes, *, backend=None):

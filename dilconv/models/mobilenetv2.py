@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from dilconv.models._layers import ConvBNAct, check_output_stride, conv
+from dilconv.models._layers import ConvBNAct, ConvNormActSequential, check_output_stride, conv
 
 # t (expansion), c (channels), n (blocks), s (stride of the first block)
 SETTINGS = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1],
@@ -40,7 +40,7 @@ class InvertedResidual(nn.Module):
                              backend=backend),
                    conv(hidden, oup, 1, bias=False, backend=backend),
                    nn.BatchNorm2d(oup)]
-        self.conv = nn.Sequential(*layers)
+        self.conv = ConvNormActSequential(*layers)
         self.out_channels = oup
 
     def forward(self, x):

@@ -13,12 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dilconv.models._layers import conv, pad_to_multiple
+from dilconv.models._layers import ConvNormActSequential, conv, pad_to_multiple
 
 EPS = 1e-3
 
 
-class ConvBN(nn.Sequential):
+class ConvBN(ConvNormActSequential):
     """cudnn.SpatialConvolution (3x3, pad 1, with bias) + SpatialBatchNormalization(eps 1e-3)
     [+ ReLU]."""
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dilconv.models._layers import conv, resize
+from dilconv.models._layers import ConvNormActSequential, conv, resize
 from dilconv.models.backbones import make_backbone
 
 
@@ -31,9 +31,9 @@ class PPM(nn.Module):
 
 
 def _head(cin, mid, num_classes, backend):
-    return nn.Sequential(conv(cin, mid, 3, bias=False, backend=backend), nn.BatchNorm2d(mid),
-                         nn.ReLU(inplace=True), nn.Dropout2d(0.1),
-                         conv(mid, num_classes, 1, backend=backend))
+    return ConvNormActSequential(conv(cin, mid, 3, bias=False, backend=backend),
+                                 nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
+                                 conv(mid, num_classes, 1, backend=backend))
 
 
 class PSPNet(nn.Module):

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from dilconv.models._layers import conv, init_kaiming_
+from dilconv.models._layers import ConvNormActSequential, conv, init_kaiming_
+from dilconv.modules import conv_norm_act
 
 
 class Bottleneck(nn.Module):
@@ -34,9 +35,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        # conv_norm_act: one conv with the BatchNorm folded in, in inference under dilconv
+        out = conv_norm_act(self.conv1, self.bn1, self.relu, x)
+        out = conv_norm_act(self.conv2, self.bn2, self.relu, out)
+        out = conv_norm_act(self.conv3, self.bn3, None, out)
         return self.relu(out + identity)
 
 
@@ -69,7 +71,7 @@ class ResNet(nn.Module):
         self.dilation = 1
         if deep_stem:  # PSPNet / hszhao semseg "deep base": three 3x3 convs
             self.inplanes = 128
-            self.conv1 = nn.Sequential(
+            self.conv1 = ConvNormActSequential(
                 conv(in_channels, 64, 3, 2, bias=False, backend=backend), nn.BatchNorm2d(64),
                 nn.ReLU(inplace=True),
                 conv(64, 64, 3, bias=False, backend=backend), nn.BatchNorm2d(64),
@@ -101,7 +103,7 @@ class ResNet(nn.Module):
             self.dilation *= stride
             stride = 1
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(
+            downsample = ConvNormActSequential(
                 conv(self.inplanes, planes * Bottleneck.expansion, 1, stride, bias=False,
                      backend=self.backend),
                 nn.BatchNorm2d(planes * Bottleneck.expansion))
@@ -120,7 +122,7 @@ class ResNet(nn.Module):
 
     def forward_stages(self, x: torch.Tensor, upto: Optional[str] = None) -> "OrderedDict[str, torch.Tensor]":
         out = OrderedDict()
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(conv_norm_act(self.conv1, self.bn1, self.relu, x))
         out["stem"] = x
         for name in ("layer1", "layer2", "layer3", "layer4"):
             if upto == list(out)[-1]:

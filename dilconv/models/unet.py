@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dilconv.models._layers import ConvTranspose2d, center_crop, conv, mirror_pad, pad_to_multiple
+from dilconv.models._layers import (ConvNormActSequential, ConvTranspose2d, center_crop, conv,
+                                    mirror_pad, pad_to_multiple)
 
 VALID_MARGIN = 92  # classic U-Net: each output pixel sees 92 more pixels on every side
 
 
-class DoubleConv(nn.Sequential):
+class DoubleConv(ConvNormActSequential):
     def __init__(self, cin, cout, padding: int, batch_norm: bool, backend=None):
         layers = []
         for c in (cin, cout):

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from dilconv.models._layers import SepConvBN, check_output_stride, conv
+from dilconv.models._layers import ConvNormActSequential, SepConvBN, check_output_stride, conv
 
 EPS = 1e-3  # TF batch_norm_epsilon
 
@@ -31,8 +31,9 @@ class XceptionModule(nn.Module):
             c = d
         self.sep = nn.ModuleList(convs)
         if skip == "conv":
-            self.shortcut = nn.Sequential(conv(cin, depths[-1], 1, stride, bias=False, backend=backend),
-                                          nn.BatchNorm2d(depths[-1], eps=EPS))
+            self.shortcut = ConvNormActSequential(
+                conv(cin, depths[-1], 1, stride, bias=False, backend=backend),
+                nn.BatchNorm2d(depths[-1], eps=EPS))
         self.out_channels = depths[-1]
 
     def forward(self, x, keep: Optional[int] = None):
@@ -67,10 +68,10 @@ class Xception65(nn.Module):
         super().__init__()
         check_output_stride(output_stride)
         b = dict(backend=backend)
-        self.conv1_1 = nn.Sequential(conv(in_channels, 32, 3, 2, bias=False, **b),
-                                     nn.BatchNorm2d(32, eps=EPS), nn.ReLU(inplace=True))
-        self.conv1_2 = nn.Sequential(conv(32, 64, 3, bias=False, **b),
-                                     nn.BatchNorm2d(64, eps=EPS), nn.ReLU(inplace=True))
+        self.conv1_1 = ConvNormActSequential(conv(in_channels, 32, 3, 2, bias=False, **b),
+                                             nn.BatchNorm2d(32, eps=EPS), nn.ReLU(inplace=True))
+        self.conv1_2 = ConvNormActSequential(conv(32, 64, 3, bias=False, **b),
+                                             nn.BatchNorm2d(64, eps=EPS), nn.ReLU(inplace=True))
         stride, rate = 2, 1
 
         def unit(cin, depths, skip, s, unit_rates=(1, 1, 1), act_in_sep=False):
