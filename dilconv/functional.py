@@ -160,6 +160,13 @@ def _remember(key, b, call=None):
         _backends.AUTO_PICKS[key] = b.name if b.name == "torch" or call is None else (b.name, *call)
 
 
+def _auto_pick(op, input, weight, bias, *conf) -> Optional[str]:
+    """The backend name "auto" picked for a call of this signature, if one was made already."""
+    key = _auto_key(op, input, weight, bias, *conf)
+    hit = _backends.AUTO_PICKS.get(key) if key is not None else None
+    return hit if hit is None or isinstance(hit, str) else hit[0]
+
+
 def _batched(fn, input, *rest):
     if input.dim() == 3:
         return fn(input.unsqueeze(0), *rest).squeeze(0)

@@ -226,6 +226,54 @@ def _hooked(*mods) -> bool:
     return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in mods)
 
 
+# oneDNN's inference convolution (the op Inductor's CPU freezing pass emits): weights reordered
+# once into oneDNN's blocked layout and the activation fused as a post-op. Per conv module:
+# (key, folded weight it was packed from, packed weight).
+_ONEDNN_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_ONEDNN_ACTS = {type(None): ("none", []), nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+_ONEDNN_OK = (torch.backends.mkldnn.is_available()
+              and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+              and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
+def _onednn_fused(conv, w, b, act, x):
+    """conv(x) with the folded (w, b) and act, by oneDNN with packed weights, where "auto" sends
+    this conv to torch (oneDNN) anyway: channels_last float32 CPU inference (grad mode off) of a
+    zero-padded conv. Removes the weight reorder torch does per call and the activation's pass.
+    (In NCHW oneDNN's fused op returns channels_last outputs, so NCHW is left to F.conv2d.)
+    None where it does not apply."""
+    global _ONEDNN_OK
+    if not _ONEDNN_OK or torch.is_grad_enabled() or x.device.type != "cpu" \
+            or x.dtype != torch.float32 or x.dim() != 4 or x.is_contiguous() \
+            or not x.is_contiguous(memory_format=torch.channels_last) \
+            or conv.padding_mode != "zeros" or isinstance(conv.padding, str) \
+            or _effective_backend(conv) != "auto" or torch.compiler.is_compiling() \
+            or torch.is_autocast_enabled("cpu"):
+        return None
+    conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    if DF._auto_pick("conv2d", x, w, b, *conf) != "torch":
+        return None  # "auto" runs this conv itself, or has not decided yet
+    key = (id(w), w._version, tuple(x.shape), *conf)
+    hit = _ONEDNN_PACKED.get(conv)
+    if hit is not None and hit[0] == key and hit[1] is w:
+        packed = hit[2]
+    else:
+        try:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
+                conv.groups, list(x.shape))
+        except RuntimeError:
+            _ONEDNN_OK = False  # this torch build cannot: F.conv2d from now on
+            return None
+        _ONEDNN_PACKED[conv] = (key, w, packed)
+    attr, scalars = _ONEDNN_ACTS[type(act)]
+    if _backends.PICK_OBSERVERS:
+        _backends.observe_pick("onednn-packed")
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed, b, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        attr, scalars, "")
+
+
 def _foldable(conv, bn) -> bool:
     if type(bn) is not nn.BatchNorm2d or bn.training or bn.running_mean is None \
             or _hooked(conv, bn):
@@ -257,6 +305,9 @@ def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], inpu
             return y
     else:
         w, b = _folded(conv, bn)
+        y = _onednn_fused(conv, w, b, act, input)
+        if y is not None:
+            return y
         y = conv._conv_forward(input, w, b)
     if type(act) is nn.ReLU:
         return F.relu_(y)

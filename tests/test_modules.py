@@ -358,3 +358,46 @@ def test_models_fold_their_batchnorms_in_inference(monkeypatch):
         y = m(x)["out"]
     assert not calls
     _close(y.double(), ref, tol=1e-4)
+
+
+@pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6], ids=["none", "relu", "relu6"])
+@pytest.mark.parametrize("conv_kw", [dict(kernel_size=3, padding=2, dilation=2),
+                                     dict(kernel_size=(1, 3), stride=2, padding=(0, 1), groups=2),
+                                     dict(kernel_size=1, padding=0)], ids=str)
+def test_conv_norm_act_auto_channels_last_uses_packed_onednn(conv_kw, act):
+    """Where "auto" sends a folded conv to oneDNN in channels_last inference, it runs oneDNN's
+    inference convolution with packed weights and the activation fused: same values, same
+    layout; repacked when the weights or the input shape change."""
+    from dilconv.bench.ops import record_resolution
+
+    dilconv.registry.AUTO_PICKS.clear()  # the first call must decide afresh
+    conv = dilconv.AtrousConv2d(16, 32, bias=False, **conv_kw)
+    layers = [conv, _random_bn(32)] + ([] if act is None else [act()])
+    fused = dilconv.modules.ConvNormActSequential(*layers).eval()
+    plain = copy.deepcopy(nn.Sequential(*layers)).eval()
+    plain[0].backend = "torch"
+    for size in (23, 18):
+        x = (torch.randn(2, 16, size, size + 3) * 20).contiguous(memory_format=torch.channels_last)
+        ref = plain.double()(x.double())
+        with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
+            ys = [fused(x) for _ in range(3)]
+        if seen[0] != "torch":
+            pytest.skip(f"auto does not send this conv to torch here ({seen[0]})")
+        assert seen[1:] == ["onednn-packed"] * 2
+        for y in ys:
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            _close(y.double(), ref)
+        if act is nn.ReLU6:
+            assert (ys[-1] == 6).any() and (ys[-1] == 0).any()
+    with torch.no_grad():  # new weights: repacked
+        fused[0].weight.mul_(-2)
+        plain[0].weight.mul_(-2)
+        with dilconv.use_backend("auto"):
+            _close(fused(x).double(), plain(x.double()))
+    # grad mode on (or NCHW): the plain F.conv2d path
+    with dilconv.use_backend("auto"), record_resolution() as seen:
+        y = fused(x)
+        y2 = fused(x.contiguous())
+    assert "onednn-packed" not in seen
+    _close(y.double(), plain(x.double()))
+    _close(y2.double(), plain(x.double()))

@@ -113,8 +113,11 @@ def markdown(run: dict) -> str:
                 "each conv -> BatchNorm (eval) [-> ReLU/ReLU6] of the network runs as one conv "
                 "with the BatchNorm folded into its weights and bias "
                 "(dilconv.ConvNormActSequential); under `torch` the BatchNorms run as torch.nn "
-                "runs them (eager PyTorch). Training steps run the same layers under every "
-                "backend.", ""] + net_table(run["networks"])
+                "runs them (eager PyTorch). Where `auto` sends such a conv to oneDNN in "
+                "channels_last inference it calls oneDNN's inference convolution with weights "
+                "packed once and the activation fused (`onednn-packed` in the note: torch's "
+                "oneDNN, as Inductor's CPU freezing uses it, not a dilconv kernel). Training "
+                "steps run the same layers under every backend.", ""] + net_table(run["networks"])
         parts = [n for n in run["networks"] if n.get("breakdown")]
         if parts:
             from dilconv.bench.breakdown import markdown
