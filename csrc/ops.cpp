@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cmath>
 #include <tuple>
 
 // A bare Python module so that `import dilconv._C` loads this library (and its op
@@ -88,6 +89,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_generic(
   return {gx, gw, gb};
 }
 
+// conv2d then clamp: the generic version (any device) is the two ops; the CPU key fuses the
+// clamp into the conv's store (csrc/cpu/conv_cpu.cpp).
+at::Tensor conv2d_clamp_generic(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                double min, double max) {
+  TORCH_CHECK(!std::isnan(min) && !std::isnan(max) && min <= max,
+              "dilconv::conv2d_clamp: need min <= max (not NaN), got min=", min, ", max=", max);
+  static const auto conv =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dilconv::conv2d", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  at::Tensor y = conv.call(input, weight, bias, stride, padding, dilation, groups);
+  return std::isinf(max) ? y.clamp_min_(min) : y.clamp_(min, max);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dilconv, m) {
@@ -97,8 +115,13 @@ TORCH_LIBRARY(dilconv, m) {
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> "
         "(Tensor, Tensor, Tensor)");
+  // conv2d followed by clamp(min, max) (max = inf for ReLU), for the activations that follow
+  // a folded BatchNorm (dilconv.conv_norm_act). Plain names only.
+  m.def("conv2d_clamp(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, float min, float max) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {
   m.impl("conv2d_backward", &conv2d_backward_generic);
+  m.impl("conv2d_clamp", &conv2d_clamp_generic);
 }

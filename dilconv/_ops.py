@@ -109,6 +109,11 @@ def _fake_conv2d_backward(grad_output, input, weight, stride, padding, dilation,
     )
 
 
+def _fake_conv2d_clamp(input, weight, bias, stride, padding, dilation, groups, min, max):
+    torch._check(min <= max, lambda: f"dilconv::conv2d_clamp: need min <= max, got {min}, {max}")
+    return _fake_conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
 _FAKES = {
     "conv2d": _fake_conv2d,
     "conv2d_input_grad": _fake_conv2d_input_grad,
@@ -265,8 +270,27 @@ def _autograd_formulas(suffix: str):
         "conv_transpose2d": (convt_backward, convt_setup),
         "separable_conv2d": (sep_backward, sep_setup),
     }
+    # conv2d_clamp(input, weight, bias, stride, padding, dilation, groups, min, max): the clamp
+    # passes the gradient where min < y < max (torch's hardtanh/relu: zero at the bounds)
+    def clamp_setup(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups, lo, hi = inputs
+        ctx.save_for_backward(input, weight, output)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.bounds = (lo, hi)
+        ctx.has_bias = bias is not None
+
+    def clamp_backward(ctx, grad):
+        input, weight, output = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        grad = grad * ((output > lo) & (output < hi)).to(grad.dtype)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2]]
+        gi, gw, gb = fused(grad, input, weight, *ctx.conf, mask)
+        return gi, gw, gb, None, None, None, None, None, None
+
     if fused is not None:
         formulas["conv2d_backward"] = (bwd_backward, bwd_setup)
+        formulas["conv2d_clamp"] = (clamp_backward, clamp_setup)
     return formulas
 
 
@@ -278,6 +302,7 @@ def register_variant(suffix: str, *, fake: bool = True) -> None:
             torch.library.register_fake(f"dilconv::{name}{suffix}")(fn)
         if suffix == "":
             torch.library.register_fake("dilconv::conv2d_backward")(_fake_conv2d_backward)
+            torch.library.register_fake("dilconv::conv2d_clamp")(_fake_conv2d_clamp)
     for name, (backward, setup) in _autograd_formulas(suffix).items():
         torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
 

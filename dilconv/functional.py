@@ -178,6 +178,23 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
            groups: int = 1, *, backend: Optional[str] = None) -> torch.Tensor:
     """`torch.nn.functional.conv2d` computed by a dilconv backend (dense, grouped, depthwise,
     dilated; any kernel size)."""
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, None)
+
+
+def conv2d_clamp(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 stride: IntOr2 = 1, padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1,
+                 groups: int = 1, min: float = 0.0, max: float = float("inf"), *,
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """`conv2d(...).clamp(min, max)`: ReLU with the defaults, ReLU6 with max=6 (gradient zero
+    at the bounds, as torch's relu/hardtanh). The CPU kernels apply the clamp as they store each
+    output (no second pass over the output); other backends run conv2d then clamp_."""
+    if not (min <= max):
+        raise RuntimeError(f"conv2d_clamp: need min <= max (not NaN), got min={min}, max={max}")
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, backend,
+                   (float(min), float(max)))
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, clamp):
     name = backend or _backends._current
     key = _auto_key("conv2d", input, weight, bias, stride, padding, dilation, groups) \
         if name == "auto" else None
@@ -187,7 +204,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         # checks below would only add Python time to every call
         if _backends.PICK_OBSERVERS:
             _backends.observe_pick("torch")
-        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return y if clamp is None else _backends._clamp_(y, *clamp)
     if hit is not None:  # a call of this signature passed the checks and went to hit[0]
         b, st, pd, dl, extra = _backends.get_backend(hit[0]), *hit[1:]
         if _backends.PICK_OBSERVERS:
@@ -196,6 +214,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         def run_again(x):
             if extra is not None:
                 x = F.pad(x, [0, extra[1], 0, extra[0]])
+            if clamp is not None:
+                return b.conv2d_clamp(x, weight, bias, list(st), list(pd), list(dl), groups,
+                                      *clamp)
             return b.conv2d(x, weight, bias, list(st), list(pd), list(dl), groups)
 
         return _batched(run_again, input)
@@ -231,6 +252,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                      (x, weight, bias))
         b = _backends.resolve(backend, p)
         _remember(key, b, (tuple(stride), tuple(pad), tuple(dilation), extra))
+        if clamp is not None:
+            return b.conv2d_clamp(x, weight, bias, list(stride), list(pad), list(dilation),
+                                  groups, *clamp)
         return b.conv2d(x, weight, bias, list(stride), list(pad), list(dilation), groups)
 
     return _batched(run, input)

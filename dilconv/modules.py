@@ -30,12 +30,15 @@ class AtrousConv2d(nn.Conv2d):
                          bias, padding_mode, device, dtype)
         self.backend = _check_backend_name(backend)
 
-    def _conv_forward(self, input, weight, bias):
+    def _conv_forward(self, input, weight, bias, clamp=None):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         else:
             padding = self.padding
+        if clamp is not None:  # (min, max): conv_norm_act's activation
+            return DF.conv2d_clamp(input, weight, bias, self.stride, padding, self.dilation,
+                                   self.groups, *clamp, backend=self.backend)
         return DF.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                          backend=self.backend)
 
@@ -289,31 +292,24 @@ def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], inpu
     """act(bn(conv(input))) (act may be None), as one conv where that is possible: `conv` a
     dilconv conv module, `bn` an eval-mode nn.BatchNorm2d (folded into the conv's weight and
     bias, exact up to rounding, cached while parameters and running statistics are unchanged),
-    `act` nn.ReLU / nn.ReLU6 (applied in place on the conv's fresh output; a
-    DepthwiseSeparableConv2d takes a ReLU into its fused op), no forward hooks, and a backend
-    other than "torch" (the reference keeps plain torch.nn semantics). Otherwise the three
-    modules run one after the other. Folding removes BatchNorm's pass over the activations, the
+    `act` nn.ReLU / nn.ReLU6 (dilconv.functional.conv2d_clamp: the CPU kernels clamp as they
+    store, other backends clamp the fresh output in place; a DepthwiseSeparableConv2d takes a
+    ReLU into its fused op), no forward hooks, and a backend other than "torch" (the reference
+    keeps plain torch.nn semantics). Otherwise the three modules run one after the other. Folding removes BatchNorm's pass over the activations, the
     largest non-conv cost of CPU inference."""
     if not _foldable(conv, bn) or (act is not None and (type(act) not in (nn.ReLU, nn.ReLU6)
                                                         or _hooked(act))):
         y = bn(conv(input))
         return y if act is None else act(y)
     if isinstance(conv, DepthwiseSeparableConv2d):
-        relu = type(act) is nn.ReLU
-        y = conv._fused_forward(input, bn, out_relu=relu)
-        if relu:
-            return y
-    else:
-        w, b = _folded(conv, bn)
-        y = _onednn_fused(conv, w, b, act, input)
-        if y is not None:
-            return y
-        y = conv._conv_forward(input, w, b)
-    if type(act) is nn.ReLU:
-        return F.relu_(y)
-    if type(act) is nn.ReLU6:
-        return F.hardtanh_(y, 0.0, 6.0)
-    return y
+        y = conv._fused_forward(input, bn, out_relu=type(act) is nn.ReLU)
+        return F.hardtanh_(y, 0.0, 6.0) if type(act) is nn.ReLU6 else y
+    w, b = _folded(conv, bn)
+    y = _onednn_fused(conv, w, b, act, input)
+    if y is not None:
+        return y
+    clamp = None if act is None else (0.0, float("inf") if type(act) is nn.ReLU else 6.0)
+    return conv._conv_forward(input, w, b, clamp)
 
 
 class ConvNormActSequential(nn.Sequential):

@@ -78,12 +78,24 @@ class Backend:
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups):
         raise NotImplementedError
 
+    def conv2d_clamp(self, input, weight, bias, stride, padding, dilation, groups, lo, hi):
+        """conv2d then clamp(lo, hi) in place (hi = inf: ReLU-like); backends with a fused op
+        override it."""
+        return _clamp_(self.conv2d(input, weight, bias, stride, padding, dilation, groups), lo, hi)
+
     def conv_transpose2d(self, input, weight, bias, stride, padding, output_padding, groups, dilation):
         raise NotImplementedError
 
     def separable_conv2d(self, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
                          dilation, mid_relu, out_relu):
         raise NotImplementedError
+
+
+def _clamp_(y: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """y clamped to [lo, hi] in place, through the ops torch.nn's ReLU / ReLU6 use."""
+    if hi == float("inf"):
+        return torch.relu_(y) if lo == 0 else y.clamp_(min=lo)
+    return torch.nn.functional.hardtanh_(y, lo, hi)
 
 
 class TorchBackend(Backend):
@@ -141,6 +153,15 @@ class OpsBackend(Backend):
 
     def conv2d(self, input, weight, bias, stride, padding, dilation, groups):
         return self._call("conv2d", input, weight, bias, stride, padding, dilation, groups)
+
+    def conv2d_clamp(self, input, weight, bias, stride, padding, dilation, groups, lo, hi):
+        """conv2d then clamp(lo, hi) (hi = inf: ReLU-like), in one op where the backend has it
+        (the CPU kernels apply it as they store; elsewhere the op is conv2d + clamp_)."""
+        if self.suffix != "":
+            return _clamp_(self.conv2d(input, weight, bias, stride, padding, dilation, groups),
+                           lo, hi)
+        return torch.ops.dilconv.conv2d_clamp(input, weight, bias, stride, padding, dilation,
+                                              groups, lo, hi)
 
     def conv_transpose2d(self, input, weight, bias, stride, padding, output_padding, groups, dilation):
         return self._call("conv_transpose2d", input, weight, bias, stride, padding, output_padding,

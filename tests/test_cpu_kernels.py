@@ -26,7 +26,7 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["auto", "direct", "flat", "planar", "gemm", "taps"])
+@pytest.fixture(params=["auto", "direct", "flat", "planar", "gemm", "taps", "pointwise"])
 def path(request, monkeypatch):
     # auto: the kernels' own choice (channels-last depthwise kernels included); direct: the
     # stencil kernels with their own choice (flattened-window depthwise for stride 1 included);
@@ -89,6 +89,11 @@ def test_conv_paths(isa, path, dtype):
         yr.backward(gy.double())
         conf = (list(st), list(p), list(d), g)
         y = ops.conv2d(x, wt, b, *conf)
+        # the clamp applied as the kernels store: ReLU-like and two-sided
+        for lo, hi in ((0.0, float("inf")), (-0.5, 0.7)):
+            yc = ops.conv2d_clamp(x, wt, b, *conf, lo, hi)
+            _close(yc, yr.detach().clamp(lo, hi), tol)
+            assert yc.is_contiguous(memory_format=_expected_format(x))
         gx = ops.conv2d_input_grad(gy, wt, list(x.shape), *conf)
         gw = ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf)
         case = (n, c, k, g, (r, s), st, p, d, h, w, layout)
@@ -405,3 +410,37 @@ def test_auto_policy_routes_by_measured_wins():
     x, w = torch.randn(1, 4, 40, 40), torch.randn(4, 1, 3, 3)
     torch.testing.assert_close(dilconv.functional.conv2d(x, w, None, 1, 2, 2, 4, backend="auto"),
                                F.conv2d(x, w, None, 1, 2, 2, 4))
+
+
+@pytest.mark.parametrize("path_env", [None, "pointwise"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
+    """1x1 stride-1 unpadded convs on NCHW planes: one GEMM per group straight on the planes, in
+    column blocks (several blocks and a remainder when K * H * W is large) with the bias and the
+    clamp applied per block; batch 2, groups, a channel slice of a bigger tensor (planes still
+    contiguous), few channels per group (forced path), and the layouts that cannot use it."""
+    if path_env:
+        monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    cases = [  # n, c, k, groups, h, w, layout
+        (2, 16, 24, 1, 9, 10, "nchw"),
+        (1, 20, 600, 1, 40, 30, "nchw"),  # 3 column blocks of 512, remainder 176
+        (2, 36, 20, 2, 17, 13, "slice"),
+        (1, 3, 32, 1, 11, 12, "nchw"),  # 3 channels: direct kernels unless forced
+        (1, 18, 10, 1, 7, 9, "nhwc"),
+        (2, 18, 10, 1, 7, 9, "strided"),
+    ]
+    for n, c, k, g, h, w, layout in cases:
+        if layout == "slice":
+            x = torch.randn(n, c + 3, h, w, dtype=dtype)[:, 3:]
+        else:
+            x = _layout(torch.randn(n, c, h, w, dtype=dtype), layout)
+        wt = torch.randn(k, c // g, 1, 1, dtype=dtype)
+        for b in (torch.randn(k, dtype=dtype), None):
+            ref = F.conv2d(x.double(), wt.double(), None if b is None else b.double(), groups=g)
+            conf = ([1, 1], [0, 0], [1, 1], g)
+            y = ops.conv2d(x, wt, b, *conf)
+            _close(y, ref, tol)
+            assert y.is_contiguous(memory_format=_expected_format(x))
+            for lo, hi in ((0.0, float("inf")), (-0.5, 6.0)):
+                _close(ops.conv2d_clamp(x, wt, b, *conf, lo, hi), ref.clamp(lo, hi), tol)

@@ -73,6 +73,8 @@ CONV = [
     Conv(1, 5, 8, 9, 15, (1, 7), padding=(0, 3), groups=5, bias=False),  # depthwise x3, 1x7
     Conv(0, 4, 9, 8, 6, (3, 3), padding=1),  # empty batch
     Conv(0, 6, 9, 8, 6, (3, 3), padding=1, groups=6),  # empty batch, depthwise
+    Conv(2, 16, 9, 10, 24, (1, 1)),  # pointwise: one GEMM on the planes (CPU)
+    Conv(1, 20, 7, 9, 12, (1, 1), groups=2, bias=False),  # grouped pointwise
 ]
 
 
@@ -414,6 +416,71 @@ def test_separable_gradcheck(backend, p):
 
 
 # ------------------------------------------------------------------------------------------------
+# conv2d_clamp: conv2d then clamp (the activations after a folded BatchNorm)
+
+CLAMP_CONV = [CONV[i] for i in (1, 7, 12, 20, 23, 25, 26)]
+CLAMPS = [(0.0, float("inf")), (0.0, 6.0), (-0.3, 0.4)]
+
+
+@pytest.mark.parametrize("bounds", CLAMPS[:2], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("p", CLAMP_CONV, ids=str)
+@pytest.mark.parametrize("backend", ALL)
+def test_conv2d_clamp(backend, p, layout, bounds):
+    x, w, b = conv_tensors(p, torch.float32, layout)
+    x.requires_grad_(), w.requires_grad_()
+    if b is not None:
+        b.requires_grad_()
+    x = x * 8  # outputs on both sides of both bounds (x: the scaled tensor, gradients w.r.t. it)
+    out = call(lambda: DF.conv2d_clamp(x, w, b, p.stride, p.padding, p.dilation, p.groups,
+                                       *bounds, backend=backend))
+    xr = x.detach().double().requires_grad_()
+    ref_in = [xr, w.detach().double().requires_grad_(),
+              None if b is None else b.detach().double().requires_grad_()]
+    conv = F.conv2d(*ref_in, p.stride, p.padding, p.dilation, p.groups)
+    ref = conv.clamp(*bounds)
+    # the clamp is 1-Lipschitz: the conv's rounding (relative to the conv's own scale) carries
+    # over to the values between the bounds
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    if out.numel():
+        err = (out.double() - ref).abs().max().item()
+        assert err <= TOL[torch.float32] * conv.abs().max().item(), err
+    assert_layout(out, x, backend)
+    if out.numel():
+        assert (out == bounds[0]).any()  # the clamp did happen
+    gy = torch.randn_like(ref)
+    leaves = [t for t in (x, w, b) if t is not None]
+    got = torch.autograd.grad(out, leaves, gy.float(), allow_unused=True)
+    want = torch.autograd.grad(ref, [xr] + [t for t in ref_in[1:] if t is not None], gy)
+    for name, g, r in zip(("input", "weight", "bias"), got, want):
+        assert_close(g, r, torch.float32, f"grad {name}")
+
+
+def test_conv2d_clamp_bad_bounds():
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="min <= max"):
+        DF.conv2d_clamp(x, w, None, 1, 1, 1, 1, 6.0, 0.0, backend="torch")
+    if "cpu" in dilconv.backends():
+        for lo, hi in ((6.0, 0.0), (float("nan"), 1.0)):
+            with pytest.raises(RuntimeError, match="min <= max"):
+                torch.ops.dilconv.conv2d_clamp(x, w, None, [1, 1], [1, 1], [1, 1], 1, lo, hi)
+
+
+# the backends with their own conv2d_clamp op (the others run conv2d, gradchecked above, and
+# torch's clamp_)
+@pytest.mark.parametrize("bounds", CLAMPS[1:], ids=str)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("torch", "cpu", "cuda")])
+def test_conv2d_clamp_gradcheck(backend, bounds):
+    p = CONV[9]
+    x, w, b = conv_tensors(p, torch.float64, "contiguous")
+    fn = lambda x, w, b: DF.conv2d_clamp(x * 3, w, b, p.stride, p.padding, p.dilation,  # noqa
+                                         p.groups, *bounds, backend=backend)
+    call(fn, x, w, b)
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), w.requires_grad_(),
+                                         b.requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
 # opcheck: schema, autograd registration, fake kernels, AOT dispatch — for every op of every
 # backend that is made of dilconv ops
 
@@ -441,8 +508,9 @@ def _opcheck_cases(backend):
             cases.append(("conv2d", p, (x.requires_grad_(), w.requires_grad_(), bias, *conf)))
             cases.append(("conv2d_input_grad", p, (out, w, list(x.shape), *conf)))
             cases.append(("conv2d_weight_grad", p, (out, x.detach(), list(w.shape), *conf)))
-            if b.suffix == "":  # the whole backward in one call: plain names only
+            if b.suffix == "":  # the whole backward in one call, conv2d_clamp: plain names only
                 cases.append(("conv2d_backward", p, (out, x.detach(), w.detach(), *conf, [True, True, True])))
+                cases.append(("conv2d_clamp", p, (x, w, bias, *conf, 0.0, 6.0)))
     for p in (CONVT[0], CONVT[4], CONVT[6]):
         x, w, bias = convt_tensors(p, torch.float32, "channels_last")
         cases.append(("conv_transpose2d", p, (x.requires_grad_(), w.requires_grad_(), bias,
@@ -475,7 +543,7 @@ def test_opcheck(backend):
             if str(e).startswith("dilconv backend"):
                 continue
             raise
-        op = getattr(torch.ops.dilconv, name + b.suffix).default
+        op = getattr(torch.ops.dilconv, name + ("" if name == "conv2d_clamp" else b.suffix)).default
         torch.library.opcheck(op, args)
         ran += 1
     if ran == 0:

@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -201,8 +202,17 @@ Tensor tap_output(const Tensor& t, const TapRect& b, int64_t k0, int64_t nk) {
   return t.narrow(0, k0, nk).narrow(1, b.pa, b.pb - b.pa).narrow(2, b.qa, b.qb - b.qa);
 }
 
+// the activation as one pass over a whole tensor (paths whose GEMMs write the output directly)
+void apply_act(const Tensor& t, Act act) {
+  if (!act) return;
+  if (act.hi == __builtin_inf())
+    t.clamp_min_(act.lo);
+  else
+    t.clamp_(act.lo, act.hi);
+}
+
 // y[n] = sum over taps of W_tap @ x(rect), accumulated in acc [K, P, Q]
-void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
               const Tensor& y) {
   const Tensor wt = w.permute({2, 3, 0, 1}).contiguous();  // [R, S, K, Cg]
   const bool in_place = y.is_contiguous();
@@ -225,7 +235,7 @@ void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
             dst.add_(at::mm(wk, src).view({g.Kg, b.pb - b.pa, b.qb - b.qa}));
         }
     if (bias.defined()) acc.add_(bias.view({g.K, 1, 1}));
-    if (relu) acc.relu_();
+    apply_act(acc, act);
     if (!in_place) y[n].copy_(acc);
   }
 }
@@ -284,7 +294,7 @@ Tensor taps_by_channel(const Tensor& w, const Geo& g) {
 }
 
 template <class T>
-void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
                  const Tensor& y);
 template <class T>
 void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx);
@@ -331,7 +341,7 @@ int64_t dw_flat_rows(const Geo& g, int64_t elem, int64_t other_units) {
 }
 
 template <class T>
-void fwd_direct(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+void fwd_direct(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
                 const Tensor& y) {
   const auto& K = kern<T>();
   const bool flat = use_dw_flat(g, K.vec);
@@ -351,7 +361,7 @@ void fwd_direct(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bi
       const int64_t pi = u % np, ki = u / np % nk, grp = u / np / nk % g.G, n = u / np / nk / g.G;
       const int64_t p0 = pi * rows, p1 = std::min(g.P, p0 + rows);
       const int64_t k0 = ki * kc, k1 = std::min(g.Kg, k0 + kc);
-      (flat ? K.dw_flat_fwd : K.fwd)(g, xp, xs, wp, bp, relu, yp, ys, n, grp, k0, k1, p0, p1, scratch);
+      (flat ? K.dw_flat_fwd : K.fwd)(g, xp, xs, wp, bp, act, yp, ys, n, grp, k0, k1, p0, p1, scratch);
     }
   });
 }
@@ -375,7 +385,7 @@ void im2col_chunk(const Geo& g, const Tensor& x, int64_t n, int64_t grp, int64_t
 }
 
 template <class T>
-void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
               const Tensor& y) {
   const auto ct = y.scalar_type();
   const bool direct_out = y.is_contiguous();
@@ -395,12 +405,12 @@ void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
         at::mm_out(dst, w2[grp], col);
       }
   if (bias.defined()) out.add_(bias.view({1, g.K, 1, 1}));
-  if (relu) out.relu_();
+  apply_act(out, act);
   if (!direct_out) y.copy_(out);
 }
 
 template <class T>
-void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
                  const Tensor& y) {
   const auto& K = kern<T>();
   const Tensor wt = taps_by_channel(w, g);
@@ -411,24 +421,69 @@ void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& b
     std::vector<int64_t> taps(4 * g.R * g.S);
     for (int64_t f = b; f < e;) {
       const int64_t n = f / g.P, p0 = f % g.P, p1 = std::min(g.P, p0 + (e - f));
-      K.dw_nhwc_fwd(g, xp, xs, wp, bp, relu, yp, ys, n, p0, p1, taps.data());
+      K.dw_nhwc_fwd(g, xp, xs, wp, bp, act, yp, ys, n, p0, p1, taps.data());
       f += p1 - p0;
     }
   });
 }
 
+// 1x1, stride 1, unpadded, NCHW with contiguous planes, more than 8 channels per group: one GEMM
+// per group straight on the planes (no im2col copy; DILCONV_CPU_PATH=pointwise|gemm|... forces)
+bool use_pointwise(const Geo& g, const Tensor& x, const Tensor& y) {
+  const bool shape = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 &&
+                     x.stride(3) == 1 && x.stride(2) == g.W && x.stride(1) >= g.H * g.W &&
+                     y.stride(3) == 1 && y.stride(2) == g.Q && y.stride(1) >= g.P * g.Q;
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) return shape && !std::strcmp(e, "pointwise");
+  return shape && g.Cg > 8;
+}
+
+// y[n, group] = W[group] @ x[n, group] as [Kg, HW] = [Kg, Cg] @ [Cg, HW], in blocks of columns
+// whose output (~1 MiB) is still in cache when the epilogue adds the bias and applies act: the
+// whole-tensor passes of the GEMM path (im2col copy, bias, activation) disappear.
 template <class T>
-void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+void fwd_pointwise(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
+                   const Tensor& y) {
+  const auto& K = kern<T>();
+  const int64_t hw = g.P * g.Q;
+  int64_t cols = std::max<int64_t>(512, (int64_t{1} << 20) / (g.Kg * int64_t(sizeof(T))));
+  cols = std::min(hw, (cols + 63) / 64 * 64);
+  const Tensor w2 = w.view({g.G, g.Kg, g.Cg});
+  const T* bp = ptr<T>(bias);
+  T* yp = ptr<T>(y);
+  const Strides ys = strides(y);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t c0 = 0; c0 < hw; c0 += cols) {
+        const int64_t m = std::min(cols, hw - c0);
+        const Tensor src = x.as_strided(
+            {g.Cg, m}, {x.stride(1), 1},
+            x.storage_offset() + n * x.stride(0) + grp * g.Cg * x.stride(1) + c0);
+        Tensor dst = y.as_strided(
+            {g.Kg, m}, {ys.c, 1}, y.storage_offset() + n * ys.n + grp * g.Kg * ys.c + c0);
+        at::mm_out(dst, w2[grp], src);
+        if (!bp && !act) continue;
+        T* d = yp + n * ys.n + grp * g.Kg * ys.c + c0;
+        const T* b = bp ? bp + grp * g.Kg : nullptr;
+        at::parallel_for(0, g.Kg, 8, [&](int64_t k0, int64_t k1) {
+          K.bias_act_rows(d, ys.c, k0, k1, m, b, act);
+        });
+      }
+}
+
+template <class T>
+void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
              const Tensor& y) {
   if (y.numel() == 0) return;
   if (use_nhwc(g, x, y))
-    dw_fwd_nhwc<T>(g, x, w, bias, relu, y);
+    dw_fwd_nhwc<T>(g, x, w, bias, act, y);
+  else if (use_pointwise(g, x, y))
+    fwd_pointwise<T>(g, x, w, bias, act, y);
   else if (use_direct(g))
-    fwd_direct<T>(g, x, w, bias, relu, y);
+    fwd_direct<T>(g, x, w, bias, act, y);
   else if (use_taps(g))
-    fwd_taps(g, x, w, bias, relu, y);
+    fwd_taps(g, x, w, bias, act, y);
   else
-    fwd_gemm<T>(g, x, w, bias, relu, y);
+    fwd_gemm<T>(g, x, w, bias, act, y);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -631,9 +686,9 @@ Tensor finish(const Tensor& r, at::ScalarType dtype) {
   return r.scalar_type() == dtype ? r : r.to(dtype);
 }
 
-Tensor conv2d(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
-              IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  const char* op = "dilconv::conv2d";
+Tensor conv2d_act(const char* op, const Tensor& input, const Tensor& weight,
+                  const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
+                  IntArrayRef dilation, int64_t groups, Act act) {
   check_dim(op, input, "input", 4);
   check_dim(op, weight, "weight", 4);
   check_dtype(op, input);
@@ -660,9 +715,25 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const std::optional<Ten
   with_type(ct, [&](auto t) {
     using T = decltype(t);
     fwd_any<T>(g, to_compute(input, ct), to_compute(weight, ct).contiguous(),
-               bias ? to_compute(*bias, ct).contiguous() : Tensor(), false, y);
+               bias ? to_compute(*bias, ct).contiguous() : Tensor(), act, y);
   });
   return finish(y, input.scalar_type());
+}
+
+Tensor conv2d(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+              IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  return conv2d_act("dilconv::conv2d", input, weight, bias, stride, padding, dilation, groups,
+                    Act());
+}
+
+// conv2d then clamp(min, max) (max = inf: ReLU-like), the clamp applied as each output is stored
+Tensor conv2d_clamp(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                    double min, double max) {
+  const char* op = "dilconv::conv2d_clamp";
+  TORCH_CHECK(!std::isnan(min) && !std::isnan(max) && min <= max, op,
+              ": need min <= max (not NaN), got min=", min, ", max=", max);
+  return conv2d_act(op, input, weight, bias, stride, padding, dilation, groups, Act(min, max));
 }
 
 // Checks shared by the two gradient ops; returns the geometry.
@@ -1058,6 +1129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
 
 TORCH_LIBRARY_IMPL(dilconv, CPU, m) {
   m.impl("conv2d", &dilconv::cpu::conv2d);
+  m.impl("conv2d_clamp", &dilconv::cpu::conv2d_clamp);
   m.impl("conv2d_input_grad", &dilconv::cpu::conv2d_input_grad);
   m.impl("conv2d_weight_grad", &dilconv::cpu::conv2d_weight_grad);
   m.impl("conv2d_backward", &dilconv::cpu::conv2d_backward);

@@ -39,18 +39,29 @@ inline bool dw_flat_bwd_ok(const Geo& g) {
   return dw_flat_ok(g) && g.Kg == 1 && g.P == g.H && g.Q == g.W && g.ph >= 0 && g.pw >= 0;
 }
 
+// The activation applied to a forward output after the bias: clamp to [lo, hi] (ReLU: [0, inf),
+// ReLU6: [0, 6]) or nothing. NaN stays NaN, as in torch's clamp/hardtanh. Constructible from a
+// bool (ReLU or nothing).
+struct Act {
+  bool on = false;
+  double lo = 0.0, hi = __builtin_inf();
+  Act(bool relu = false) : on(relu) {}  // NOLINT: implicit on purpose
+  Act(double lo_, double hi_) : on(true), lo(lo_), hi(hi_) {}
+  explicit operator bool() const { return on; }
+};
+
 template <class T>
 struct Kernels {
   int64_t vec;  // elements per vector register
   // Forward, one unit: batch n, group grp, output channels [k0, k1) of the group, output rows
-  // [p0, p1). w is [K, Cg, R, S] contiguous; bias nullable; relu applied after the bias.
-  void (*fwd)(const Geo&, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
+  // [p0, p1). w is [K, Cg, R, S] contiguous; bias nullable; the activation applied after the bias.
+  void (*fwd)(const Geo&, const T* x, Strides xs, const T* w, const T* bias, Act act, T* y,
               Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
               T* scratch);
   int64_t (*fwd_scratch)(const Geo&, int64_t rows);
   // The same for depthwise (Cg == 1), stride 1, R * S <= 9 (dw_flat_ok): the stencil over the
   // flattened padded window with the weights in registers.
-  void (*dw_flat_fwd)(const Geo&, const T* x, Strides xs, const T* w, const T* bias, bool relu,
+  void (*dw_flat_fwd)(const Geo&, const T* x, Strides xs, const T* w, const T* bias, Act act,
                       T* y, Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0,
                       int64_t p1, T* scratch);
   int64_t (*dw_flat_scratch)(const Geo&, int64_t rows);
@@ -84,7 +95,7 @@ struct Kernels {
   // Depthwise with channel multiplier 1 in channels-last (channel stride 1 everywhere), vectors
   // along the channels; wt is the weight as [R * S][C]; taps: 4 * R * S int64 of scratch.
   // forward: output rows [p0, p1) of batch n
-  void (*dw_nhwc_fwd)(const Geo&, const T* x, Strides xs, const T* wt, const T* bias, bool relu,
+  void (*dw_nhwc_fwd)(const Geo&, const T* x, Strides xs, const T* wt, const T* bias, Act act,
                       T* y, Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps);
   // input gradient (any stride): gx rows [i0, i1) of batch n
   void (*dw_nhwc_dgrad)(const Geo&, const T* gy, Strides gys, const T* wt, T* gx, Strides gxs,
@@ -95,6 +106,10 @@ struct Kernels {
                         int64_t f0, int64_t f1);
   // bias gradient: adds gy summed over the pixels of output rows [f0, f1) to acc ([C])
   void (*dw_nhwc_colsum)(const Geo&, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1);
+  // GEMM epilogue: rows [k0, k1) of a [K][cols] block with row pitch `pitch` get act(y + bias[k])
+  // (bias nullable)
+  void (*bias_act_rows)(T* y, int64_t pitch, int64_t k0, int64_t k1, int64_t cols, const T* bias,
+                        Act act);
   const char* isa;
 };
 

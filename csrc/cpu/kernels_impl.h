@@ -63,9 +63,16 @@ inline T hsum(V<T> v) {
   for (int64_t i = 0; i < NV<T>; ++i) s += v[i];
   return s;
 }
+// act (on) applied to a vector / a scalar; comparisons with NaN are false, so NaN passes through
 template <class T>
-inline V<T> relu_v(V<T> v) {
-  return v > 0 ? v : V<T>{};
+inline V<T> act_v(Act a, V<T> v) {
+  const V<T> lo = splat<T>(T(a.lo)), hi = splat<T>(T(a.hi));
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+template <class T>
+inline T act_s(Act a, T v) {
+  return v < T(a.lo) ? T(a.lo) : (v > T(a.hi) ? T(a.hi) : v);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -136,12 +143,12 @@ DILCONV_INLINE void fwd_block(const T* base, const int64_t* off, int64_t ntap, c
 
 template <class T, int KB, int U>
 DILCONV_INLINE void fwd_store(V<T> (&acc)[KB][U], T* const* yrow, int64_t ysw, int64_t q, int64_t valid,
-                      const T* bias, bool relu) {
+                      const T* bias, Act act) {
   for (int kb = 0; kb < KB; ++kb) {
     const V<T> b = splat<T>(bias ? bias[kb] : T(0));
     for (int u = 0; u < U; ++u) {
       V<T> v = acc[kb][u] + b;
-      if (relu) v = relu_v<T>(v);
+      if (act) v = act_v<T>(act, v);
       const int64_t q0 = q + u * NV<T>;
       const int64_t n = valid - u * NV<T>;
       if (ysw == 1 && n >= NV<T>) {
@@ -157,16 +164,16 @@ DILCONV_INLINE void fwd_store(V<T> (&acc)[KB][U], T* const* yrow, int64_t ysw, i
 template <class T, int KB, int U>
 DILCONV_INLINE void fwd_cols(const T* base, const int64_t* off, int64_t ntap, const T* const* wk,
                      T* const* yrow, int64_t ysw, int64_t q, int64_t valid, const T* bias,
-                     bool relu) {
+                     Act act) {
   V<T> acc[KB][U];
   fwd_block<T, KB, U>(base + q, off, ntap, wk, acc);
-  fwd_store<T, KB, U>(acc, yrow, ysw, q, valid, bias, relu);
+  fwd_store<T, KB, U>(acc, yrow, ysw, q, valid, bias, act);
 }
 
 template <class T, int KB>
 void fwd_rows(const Geo& g, const T* buf, int64_t rowstep, const int64_t* off, int64_t ntap,
               const T* const* wk, T* const* yrow0, int64_t ysh, int64_t ysw, int64_t p0, int64_t p1,
-              const T* bias, bool relu) {
+              const T* bias, Act act) {
   constexpr int UM = KB >= 4 ? 2 : 4;
   constexpr int64_t L = NV<T>;
   for (int64_t p = p0; p < p1; ++p) {
@@ -175,15 +182,15 @@ void fwd_rows(const Geo& g, const T* buf, int64_t rowstep, const int64_t* off, i
     for (int kb = 0; kb < KB; ++kb) yrow[kb] = yrow0[kb] + p * ysh;
     int64_t q = 0;
     for (; g.Q - q >= UM * L; q += UM * L)
-      fwd_cols<T, KB, UM>(base, off, ntap, wk, yrow, ysw, q, UM * L, bias, relu);
+      fwd_cols<T, KB, UM>(base, off, ntap, wk, yrow, ysw, q, UM * L, bias, act);
     const int64_t rem = g.Q - q;
     if (rem <= 0) continue;
     // rem < UM * L: at most UM vectors
     switch ((rem + L - 1) / L) {
-      case 1: fwd_cols<T, KB, 1>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
-      case 2: fwd_cols<T, KB, 2>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
-      case 3: fwd_cols<T, KB, (UM > 2 ? 3 : 2)>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
-      default: fwd_cols<T, KB, UM>(base, off, ntap, wk, yrow, ysw, q, rem, bias, relu); break;
+      case 1: fwd_cols<T, KB, 1>(base, off, ntap, wk, yrow, ysw, q, rem, bias, act); break;
+      case 2: fwd_cols<T, KB, 2>(base, off, ntap, wk, yrow, ysw, q, rem, bias, act); break;
+      case 3: fwd_cols<T, KB, (UM > 2 ? 3 : 2)>(base, off, ntap, wk, yrow, ysw, q, rem, bias, act); break;
+      default: fwd_cols<T, KB, UM>(base, off, ntap, wk, yrow, ysw, q, rem, bias, act); break;
     }
   }
 }
@@ -197,7 +204,7 @@ int64_t fwd_scratch(const Geo& g, int64_t rows) {
 }
 
 template <class T>
-void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
+void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, Act act, T* y,
          Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
          T* scratch) {
   const int64_t Wph = packed_width(g, NV<T>);
@@ -230,7 +237,7 @@ void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool r
       if (bias) bb[kb] = bias[kbase + k + kb];
     }
     fwd_rows<T, KB>(g, buf, rowstep, off, ntap, wk, yrow, ys.h, ys.w, p0, p1, bias ? bb : nullptr,
-                    relu);
+                    act);
     k += KB;
   };
   while (k1 - k >= 4) run(Int<4>{});
@@ -333,9 +340,9 @@ void dw_flat_pack(const Geo& g, const T* src, Strides xs, int64_t p0, int64_t nr
 }
 
 // Copies rows [p0, p1) of a flat output block (pitch wp, Q values a row) into the plane yk,
-// adding b and applying relu.
+// adding b and applying act.
 template <class T>
-void dw_flat_store(const T* out, int64_t wp, int64_t Q, T b, bool relu, T* yk, Strides ys,
+void dw_flat_store(const T* out, int64_t wp, int64_t Q, T b, Act act, T* yk, Strides ys,
                    int64_t p0, int64_t p1) {
   constexpr int64_t L = NV<T>;
   for (int64_t p = p0; p < p1; ++p) {
@@ -346,16 +353,16 @@ void dw_flat_store(const T* out, int64_t wp, int64_t Q, T b, bool relu, T* yk, S
       int64_t q = 0;
       for (; q + L <= Q; q += L) {
         const V<T> v = ld(o + q) + bv;
-        st(yr + q, relu ? relu_v<T>(v) : v);
+        st(yr + q, act ? act_v<T>(act, v) : v);
       }
       for (; q < Q; ++q) {
         const T v = o[q] + b;
-        yr[q] = relu && v < 0 ? T(0) : v;
+        yr[q] = act ? act_s<T>(act, v) : v;
       }
     } else {
       for (int64_t q = 0; q < Q; ++q) {
         const T v = o[q] + b;
-        yr[q * ys.w] = relu && v < 0 ? T(0) : v;
+        yr[q * ys.w] = act ? act_s<T>(act, v) : v;
       }
     }
   }
@@ -363,7 +370,7 @@ void dw_flat_store(const T* out, int64_t wp, int64_t Q, T b, bool relu, T* yk, S
 
 // Forward of output rows [p0, p1) of channels k0..k1 of group grp (one input channel each).
 template <class T>
-void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, bool relu, T* y,
+void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, Act act, T* y,
                  Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
                  T* scratch) {
   constexpr int64_t L = NV<T>;
@@ -393,7 +400,7 @@ void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias
     with_taps(nt, [&](auto nt_tag) {
       dw_flat_block<T, decltype(nt_tag)::value>(buf, off, wk, len, out, kk == k0 ? pf : nullptr, pw);
     });
-    dw_flat_store(out, wp, g.Q, bias ? bias[k] : T(0), relu, y + n * ys.n + k * ys.c, ys, p0, p1);
+    dw_flat_store(out, wp, g.Q, bias ? bias[k] : T(0), act, y + n * ys.n + k * ys.c, ys, p0, p1);
   }
 }
 
@@ -789,7 +796,7 @@ inline int64_t vstart(int64_t v, int64_t C) {
 // y[c] = act(bias[c] + sum_t w[wo[t] + c] * x[xo[t] + c]) for one pixel, all channels
 template <class T, int U>
 DILCONV_INLINE void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
-                       const T* bias, bool relu, T* y, const int64_t* cs) {
+                       const T* bias, Act act, T* y, const int64_t* cs) {
   V<T> acc[U];
   for (int u = 0; u < U; ++u) acc[u] = bias ? ld(bias + cs[u]) : V<T>{};
   for (int64_t t = 0; t < nt; ++t) {
@@ -797,17 +804,17 @@ DILCONV_INLINE void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const 
     const T* wp = w + wo[t];
     for (int u = 0; u < U; ++u) acc[u] += ld(wp + cs[u]) * ld(xp + cs[u]);
   }
-  for (int u = 0; u < U; ++u) st(y + cs[u], relu ? relu_v<T>(acc[u]) : acc[u]);
+  for (int u = 0; u < U; ++u) st(y + cs[u], act ? act_v<T>(act, acc[u]) : acc[u]);
 }
 
 template <class T>
 void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
-                const T* bias, bool relu, T* y) {
+                const T* bias, Act act, T* y) {
   if (C < NV<T>) {
     for (int64_t c = 0; c < C; ++c) {
       T a = bias ? bias[c] : T(0);
       for (int64_t t = 0; t < nt; ++t) a += w[wo[t] + c] * x[xo[t] + c];
-      y[c] = relu && a < 0 ? T(0) : a;
+      y[c] = act ? act_s<T>(act, a) : a;
     }
     return;
   }
@@ -817,10 +824,10 @@ void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int6
     const int64_t u = nv - v < 4 ? nv - v : 4;
     for (int64_t j = 0; j < u; ++j) st4[j] = vstart<T>(v + j, C);
     switch (u) {
-      case 1: nhwc_chunk<T, 1>(x, xo, w, wo, nt, bias, relu, y, st4); break;
-      case 2: nhwc_chunk<T, 2>(x, xo, w, wo, nt, bias, relu, y, st4); break;
-      case 3: nhwc_chunk<T, 3>(x, xo, w, wo, nt, bias, relu, y, st4); break;
-      default: nhwc_chunk<T, 4>(x, xo, w, wo, nt, bias, relu, y, st4); break;
+      case 1: nhwc_chunk<T, 1>(x, xo, w, wo, nt, bias, act, y, st4); break;
+      case 2: nhwc_chunk<T, 2>(x, xo, w, wo, nt, bias, act, y, st4); break;
+      case 3: nhwc_chunk<T, 3>(x, xo, w, wo, nt, bias, act, y, st4); break;
+      default: nhwc_chunk<T, 4>(x, xo, w, wo, nt, bias, act, y, st4); break;
     }
   }
 }
@@ -828,7 +835,7 @@ void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int6
 // Interior pixels (every tap inside the input) go two at a time, sharing each weight load.
 template <class T, int U>
 DILCONV_INLINE void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                        int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
+                        int64_t nt, const T* bias, Act act, T* y, int64_t py, const int64_t* cs) {
   V<T> a0[U], a1[U];
   for (int u = 0; u < U; ++u) a0[u] = a1[u] = bias ? ld(bias + cs[u]) : V<T>{};
   for (int64_t t = 0; t < nt; ++t) {
@@ -841,14 +848,14 @@ DILCONV_INLINE void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const
     }
   }
   for (int u = 0; u < U; ++u) {
-    st(y + cs[u], relu ? relu_v<T>(a0[u]) : a0[u]);
-    st(y + py + cs[u], relu ? relu_v<T>(a1[u]) : a1[u]);
+    st(y + cs[u], act ? act_v<T>(act, a0[u]) : a0[u]);
+    st(y + py + cs[u], act ? act_v<T>(act, a1[u]) : a1[u]);
   }
 }
 
 template <class T, int U>
 DILCONV_INLINE void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                        int64_t nt, const T* bias, bool relu, T* y, int64_t py, const int64_t* cs) {
+                        int64_t nt, const T* bias, Act act, T* y, int64_t py, const int64_t* cs) {
   V<T> a[4][U];
   for (int u = 0; u < U; ++u) a[0][u] = a[1][u] = a[2][u] = a[3][u] = bias ? ld(bias + cs[u]) : V<T>{};
   for (int64_t t = 0; t < nt; ++t) {
@@ -860,39 +867,39 @@ DILCONV_INLINE void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const
     }
   }
   for (int i = 0; i < 4; ++i)
-    for (int u = 0; u < U; ++u) st(y + i * py + cs[u], relu ? relu_v<T>(a[i][u]) : a[i][u]);
+    for (int u = 0; u < U; ++u) st(y + i * py + cs[u], act ? act_v<T>(act, a[i][u]) : a[i][u]);
 }
 
 // four interior pixels, two vectors of channels at a time
 template <class T>
 void nhwc_pixel4(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                 int64_t nt, const T* bias, bool relu, T* y, int64_t py) {
+                 int64_t nt, const T* bias, Act act, T* y, int64_t py) {
   const int64_t nv = (C + NV<T> - 1) / NV<T>;
   int64_t cs[2];
   for (int64_t v = 0; v < nv; v += 2) {
     cs[0] = vstart<T>(v, C);
     if (nv - v >= 2) {
       cs[1] = vstart<T>(v + 1, C);
-      nhwc_chunk4<T, 2>(x, xo, px, w, wo, nt, bias, relu, y, py, cs);
+      nhwc_chunk4<T, 2>(x, xo, px, w, wo, nt, bias, act, y, py, cs);
     } else {
-      nhwc_chunk4<T, 1>(x, xo, px, w, wo, nt, bias, relu, y, py, cs);
+      nhwc_chunk4<T, 1>(x, xo, px, w, wo, nt, bias, act, y, py, cs);
     }
   }
 }
 
 template <class T>
 void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                 int64_t nt, const T* bias, bool relu, T* y, int64_t py) {
+                 int64_t nt, const T* bias, Act act, T* y, int64_t py) {
   const int64_t nv = (C + NV<T> - 1) / NV<T>;
   int64_t cs[4];
   for (int64_t v = 0; v < nv; v += 4) {
     const int64_t u = nv - v < 4 ? nv - v : 4;
     for (int64_t j = 0; j < u; ++j) cs[j] = vstart<T>(v + j, C);
     switch (u) {
-      case 1: nhwc_chunk2<T, 1>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
-      case 2: nhwc_chunk2<T, 2>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
-      case 3: nhwc_chunk2<T, 3>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
-      default: nhwc_chunk2<T, 4>(x, xo, px, w, wo, nt, bias, relu, y, py, cs); break;
+      case 1: nhwc_chunk2<T, 1>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
+      case 2: nhwc_chunk2<T, 2>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
+      case 3: nhwc_chunk2<T, 3>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
+      default: nhwc_chunk2<T, 4>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
     }
   }
 }
@@ -902,7 +909,7 @@ void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* 
 // the next channel block of the same pixels (weights reloaded from L1).
 template <class T, int NT, int CB>
 void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
-                      const T* bias, bool relu, T* y, int64_t py, int64_t nq) {
+                      const T* bias, Act act, T* y, int64_t py, int64_t nq) {
   constexpr int64_t L = NV<T>;
   // every channel block of a chunk of QC pixels before the next chunk: the rows are then read
   // (and y written) front to back, which the hardware prefetchers follow; swept channel block by
@@ -931,7 +938,7 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
       }
       for (int i = 0; i < 4; ++i)
         for (int c = 0; c < CB; ++c)
-          st(y + (q + i) * py + cs[c], relu ? relu_v<T>(acc[i][c]) : acc[i][c]);
+          st(y + (q + i) * py + cs[c], act ? act_v<T>(act, acc[i][c]) : acc[i][c]);
     }
     for (; q < qe; ++q) {
       V<T> acc[CB];
@@ -939,7 +946,7 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
 #pragma GCC unroll 9
       for (int t = 0; t < NT; ++t)
         for (int c = 0; c < CB; ++c) acc[c] += wv[t][c] * ld(x + q * px + xo[t] + cs[c]);
-      for (int c = 0; c < CB; ++c) st(y + q * py + cs[c], relu ? relu_v<T>(acc[c]) : acc[c]);
+      for (int c = 0; c < CB; ++c) st(y + q * py + cs[c], act ? act_v<T>(act, acc[c]) : acc[c]);
     }
   }
 }
@@ -947,7 +954,7 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
 // forward, output rows [p0, p1) of batch n; wt is [R * S][C]; x, y have channel stride 1;
 // taps: 4 * R * S int64 of scratch
 template <class T>
-void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, bool relu, T* y,
+void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
                  Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
   int64_t* xo = taps;
   int64_t* wo = taps + g.R * g.S;
@@ -975,7 +982,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
           ++nt;
         }
       }
-      nhwc_pixel<T>(g.C, x, xo, wt, wo, nt, bias, relu, yrow + q * ys.w);
+      nhwc_pixel<T>(g.C, x, xo, wt, wo, nt, bias, act, yrow + q * ys.w);
     };
     int64_t nit = 0;
     for (int64_t r = 0; r < g.R; ++r) {
@@ -994,7 +1001,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
       constexpr int CB = VB == 64 ? 2 : 1;  // AVX2/SSE: 16 registers hold 9 weights + 4 sums
       auto go = [&](auto nt_tag) {
         constexpr int NT = decltype(nt_tag)::value;
-        nhwc_row_blocked<T, NT, CB>(g.C, x + q * px, ixo, px, wt, bias, relu, yrow + q * ys.w,
+        nhwc_row_blocked<T, NT, CB>(g.C, x + q * px, ixo, px, wt, bias, act, yrow + q * ys.w,
                                     ys.w, qb - qa);
       };
       with_taps(nit, go);
@@ -1003,11 +1010,11 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
     if (vec) {
       const int64_t px = g.sw * xs.w;
       for (; q + 4 <= qb; q += 4)
-        nhwc_pixel4<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, relu, yrow + q * ys.w, ys.w);
+        nhwc_pixel4<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, act, yrow + q * ys.w, ys.w);
       for (; q + 2 <= qb; q += 2)
-        nhwc_pixel2<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, relu, yrow + q * ys.w, ys.w);
+        nhwc_pixel2<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, act, yrow + q * ys.w, ys.w);
     }
-    for (; q < qb; ++q) nhwc_pixel<T>(g.C, x + q * g.sw * xs.w, ixo, wt, iwo, nit, bias, relu, yrow + q * ys.w);
+    for (; q < qb; ++q) nhwc_pixel<T>(g.C, x + q * g.sw * xs.w, ixo, wt, iwo, nit, bias, act, yrow + q * ys.w);
     for (q = qb > qa ? qb : qa; q < g.Q; ++q) border(q);
   }
 }
@@ -1209,6 +1216,26 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   }
 }
 
+// rows [k0, k1) of a [K][cols] block (row pitch `pitch`): y[k][j] = act(y[k][j] + bias[k])
+template <class T>
+void bias_act_rows(T* y, int64_t pitch, int64_t k0, int64_t k1, int64_t cols, const T* bias,
+                   Act act) {
+  constexpr int64_t L = NV<T>;
+  for (int64_t k = k0; k < k1; ++k) {
+    T* r = y + k * pitch;
+    const T b = bias ? bias[k] : T(0);
+    const V<T> bv = splat<T>(b);
+    int64_t j = 0;
+    if (act) {
+      for (; j + L <= cols; j += L) st(r + j, act_v<T>(act, ld(r + j) + bv));
+      for (; j < cols; ++j) r[j] = act_s<T>(act, r[j] + b);
+    } else {
+      for (; j + L <= cols; j += L) st(r + j, ld(r + j) + bv);
+      for (; j < cols; ++j) r[j] += b;
+    }
+  }
+}
+
 template <class T>
 Kernels<T> make(const char* isa) {
   Kernels<T> k;
@@ -1231,6 +1258,7 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
   k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
+  k.bias_act_rows = &bias_act_rows<T>;
   k.isa = isa;
   return k;
 }
