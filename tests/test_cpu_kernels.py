@@ -389,9 +389,9 @@ def test_auto_policy_routes_by_measured_wins():
 
     assert cpu_auto_policy(pointwise(16, 96, 257)) and cpu_auto_policy(pointwise(24, 144, 129))
     assert cpu_auto_policy(pointwise(32, 192, 65, grad=True))   # expansion, training
-    assert not cpu_auto_policy(pointwise(32, 192, 65))          # ... inference: a tie
-    assert not cpu_auto_policy(pointwise(16, 64, 129))          # small output: oneDNN
-    assert not cpu_auto_policy(pointwise(960, 160, 33, grad=True))  # projection: oneDNN
+    assert cpu_auto_policy(pointwise(32, 192, 65)) and cpu_auto_policy(pointwise(960, 160, 33))
+    assert not cpu_auto_policy(pointwise(1280, 256, 33))        # inference, widest: a tie
+    assert not cpu_auto_policy(pointwise(960, 160, 33, grad=True))  # projection training: oneDNN
     assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True))
 
     def sep(d, grad=False, cl=False):
