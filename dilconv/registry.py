@@ -195,11 +195,10 @@ def cpu_auto_policy(p: Problem) -> bool:
         undilated and at rates 2-6, 1.8-2.8x at rate 12, either layout (728->256 @33^2,
         256->256 @65^2, 96->96 @129^2, 304->256 @25-129^2; one tie, 1.00x channels-last rate 6
         @129^2); training 1.5-2.2x dilated, 0.74-0.98x undilated;
-      * 1x1 stride 1, NCHW (the pointwise path: one GEMM on the planes, bias and clamp per
+      * 1x1 stride 1, NCHW (the pointwise path: GEMMs on the planes, bias and clamp per
         cached block): inference 1.03-1.9x on every MobileNetV2/DeepLabV3+ 1x1 at 513^2 from
         32->16 @257^2 to 960->320 @33^2 with bias (+ReLU6 1.1-2.0x), 1280->256 @33^2 0.98-1.0x
-        (not taken); training 1.12-1.40x for expansions from <= 32 channels (32->32 1.00x,
-        64->384 1.04x: not taken);
+        (not taken); forward + backward at batch 2 1.03-2.5x on all of them;
       * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,
         2.6x forward + backward; wider groups and channels-last 0.06-0.9x;
       * transposed, NCHW: 1.02-3.4x (FCN/U-Net upsampling); channels-last 0.1-0.9x;
@@ -233,12 +232,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         return p.requires_grad and (d > 1 or p.r * p.s > 9)
     if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)
             and not p.channels_last):
-        # one GEMM straight on the NCHW planes (bias and activation applied per cached column
-        # block), where oneDNN reorders around its own. Training: expansions from few channels
-        # (the backward is the GEMM path's); inference: all but the widest
-        if p.requires_grad:
-            return p.c <= 32 and p.k >= 2 * p.c
-        return p.c * p.k <= 960 * 320
+        # GEMMs straight on the NCHW planes (forward with bias and activation applied per
+        # cached column block; both gradients likewise), where oneDNN reorders around its own
+        return p.requires_grad or p.c * p.k <= 960 * 320
     if cg <= 8:
         # grouped with few channels per group; the channels-last path of these kernels is planar
         return cg <= 4 and p.groups > 1 and not p.channels_last and q >= 28

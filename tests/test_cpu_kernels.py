@@ -391,7 +391,7 @@ def test_auto_policy_routes_by_measured_wins():
     assert cpu_auto_policy(pointwise(32, 192, 65, grad=True))   # expansion, training
     assert cpu_auto_policy(pointwise(32, 192, 65)) and cpu_auto_policy(pointwise(960, 160, 33))
     assert not cpu_auto_policy(pointwise(1280, 256, 33))        # inference, widest: a tie
-    assert not cpu_auto_policy(pointwise(960, 160, 33, grad=True))  # projection training: oneDNN
+    assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True))  # training: every 1x1
     assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True))
 
     def sep(d, grad=False, cl=False):
@@ -444,3 +444,14 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
             assert y.is_contiguous(memory_format=_expected_format(x))
             for lo, hi in ((0.0, float("inf")), (-0.5, 6.0)):
                 _close(ops.conv2d_clamp(x, wt, b, *conf, lo, hi), ref.clamp(lo, hi), tol)
+            # the gradients: GEMMs on the planes too (batch summed into the weight gradient)
+            gy = _layout(torch.randn(ref.shape, dtype=dtype), layout if layout != "slice" else "nchw")
+            xr = x.detach().double().clone().requires_grad_()
+            wr = wt.detach().double().clone().requires_grad_()
+            F.conv2d(xr, wr, None, groups=g).backward(gy.double())
+            gx, gw, gb = ops.conv2d_backward(gy, x, wt, *conf, [True, True, b is not None])
+            _close(gx, xr.grad, tol)
+            _close(gw, wr.grad, tol)
+            _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, tol)
+            _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, tol)
+            assert gx.is_contiguous(memory_format=_expected_format(gy))

@@ -580,6 +580,23 @@ void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor
   });
 }
 
+// the [C, HW] matrix of group grp's channels of batch n of an NCHW tensor with contiguous planes
+Tensor plane_matrix(const Tensor& t, int64_t n, int64_t c0, int64_t c) {
+  return t.as_strided({c, t.size(2) * t.size(3)}, {t.stride(1), 1},
+                      t.storage_offset() + n * t.stride(0) + c0 * t.stride(1));
+}
+
+// pointwise (use_pointwise): gx[n, group] = W[group]^T @ gy[n, group], written by the GEMM
+template <class T>
+void dgrad_pointwise(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+  const Tensor w2 = w.view({g.G, g.Kg, g.Cg});
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp) {
+      Tensor dst = plane_matrix(gx, n, grp * g.Cg, g.Cg);
+      at::mm_out(dst, w2[grp].t(), plane_matrix(gy, n, grp * g.Kg, g.Kg));
+    }
+}
+
 template <class T>
 void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   if (gx.numel() == 0) return;
@@ -589,6 +606,8 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
   }
   if (use_nhwc(g, gy, gx))
     dw_dgrad_nhwc<T>(g, gy, w, gx);
+  else if (use_pointwise(g, gx, gy))
+    dgrad_pointwise<T>(g, gy, w, gx);
   else if (use_direct(g))
     dgrad_direct<T>(g, gy, w, gx);
   else if (use_taps(g))
@@ -658,6 +677,23 @@ void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor
   gw.view({g.C, g.R * g.S}).copy_(part.sum(0).t());
 }
 
+// pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] @ x[n, group]^T
+template <class T>
+void wgrad_pointwise(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
+  for (int64_t grp = 0; grp < g.G; ++grp) {
+    Tensor dst = gw2[grp];
+    for (int64_t n = 0; n < g.N; ++n) {
+      const Tensor a = plane_matrix(gy, n, grp * g.Kg, g.Kg);
+      const Tensor b = plane_matrix(x, n, grp * g.Cg, g.Cg).t();
+      if (n == 0)
+        at::mm_out(dst, a, b);
+      else
+        dst.addmm_(a, b);
+    }
+  }
+}
+
 template <class T>
 void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   if (gw.numel() == 0) return;
@@ -667,6 +703,8 @@ void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw
   }
   if (use_nhwc(g, gy, x))
     dw_wgrad_nhwc<T>(g, gy, x, gw);
+  else if (use_pointwise(g, x, gy))
+    wgrad_pointwise<T>(g, gy, x, gw);
   else if (use_direct(g))
     wgrad_direct<T>(g, gy, x, gw);
   else if (use_taps(g))
