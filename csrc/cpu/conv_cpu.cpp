@@ -1068,11 +1068,27 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
         });
         mid = tile_t.narrow(0, 0, m * g.K).view({g.K, m});
       }
-      Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)},
-                                y.storage_offset() + n * y.stride(0) + p0 * y.stride(2));
-      at::mm_out(dst, pw, mid);
-      if (pwb.defined()) dst.add_(pwb.view({K, 1}));
-      if (out_relu) dst.relu_();
+      const int64_t off = n * y.stride(0) + p0 * y.stride(2);
+      T* d = ptr<T>(y) + off;
+      const T* b = ptr<T>(pwb);
+      const Act act(out_relu);
+      if (y.stride(1) == 1) {
+        // y rows [m][K] (channels-last): dst^T = mid^T @ pw^T, so the GEMM writes y in place
+        // (a [K, m] destination with strides (1, K) would go through a temporary and a copy)
+        Tensor dst_t = y.as_strided({m, K}, {y.stride(3), y.stride(1)}, y.storage_offset() + off);
+        at::mm_out(dst_t, mid.t(), pw.t());
+        if (b || act)
+          at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
+            ks.bias_act_cols(d, y.stride(3), r0, r1, K, b, act);
+          });
+      } else {
+        Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)}, y.storage_offset() + off);
+        at::mm_out(dst, pw, mid);
+        if (b || act)
+          at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
+            ks.bias_act_rows(d, y.stride(1), k0, k1, m, b, act);
+          });
+      }
     }
 }
 

@@ -110,6 +110,9 @@ struct Kernels {
   // (bias nullable)
   void (*bias_act_rows)(T* y, int64_t pitch, int64_t k0, int64_t k1, int64_t cols, const T* bias,
                         Act act);
+  // the same with the bias along the columns: y[r][j] = act(y[r][j] + bias[j]), rows [r0, r1)
+  void (*bias_act_cols)(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
+                        Act act);
   const char* isa;
 };
 

@@ -1236,6 +1236,26 @@ void bias_act_rows(T* y, int64_t pitch, int64_t k0, int64_t k1, int64_t cols, co
   }
 }
 
+// rows [r0, r1) of a [rows][cols] block (row pitch `pitch`): y[r][j] = act(y[r][j] + bias[j])
+template <class T>
+void bias_act_cols(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
+                   Act act) {
+  constexpr int64_t L = NV<T>;
+  for (int64_t r = r0; r < r1; ++r) {
+    T* row = y + r * pitch;
+    int64_t j = 0;
+    for (; j + L <= cols; j += L) {
+      V<T> v = ld(row + j);
+      if (bias) v += ld(bias + j);
+      st(row + j, act ? act_v<T>(act, v) : v);
+    }
+    for (; j < cols; ++j) {
+      const T v = row[j] + (bias ? bias[j] : T(0));
+      row[j] = act ? act_s<T>(act, v) : v;
+    }
+  }
+}
+
 template <class T>
 Kernels<T> make(const char* isa) {
   Kernels<T> k;
@@ -1259,6 +1279,7 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
   k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
   k.bias_act_rows = &bias_act_rows<T>;
+  k.bias_act_cols = &bias_act_cols<T>;
   k.isa = isa;
   return k;
 }
