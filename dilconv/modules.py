@@ -39,6 +39,10 @@ class AtrousConv2d(nn.Conv2d):
         if clamp is not None:  # (min, max): conv_norm_act's activation
             return DF.conv2d_clamp(input, weight, bias, self.stride, padding, self.dilation,
                                    self.groups, *clamp, backend=self.backend)
+        if padding is self.padding and not torch.is_grad_enabled():
+            y = _onednn_fused(self, weight, bias, None, input)
+            if y is not None:
+                return y
         return DF.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                          backend=self.backend)
 
@@ -240,9 +244,9 @@ _ONEDNN_OK = (torch.backends.mkldnn.is_available()
 
 
 def _onednn_fused(conv, w, b, act, x):
-    """conv(x) with the folded (w, b) and act, by oneDNN with packed weights, where "auto" sends
-    this conv to torch (oneDNN) anyway: channels_last float32 CPU inference (grad mode off) of a
-    zero-padded conv. Removes the weight reorder torch does per call and the activation's pass.
+    """conv(x) with (w, b) (folded or the module's own) and act, by oneDNN with packed weights,
+    where "auto" sends this conv to torch (oneDNN) anyway: channels_last float32 CPU inference
+    (grad mode off) of a zero-padded conv. Removes the weight reorder torch does per call and the activation's pass.
     (In NCHW oneDNN's fused op returns channels_last outputs, so NCHW is left to F.conv2d.)
     None where it does not apply."""
     global _ONEDNN_OK

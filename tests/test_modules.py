@@ -401,3 +401,26 @@ def test_conv_norm_act_auto_channels_last_uses_packed_onednn(conv_kw, act):
     assert "onednn-packed" not in seen
     _close(y.double(), plain(x.double()))
     _close(y2.double(), plain(x.double()))
+
+
+def test_plain_conv_auto_channels_last_inference_uses_packed_onednn():
+    from dilconv.bench.ops import record_resolution
+
+    dilconv.registry.AUTO_PICKS.clear()
+    conv = dilconv.AtrousConv2d(16, 21, 1)
+    ref = nn.Conv2d(16, 21, 1).double()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 16, 19, 23).contiguous(memory_format=torch.channels_last)
+    with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
+        ys = [conv(x) for _ in range(3)]
+    if seen[0] != "torch":
+        pytest.skip(f"auto does not send this conv to torch here ({seen[0]})")
+    assert seen[1:] == ["onednn-packed"] * 2
+    for y in ys:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        _close(y.double(), ref(x.double()))
+    with torch.no_grad():  # an in-place weight update is seen (the packed copy is redone)
+        conv.weight.mul_(-1)
+        ref.weight.mul_(-1)
+        with dilconv.use_backend("auto"):
+            _close(conv(x).double(), ref(x.double()))

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dilconv._ops import output_memory_format
 from dilconv.models._layers import (ConvBNAct, ConvNormActSequential, SepConvBN, conv,
                                      rates_for, resize)
 from dilconv.models.backbones import make_backbone
@@ -25,8 +26,12 @@ class ASPPPooling(ConvNormActSequential):
 
     def forward(self, x):
         size = x.shape[-2:]
+        fmt = output_memory_format(x)
         x = super().forward(x)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        # a 1x1 map reads as plain contiguous: keep the input's layout, or the ASPP concat of a
+        # channels-last network mixes layouts and falls back to a contiguous copy
+        return F.interpolate(x, size=size, mode="bilinear",
+                             align_corners=False).contiguous(memory_format=fmt)
 
 
 class ASPP(nn.Module):
