@@ -415,10 +415,11 @@ def test_auto_policy_routes_by_measured_wins():
 @pytest.mark.parametrize("path_env", [None, "pointwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
-    """1x1 stride-1 unpadded convs on NCHW planes: one GEMM per group straight on the planes, in
-    column blocks (several blocks and a remainder when K * H * W is large) with the bias and the
-    clamp applied per block; batch 2, groups, a channel slice of a bigger tensor (planes still
-    contiguous), few channels per group (forced path), and the layouts that cannot use it."""
+    """1x1 stride-1 unpadded convs as GEMMs over the pixels, straight on NCHW planes or on
+    channels-last pixel rows, in blocks (several blocks and a remainder when K * H * W is large)
+    with the bias and the clamp applied per block; batch 2, groups, channel slices of bigger
+    tensors (still matrices) in both layouts, few channels per group (forced path), and a layout
+    that cannot use it; forward and both gradients."""
     if path_env:
         monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -428,11 +429,15 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
         (2, 36, 20, 2, 17, 13, "slice"),
         (1, 3, 32, 1, 11, 12, "nchw"),  # 3 channels: direct kernels unless forced
         (1, 18, 10, 1, 7, 9, "nhwc"),
+        (1, 20, 600, 1, 40, 30, "nhwc"),
+        (2, 36, 20, 2, 17, 13, "nhwc-slice"),
         (2, 18, 10, 1, 7, 9, "strided"),
     ]
     for n, c, k, g, h, w, layout in cases:
         if layout == "slice":
             x = torch.randn(n, c + 3, h, w, dtype=dtype)[:, 3:]
+        elif layout == "nhwc-slice":
+            x = _layout(torch.randn(n, c + 3, h, w, dtype=dtype), "nhwc")[:, 3:]
         else:
             x = _layout(torch.randn(n, c, h, w, dtype=dtype), layout)
         wt = torch.randn(k, c // g, 1, 1, dtype=dtype)
@@ -445,7 +450,8 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
             for lo, hi in ((0.0, float("inf")), (-0.5, 6.0)):
                 _close(ops.conv2d_clamp(x, wt, b, *conf, lo, hi), ref.clamp(lo, hi), tol)
             # the gradients: GEMMs on the planes too (batch summed into the weight gradient)
-            gy = _layout(torch.randn(ref.shape, dtype=dtype), layout if layout != "slice" else "nchw")
+            gy = _layout(torch.randn(ref.shape, dtype=dtype),
+                         {"slice": "nchw", "nhwc-slice": "nhwc"}.get(layout, layout))
             xr = x.detach().double().clone().requires_grad_()
             wr = wt.detach().double().clone().requires_grad_()
             F.conv2d(xr, wr, None, groups=g).backward(gy.double())

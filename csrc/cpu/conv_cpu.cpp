@@ -427,47 +427,78 @@ void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& b
   });
 }
 
-// 1x1, stride 1, unpadded, NCHW with contiguous planes, more than 8 channels per group: one GEMM
-// per group straight on the planes (no im2col copy; DILCONV_CPU_PATH=pointwise|gemm|... forces)
-bool use_pointwise(const Geo& g, const Tensor& x, const Tensor& y) {
-  const bool shape = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 &&
-                     x.stride(3) == 1 && x.stride(2) == g.W && x.stride(1) >= g.H * g.W &&
-                     y.stride(3) == 1 && y.stride(2) == g.Q && y.stride(1) >= g.P * g.Q;
-  if (const char* e = std::getenv("DILCONV_CPU_PATH")) return shape && !std::strcmp(e, "pointwise");
-  return shape && g.Cg > 8;
+// 1x1, stride 1, unpadded convolutions are plain GEMMs over the pixels when each tensor is a
+// matrix: NCHW with contiguous planes ([C][HW], "planar") or channels-last with uniform pixel
+// rows ([HW][C], "pixels"); both tensors the same kind, more than 8 channels per group
+// (DILCONV_CPU_PATH=pointwise|gemm|... forces).
+enum class PwLayout { none, planar, pixels };
+
+PwLayout pw_layout(const Tensor& t) {
+  const int64_t H = t.size(2), W = t.size(3);
+  if (t.stride(3) == 1 && t.stride(2) == W && t.stride(1) >= H * W) return PwLayout::planar;
+  if (t.stride(1) == 1 && t.stride(3) >= t.size(1) && t.stride(2) == W * t.stride(3))
+    return PwLayout::pixels;
+  return PwLayout::none;
 }
 
-// y[n, group] = W[group] @ x[n, group] as [Kg, HW] = [Kg, Cg] @ [Cg, HW], in blocks of columns
-// whose output (~1 MiB) is still in cache when the epilogue adds the bias and applies act: the
-// whole-tensor passes of the GEMM path (im2col copy, bias, activation) disappear.
+PwLayout use_pointwise(const Geo& g, const Tensor& x, const Tensor& y) {
+  if (!(g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0))
+    return PwLayout::none;
+  const PwLayout lx = pw_layout(x);
+  if (lx == PwLayout::none || lx != pw_layout(y)) return PwLayout::none;
+  if (const char* e = std::getenv("DILCONV_CPU_PATH"))
+    return std::strcmp(e, "pointwise") ? PwLayout::none : lx;
+  return g.Cg > 8 ? lx : PwLayout::none;
+}
+
+// channels [c0, c0 + c) of batch n as a matrix: planar [c][HW] or pixels [HW][c]
+Tensor pix_matrix(const Tensor& t, PwLayout l, int64_t n, int64_t c0, int64_t c) {
+  const int64_t hw = t.size(2) * t.size(3);
+  const int64_t off = t.storage_offset() + n * t.stride(0) + c0 * t.stride(1);
+  return l == PwLayout::planar ? t.as_strided({c, hw}, {t.stride(1), 1}, off)
+                               : t.as_strided({hw, c}, {t.stride(3), 1}, off);
+}
+
+// y = W x per group and batch, by GEMMs over blocks of pixels whose output (~1 MiB) is still in
+// cache when the epilogue adds the bias and applies act: the whole-tensor passes of the GEMM
+// path (im2col copy, bias, activation) disappear. planar: [Kg, m] = [Kg, Cg] @ [Cg, m];
+// pixels: [m, Kg] = [m, Cg] @ [Cg, Kg].
 template <class T>
-void fwd_pointwise(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
-                   const Tensor& y) {
+void fwd_pointwise(const Geo& g, PwLayout l, const Tensor& x, const Tensor& w, const Tensor& bias,
+                   Act act, const Tensor& y) {
   const auto& K = kern<T>();
   const int64_t hw = g.P * g.Q;
-  int64_t cols = std::max<int64_t>(512, (int64_t{1} << 20) / (g.Kg * int64_t(sizeof(T))));
-  cols = std::min(hw, (cols + 63) / 64 * 64);
+  int64_t blk = std::max<int64_t>(512, (int64_t{1} << 20) / (g.Kg * int64_t(sizeof(T))));
+  blk = std::min(hw, (blk + 63) / 64 * 64);
   const Tensor w2 = w.view({g.G, g.Kg, g.Cg});
   const T* bp = ptr<T>(bias);
-  T* yp = ptr<T>(y);
-  const Strides ys = strides(y);
+  const bool planar = l == PwLayout::planar;
+  const int64_t pix = planar ? 1 : y.stride(3), ch = y.stride(1);  // y strides in elements
   for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t c0 = 0; c0 < hw; c0 += cols) {
-        const int64_t m = std::min(cols, hw - c0);
-        const Tensor src = x.as_strided(
-            {g.Cg, m}, {x.stride(1), 1},
-            x.storage_offset() + n * x.stride(0) + grp * g.Cg * x.stride(1) + c0);
-        Tensor dst = y.as_strided(
-            {g.Kg, m}, {ys.c, 1}, y.storage_offset() + n * ys.n + grp * g.Kg * ys.c + c0);
-        at::mm_out(dst, w2[grp], src);
-        if (!bp && !act) continue;
-        T* d = yp + n * ys.n + grp * g.Kg * ys.c + c0;
-        const T* b = bp ? bp + grp * g.Kg : nullptr;
-        at::parallel_for(0, g.Kg, 8, [&](int64_t k0, int64_t k1) {
-          K.bias_act_rows(d, ys.c, k0, k1, m, b, act);
-        });
+    for (int64_t grp = 0; grp < g.G; ++grp) {
+      const Tensor xm = pix_matrix(x, l, n, grp * g.Cg, g.Cg);
+      const Tensor ym = pix_matrix(y, l, n, grp * g.Kg, g.Kg);
+      const Tensor wg = planar ? w2[grp] : w2[grp].t();
+      const T* b = bp ? bp + grp * g.Kg : nullptr;
+      for (int64_t p0 = 0; p0 < hw; p0 += blk) {
+        const int64_t m = std::min(blk, hw - p0);
+        Tensor dst = ym.narrow(planar ? 1 : 0, p0, m);
+        if (planar)
+          at::mm_out(dst, wg, xm.narrow(1, p0, m));
+        else
+          at::mm_out(dst, xm.narrow(0, p0, m), wg);
+        if (!b && !act) continue;
+        T* d = ptr<T>(y) + n * y.stride(0) + grp * g.Kg * ch + p0 * pix;
+        if (planar)
+          at::parallel_for(0, g.Kg, 8, [&](int64_t k0, int64_t k1) {
+            K.bias_act_rows(d, ch, k0, k1, m, b, act);
+          });
+        else
+          at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
+            K.bias_act_cols(d, pix, r0, r1, g.Kg, b, act);
+          });
       }
+    }
 }
 
 template <class T>
@@ -476,8 +507,8 @@ void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias,
   if (y.numel() == 0) return;
   if (use_nhwc(g, x, y))
     dw_fwd_nhwc<T>(g, x, w, bias, act, y);
-  else if (use_pointwise(g, x, y))
-    fwd_pointwise<T>(g, x, w, bias, act, y);
+  else if (const PwLayout l = use_pointwise(g, x, y); l != PwLayout::none)
+    fwd_pointwise<T>(g, l, x, w, bias, act, y);
   else if (use_direct(g))
     fwd_direct<T>(g, x, w, bias, act, y);
   else if (use_taps(g))
@@ -580,20 +611,19 @@ void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor
   });
 }
 
-// the [C, HW] matrix of group grp's channels of batch n of an NCHW tensor with contiguous planes
-Tensor plane_matrix(const Tensor& t, int64_t n, int64_t c0, int64_t c) {
-  return t.as_strided({c, t.size(2) * t.size(3)}, {t.stride(1), 1},
-                      t.storage_offset() + n * t.stride(0) + c0 * t.stride(1));
-}
-
-// pointwise (use_pointwise): gx[n, group] = W[group]^T @ gy[n, group], written by the GEMM
+// pointwise (use_pointwise): gx[n, group] = W[group]^T gy[n, group], written by the GEMM
 template <class T>
-void dgrad_pointwise(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+void dgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& w,
+                     const Tensor& gx) {
   const Tensor w2 = w.view({g.G, g.Kg, g.Cg});
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t grp = 0; grp < g.G; ++grp) {
-      Tensor dst = plane_matrix(gx, n, grp * g.Cg, g.Cg);
-      at::mm_out(dst, w2[grp].t(), plane_matrix(gy, n, grp * g.Kg, g.Kg));
+      Tensor dst = pix_matrix(gx, l, n, grp * g.Cg, g.Cg);
+      const Tensor src = pix_matrix(gy, l, n, grp * g.Kg, g.Kg);
+      if (l == PwLayout::planar)
+        at::mm_out(dst, w2[grp].t(), src);  // [Cg, HW] = [Cg, Kg] @ [Kg, HW]
+      else
+        at::mm_out(dst, src, w2[grp]);  // [HW, Cg] = [HW, Kg] @ [Kg, Cg]
     }
 }
 
@@ -606,8 +636,8 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
   }
   if (use_nhwc(g, gy, gx))
     dw_dgrad_nhwc<T>(g, gy, w, gx);
-  else if (use_pointwise(g, gx, gy))
-    dgrad_pointwise<T>(g, gy, w, gx);
+  else if (const PwLayout l = use_pointwise(g, gx, gy); l != PwLayout::none)
+    dgrad_pointwise<T>(g, l, gy, w, gx);
   else if (use_direct(g))
     dgrad_direct<T>(g, gy, w, gx);
   else if (use_taps(g))
@@ -677,19 +707,23 @@ void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor
   gw.view({g.C, g.R * g.S}).copy_(part.sum(0).t());
 }
 
-// pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] @ x[n, group]^T
+// pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] x[n, group]^T
 template <class T>
-void wgrad_pointwise(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x,
+                     const Tensor& gw) {
   const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
+  const bool planar = l == PwLayout::planar;
   for (int64_t grp = 0; grp < g.G; ++grp) {
     Tensor dst = gw2[grp];
     for (int64_t n = 0; n < g.N; ++n) {
-      const Tensor a = plane_matrix(gy, n, grp * g.Kg, g.Kg);
-      const Tensor b = plane_matrix(x, n, grp * g.Cg, g.Cg).t();
+      const Tensor a = pix_matrix(gy, l, n, grp * g.Kg, g.Kg);
+      const Tensor b = pix_matrix(x, l, n, grp * g.Cg, g.Cg);
+      // [Kg, Cg] = [Kg, HW] @ [HW, Cg]
+      const Tensor lhs = planar ? a : a.t(), rhs = planar ? b.t() : b;
       if (n == 0)
-        at::mm_out(dst, a, b);
+        at::mm_out(dst, lhs, rhs);
       else
-        dst.addmm_(a, b);
+        dst.addmm_(lhs, rhs);
     }
   }
 }
@@ -703,8 +737,8 @@ void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw
   }
   if (use_nhwc(g, gy, x))
     dw_wgrad_nhwc<T>(g, gy, x, gw);
-  else if (use_pointwise(g, x, gy))
-    wgrad_pointwise<T>(g, gy, x, gw);
+  else if (const PwLayout l = use_pointwise(g, x, gy); l != PwLayout::none)
+    wgrad_pointwise<T>(g, l, gy, x, gw);
   else if (use_direct(g))
     wgrad_direct<T>(g, gy, x, gw);
   else if (use_taps(g))
