@@ -104,19 +104,21 @@ def fold_batchnorm(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.Ba
     return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype), shift.to(weight.dtype)
 
 
-# Folded (weight, bias) per conv module, reused while no tensor they came from has changed (keyed
-# by storage and version counter). Only filled with grad mode off: with it on, the fold must stay
-# in the autograd graph (an eval-mode BatchNorm can still be trained through, e.g. frozen-BN
-# fine-tuning), so it is recomputed per call.
+# Folded (weight, bias) per conv module, reused while the tensors they came from are the same
+# objects at the same version (in-place updates bump it). Only filled with grad mode off: with it
+# on, the fold must stay in the autograd graph (an eval-mode BatchNorm can still be trained
+# through, e.g. frozen-BN fine-tuning), so it is recomputed per call.
 _FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _fold_key(conv: nn.Module, bn: nn.BatchNorm2d):
-    ts = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+def _fold_sources(conv: nn.Module, bn: nn.BatchNorm2d):
+    return (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+
+
+def _versions(ts):
     try:
-        return (id(bn), bn.eps) + tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                                        if t is not None else None for t in ts)
-    except RuntimeError:  # inference-mode tensors have no version counter
+        return tuple(t._version if t is not None else None for t in ts)
+    except RuntimeError:  # inference-mode tensors have no version counter: no caching
         return None
 
 
@@ -124,13 +126,16 @@ def _folded(conv: nn.Module, bn: nn.BatchNorm2d):
     """fold_batchnorm(conv.weight, conv.bias, bn), cached while neither changes (grad mode off)."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return fold_batchnorm(conv.weight, conv.bias, bn)
-    key = _fold_key(conv, bn)
+    src = _fold_sources(conv, bn)
+    ver = _versions(src)
     hit = _FOLD_CACHE.get(conv)
-    if hit is not None and key is not None and hit[0] == key:
-        return hit[1], hit[2]
+    if (hit is not None and ver is not None and hit[0] is bn and hit[1] == bn.eps
+            and hit[3] == ver and all(a is b for a, b in zip(hit[2], src))):
+        return hit[4], hit[5]
     w, b = fold_batchnorm(conv.weight, conv.bias, bn)
-    if key is not None:
-        _FOLD_CACHE[conv] = (key, w, b)
+    if ver is not None:
+        # the sources are held (they are the modules' own tensors): identity stays meaningful
+        _FOLD_CACHE[conv] = (bn, bn.eps, src, ver, w, b)
     return w, b
 
 
@@ -246,9 +251,9 @@ _ONEDNN_OK = (torch.backends.mkldnn.is_available()
 def _onednn_fused(conv, w, b, act, x):
     """conv(x) with (w, b) (folded or the module's own) and act, by oneDNN with packed weights,
     where "auto" sends this conv to torch (oneDNN) anyway: channels_last float32 CPU inference
-    (grad mode off) of a zero-padded conv. Removes the weight reorder torch does per call and the activation's pass.
-    (In NCHW oneDNN's fused op returns channels_last outputs, so NCHW is left to F.conv2d.)
-    None where it does not apply."""
+    (grad mode off) of a zero-padded conv. Removes the weight reorder torch does per call and
+    the activation's pass. (In NCHW oneDNN's fused op returns channels_last outputs, so NCHW is
+    left to F.conv2d.) None where it does not apply."""
     global _ONEDNN_OK
     if not _ONEDNN_OK or torch.is_grad_enabled() or x.device.type != "cpu" \
             or x.dtype != torch.float32 or x.dim() != 4 or x.is_contiguous() \

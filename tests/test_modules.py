@@ -294,6 +294,14 @@ def test_conv_norm_act_fold_cache_follows_parameter_updates(backend):
         plain.load_state_dict(other.state_dict())
         fused.load_state_dict(other.state_dict())
         _close(fused(x), plain(x))
+        # so does a new Parameter object, even one allocated where the old one was
+        for mod in (fused, plain):
+            del mod[0].weight
+        torch.manual_seed(7)
+        fused[0].weight = nn.Parameter(torch.randn(7, 6, 1, 5))
+        torch.manual_seed(7)
+        plain[0].weight = nn.Parameter(torch.randn(7, 6, 1, 5))
+        _close(fused(x), plain(x))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -591,6 +591,29 @@ def test_torch_compile_fullgraph(backend):
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", [b for b in ALL if b in ("torch", "cpu", "auto")])
+def test_torch_compile_fullgraph_folded_inference(backend):
+    """A conv -> BatchNorm -> ReLU6 block in eval mode (folded, conv2d_clamp) compiles without a
+    graph break and agrees with eager, with and without gradients."""
+    torch.manual_seed(3)
+    bn = torch.nn.BatchNorm2d(8)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    model = dilconv.ConvNormActSequential(
+        dilconv.AtrousConv2d(4, 8, 3, padding=2, dilation=2, bias=False, backend=backend),
+        bn, torch.nn.ReLU6()).eval()
+    x = torch.randn(2, 4, 10, 11) * 4
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye, yc = model(xe), compiled(xc)
+    torch.testing.assert_close(yc, ye, rtol=1e-5, atol=1e-5)
+    ye.square().sum().backward()
+    yc.square().sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_torch_compile_inductor():
     """The default compiler (inductor) too, on the best CPU backend."""
     backend = "cpu" if "cpu" in BACKENDS else "torch"
