@@ -432,3 +432,28 @@ def test_plain_conv_auto_channels_last_inference_uses_packed_onednn():
         ref.weight.mul_(-1)
         with dilconv.use_backend("auto"):
             _close(conv(x).double(), ref(x.double()))
+
+
+def test_packed_onednn_falls_back_when_the_private_op_fails(monkeypatch):
+    """torch.ops.mkldnn._convolution_pointwise is private: if a torch build rejects the call,
+    the module falls back to the plain path (same values) instead of raising."""
+    import dilconv.modules as M
+
+    def broken(*a, **k):
+        raise RuntimeError("changed signature")
+
+    dilconv.registry.AUTO_PICKS.clear()
+    monkeypatch.setattr(M, "_ONEDNN_OK", M._ONEDNN_OK)  # restored after the test
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", broken, raising=False)
+    conv = dilconv.AtrousConv2d(16, 21, 1)
+    ref = nn.Conv2d(16, 21, 1)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    from dilconv.bench.ops import record_resolution
+
+    with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
+        for _ in range(3):
+            _close(conv(x), ref(x))
+    assert "onednn-packed" not in seen
+    if seen[0] == "torch":  # the packed path was tried on the second call, failed, switched off
+        assert M._ONEDNN_OK is False
