@@ -173,8 +173,12 @@ class Env:
     def main(self) -> bool:
         return self.rank == 0
 
-    def close(self):
+    def close(self, finished: bool = False):
         if self.distributed and dist.is_initialized():
+            if finished:
+                # every rank reaches here before any tears the group down: a rank destroying it
+                # while another is still in its last collective aborts in gloo's threads
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -463,10 +467,13 @@ def _report(res: dict, names) -> str:
 
 def main(args) -> int:
     env = Env(args)
+    finished = False
     try:
-        return _train(args, env)
+        rc = _train(args, env)
+        finished = True
+        return rc
     finally:
-        env.close()
+        env.close(finished)
 
 
 def _train(args, env: Env) -> int:
@@ -639,6 +646,7 @@ def _train(args, env: Env) -> int:
 
 def eval_main(args) -> int:
     env = Env(args)
+    finished = False
     try:
         dilconv.use_backend(args.backend)
         dtype = amp_dtype(args.amp, env.device)
@@ -659,6 +667,7 @@ def eval_main(args) -> int:
         if env.main and args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
+        finished = True
         return 0
     finally:
-        env.close()
+        env.close(finished)
