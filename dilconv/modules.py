@@ -39,7 +39,7 @@ class AtrousConv2d(nn.Conv2d):
         if clamp is not None:  # (min, max): conv_norm_act's activation
             return DF.conv2d_clamp(input, weight, bias, self.stride, padding, self.dilation,
                                    self.groups, *clamp, backend=self.backend)
-        if padding is self.padding and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():  # (padding modes other than zeros: not taken)
             y = _onednn_fused(self, weight, bias, None, input)
             if y is not None:
                 return y

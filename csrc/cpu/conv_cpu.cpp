@@ -491,11 +491,11 @@ void fwd_pointwise(const Geo& g, PwLayout l, const Tensor& x, const Tensor& w, c
         T* d = ptr<T>(y) + n * y.stride(0) + grp * g.Kg * ch + p0 * pix;
         if (planar)
           at::parallel_for(0, g.Kg, 8, [&](int64_t k0, int64_t k1) {
-            K.bias_act_rows(d, ch, k0, k1, m, b, act);
+            K.bias_act(d, ch, k0, k1, m, b, true, act);
           });
         else
           at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
-            K.bias_act_cols(d, pix, r0, r1, g.Kg, b, act);
+            K.bias_act(d, pix, r0, r1, g.Kg, b, false, act);
           });
       }
     }
@@ -1113,14 +1113,14 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
         at::mm_out(dst_t, mid.t(), pw.t());
         if (b || act)
           at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
-            ks.bias_act_cols(d, y.stride(3), r0, r1, K, b, act);
+            ks.bias_act(d, y.stride(3), r0, r1, K, b, false, act);
           });
       } else {
         Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)}, y.storage_offset() + off);
         at::mm_out(dst, pw, mid);
         if (b || act)
           at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
-            ks.bias_act_rows(d, y.stride(1), k0, k1, m, b, act);
+            ks.bias_act(d, y.stride(1), k0, k1, m, b, true, act);
           });
       }
     }

@@ -106,13 +106,10 @@ struct Kernels {
                         int64_t f0, int64_t f1);
   // bias gradient: adds gy summed over the pixels of output rows [f0, f1) to acc ([C])
   void (*dw_nhwc_colsum)(const Geo&, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1);
-  // GEMM epilogue: rows [k0, k1) of a [K][cols] block with row pitch `pitch` get act(y + bias[k])
-  // (bias nullable)
-  void (*bias_act_rows)(T* y, int64_t pitch, int64_t k0, int64_t k1, int64_t cols, const T* bias,
-                        Act act);
-  // the same with the bias along the columns: y[r][j] = act(y[r][j] + bias[j]), rows [r0, r1)
-  void (*bias_act_cols)(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
-                        Act act);
+  // GEMM epilogue: rows [r0, r1) of a [rows][cols] block with row pitch `pitch` get
+  // act(y + bias), the bias per row (bias[r]) or per column (bias[j]); bias nullable
+  void (*bias_act)(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
+                   bool bias_per_row, Act act);
   const char* isa;
 };
 

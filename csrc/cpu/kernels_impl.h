@@ -1216,41 +1216,24 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   }
 }
 
-// rows [k0, k1) of a [K][cols] block (row pitch `pitch`): y[k][j] = act(y[k][j] + bias[k])
+// GEMM epilogue over rows [r0, r1) of a [rows][cols] block (row pitch `pitch`):
+// y[r][j] = act(y[r][j] + bias), the bias per row (bias[r]) or per column (bias[j])
 template <class T>
-void bias_act_rows(T* y, int64_t pitch, int64_t k0, int64_t k1, int64_t cols, const T* bias,
-                   Act act) {
-  constexpr int64_t L = NV<T>;
-  for (int64_t k = k0; k < k1; ++k) {
-    T* r = y + k * pitch;
-    const T b = bias ? bias[k] : T(0);
-    const V<T> bv = splat<T>(b);
-    int64_t j = 0;
-    if (act) {
-      for (; j + L <= cols; j += L) st(r + j, act_v<T>(act, ld(r + j) + bv));
-      for (; j < cols; ++j) r[j] = act_s<T>(act, r[j] + b);
-    } else {
-      for (; j + L <= cols; j += L) st(r + j, ld(r + j) + bv);
-      for (; j < cols; ++j) r[j] += b;
-    }
-  }
-}
-
-// rows [r0, r1) of a [rows][cols] block (row pitch `pitch`): y[r][j] = act(y[r][j] + bias[j])
-template <class T>
-void bias_act_cols(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
-                   Act act) {
+void bias_act(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
+              bool bias_per_row, Act act) {
   constexpr int64_t L = NV<T>;
   for (int64_t r = r0; r < r1; ++r) {
     T* row = y + r * pitch;
+    const T* bc = bias && !bias_per_row ? bias : nullptr;
+    const T br = bias && bias_per_row ? bias[r] : T(0);
+    const V<T> bv = splat<T>(br);
     int64_t j = 0;
     for (; j + L <= cols; j += L) {
-      V<T> v = ld(row + j);
-      if (bias) v += ld(bias + j);
+      V<T> v = ld(row + j) + (bc ? ld(bc + j) : bv);
       st(row + j, act ? act_v<T>(act, v) : v);
     }
     for (; j < cols; ++j) {
-      const T v = row[j] + (bias ? bias[j] : T(0));
+      const T v = row[j] + (bc ? bc[j] : br);
       row[j] = act ? act_s<T>(act, v) : v;
     }
   }
@@ -1278,8 +1261,7 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
   k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
-  k.bias_act_rows = &bias_act_rows<T>;
-  k.bias_act_cols = &bias_act_cols<T>;
+  k.bias_act = &bias_act<T>;
   k.isa = isa;
   return k;
 }
