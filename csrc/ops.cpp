@@ -106,6 +106,21 @@ at::Tensor conv2d_clamp_generic(const at::Tensor& input, const at::Tensor& weigh
   return std::isinf(max) ? y.clamp_min_(min) : y.clamp_(min, max);
 }
 
+// bilinear resize: the generic version (any device) is torch's upsample_bilinear2d; the CPU key
+// is csrc/cpu/resize_cpu.cpp.
+at::Tensor resize_bilinear_generic(const at::Tensor& input, at::IntArrayRef size,
+                                   bool align_corners) {
+  return at::upsample_bilinear2d(input, size, align_corners, std::nullopt, std::nullopt);
+}
+
+at::Tensor resize_bilinear_backward_generic(const at::Tensor& grad_output,
+                                            at::IntArrayRef input_size, bool align_corners) {
+  TORCH_CHECK(grad_output.dim() == 4, "dilconv::resize_bilinear_backward: expected grad_output "
+              "to be 4-D, got ", grad_output.sizes());
+  return at::upsample_bilinear2d_backward(grad_output, grad_output.sizes().slice(2), input_size,
+                                          align_corners, std::nullopt, std::nullopt);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dilconv, m) {
@@ -119,9 +134,16 @@ TORCH_LIBRARY(dilconv, m) {
   // a folded BatchNorm (dilconv.conv_norm_act). Plain names only.
   m.def("conv2d_clamp(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, float min, float max) -> Tensor");
+  // bilinear resize to `size` (torch's F.interpolate(mode="bilinear", size=...)), for the
+  // upsampling in the segmentation networks; and its input gradient. Plain names only.
+  m.def("resize_bilinear(Tensor input, int[2] size, bool align_corners) -> Tensor");
+  m.def("resize_bilinear_backward(Tensor grad_output, int[4] input_size, bool align_corners) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {
   m.impl("conv2d_backward", &conv2d_backward_generic);
   m.impl("conv2d_clamp", &conv2d_clamp_generic);
+  m.impl("resize_bilinear", &resize_bilinear_generic);
+  m.impl("resize_bilinear_backward", &resize_bilinear_backward_generic);
 }

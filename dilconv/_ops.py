@@ -114,6 +114,15 @@ def _fake_conv2d_clamp(input, weight, bias, stride, padding, dilation, groups, m
     return _fake_conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
+def _fake_resize_bilinear(input, size, align_corners):
+    torch._check(input.dim() == 4, lambda: f"dilconv::resize_bilinear: expected 4-D input, got {input.shape}")
+    return _empty(input, (*input.shape[:2], *size), output_memory_format(input))
+
+
+def _fake_resize_bilinear_backward(grad_output, input_size, align_corners):
+    return _empty(grad_output, input_size, output_memory_format(grad_output))
+
+
 _FAKES = {
     "conv2d": _fake_conv2d,
     "conv2d_input_grad": _fake_conv2d_input_grad,
@@ -288,9 +297,29 @@ def _autograd_formulas(suffix: str):
         gi, gw, gb = fused(grad, input, weight, *ctx.conf, mask)
         return gi, gw, gb, None, None, None, None, None, None
 
+    # resize_bilinear is linear in its input: its backward is resize_bilinear_backward, whose
+    # own backward is resize_bilinear again (double backward)
+    def resize_setup(ctx, inputs, output):
+        input, size, align_corners = inputs
+        ctx.input_size = tuple(input.shape)
+        ctx.align_corners = align_corners
+
+    def resize_backward(ctx, grad):
+        return _op("resize_bilinear_backward", "")(grad, ctx.input_size, ctx.align_corners), None, None
+
+    def resize_bwd_setup(ctx, inputs, output):
+        grad_output, input_size, align_corners = inputs
+        ctx.size = tuple(grad_output.shape[2:])
+        ctx.align_corners = align_corners
+
+    def resize_bwd_backward(ctx, grad):
+        return _op("resize_bilinear", "")(grad, ctx.size, ctx.align_corners), None, None
+
     if fused is not None:
         formulas["conv2d_backward"] = (bwd_backward, bwd_setup)
         formulas["conv2d_clamp"] = (clamp_backward, clamp_setup)
+        formulas["resize_bilinear"] = (resize_backward, resize_setup)
+        formulas["resize_bilinear_backward"] = (resize_bwd_backward, resize_bwd_setup)
     return formulas
 
 
@@ -303,6 +332,9 @@ def register_variant(suffix: str, *, fake: bool = True) -> None:
         if suffix == "":
             torch.library.register_fake("dilconv::conv2d_backward")(_fake_conv2d_backward)
             torch.library.register_fake("dilconv::conv2d_clamp")(_fake_conv2d_clamp)
+            torch.library.register_fake("dilconv::resize_bilinear")(_fake_resize_bilinear)
+            torch.library.register_fake("dilconv::resize_bilinear_backward")(
+                _fake_resize_bilinear_backward)
     for name, (backward, setup) in _autograd_formulas(suffix).items():
         torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
 

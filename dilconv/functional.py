@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from dilconv import _ext
 from dilconv import registry as _backends
 from dilconv._ops import conv_out_size, conv_transpose_out_size
 
@@ -363,3 +364,30 @@ def depthwise_separable_conv2d(input: torch.Tensor, dw_weight: torch.Tensor, pw_
                                   list(dilation), bool(mid_relu), bool(out_relu))
 
     return _batched(run, input)
+
+
+def resize_bilinear(input: torch.Tensor, size: Sequence[int], align_corners: bool = False, *,
+                    backend: Optional[str] = None) -> torch.Tensor:
+    """`F.interpolate(input, size=size, mode="bilinear", align_corners=align_corners)`, the
+    upsampling of the segmentation networks. Under a dilconv backend a CPU tensor (float32/64,
+    fp16/bf16 computed in float32) is resized by dilconv's kernel (`dilconv::resize_bilinear`:
+    each input row blended along the width once, each output row one contiguous blend of two
+    such rows, in NCHW and channels-last alike; its backward gathers per input row, no atomics)
+    and keeps the input's memory format. Backend "torch", other devices and CPU autocast run
+    F.interpolate."""
+    size = tuple(size)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise ValueError(f"resize_bilinear: size must be two ints (height, width), got {size}")
+    if min(size) < 1:
+        raise ValueError(f"resize_bilinear: size must be >= 1, got {size}")
+    name = backend or _backends._current
+    if name != "torch":
+        _backends.get_backend(name)  # unknown name -> ValueError
+    if (name == "torch" or not _ext.loaded or input.device.type != "cpu" or input.dim() != 4
+            or input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+            or torch.is_autocast_enabled("cpu")):
+        return F.interpolate(input, size=size, mode="bilinear", align_corners=align_corners)
+    if input.shape[2] < 1 or input.shape[3] < 1:
+        raise RuntimeError(f"resize_bilinear: input height and width must be >= 1, got "
+                           f"{tuple(input.shape)}")
+    return torch.ops.dilconv.resize_bilinear(input, list(size), bool(align_corners))

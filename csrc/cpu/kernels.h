@@ -110,6 +110,18 @@ struct Kernels {
   // act(y + bias), the bias per row (bias[r]) or per column (bias[j]); bias nullable
   void (*bias_act)(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
                    bool bias_per_row, Act act);
+  // bilinear resize of one image (channels-last: rows of W * C values, cc = C) or one plane
+  // (cc = 1); xo/xl (2 per output column: input offsets in values, weights) and yi/yl (2 per
+  // output row: input rows, weights) are torch's coefficients. Forward: output rows [r0, r1),
+  // scratch 2 * OW * cc. Backward: input-gradient rows [i0, i1) written completely, olo/ohi the
+  // output rows that read each input row, scratch OW * cc.
+  void (*resize_fwd)(const T* x, int64_t xp, int64_t cc, const int64_t* xo, const T* xl,
+                     int64_t OW, const int64_t* yi, const T* yl, T* y, int64_t yp, int64_t r0,
+                     int64_t r1, T* scratch);
+  void (*resize_bwd)(const T* g, int64_t gp, int64_t cc, const int64_t* xo, const T* xl,
+                     int64_t OW, const int64_t* yi, const T* yl, const int64_t* olo,
+                     const int64_t* ohi, T* gx, int64_t xp, int64_t W, int64_t i0, int64_t i1,
+                     T* scratch);
   const char* isa;
 };
 

@@ -1239,6 +1239,96 @@ void bias_act(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// bilinear resize of one image in rows of L values: a channels-last image (L = W * C, cc = C
+// values a pixel) or one plane (L = W, cc = 1). Along the width each output pixel ow blends the
+// input pixels at offsets xo[2 ow], xo[2 ow + 1] (in values) with weights xl[2 ow], xl[2 ow + 1];
+// along the height output row oh blends input rows yi[2 oh], yi[2 oh + 1] with yl[2 oh],
+// yl[2 oh + 1] (torch's upsample_bilinear2d coefficients, built by the caller).
+
+// one input row interpolated along the width: h[ow * cc + c]
+template <class T>
+DILCONV_INLINE void resize_hrow(const T* x, int64_t cc, const int64_t* xo, const T* xl,
+                                int64_t OW, T* h) {
+  if (cc == 1) {
+    for (int64_t ow = 0; ow < OW; ++ow)
+      h[ow] = xl[2 * ow] * x[xo[2 * ow]] + xl[2 * ow + 1] * x[xo[2 * ow + 1]];
+    return;
+  }
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    const T *a = x + xo[2 * ow], *b = x + xo[2 * ow + 1];
+    const T la = xl[2 * ow], lb = xl[2 * ow + 1];
+    T* d = h + ow * cc;
+    for (int64_t c = 0; c < cc; ++c) d[c] = la * a[c] + lb * b[c];
+  }
+}
+
+// Output rows [r0, r1): each input row is interpolated along the width once into one of two
+// scratch rows (consecutive output rows share input rows), then each output row is one
+// contiguous blend of two of them. x, y: the image's first row, row pitches xp, yp (values);
+// scratch: 2 * OW * cc values.
+template <class T>
+void resize_fwd(const T* x, int64_t xp, int64_t cc, const int64_t* xo, const T* xl, int64_t OW,
+                const int64_t* yi, const T* yl, T* y, int64_t yp, int64_t r0, int64_t r1,
+                T* scratch) {
+  const int64_t len = OW * cc;
+  T* slot[2] = {scratch, scratch + len};
+  int64_t held[2] = {-1, -1};
+  auto row = [&](int64_t i) -> const T* {
+    if (held[0] == i) return slot[0];
+    if (held[1] == i) return slot[1];
+    // replace the slot not holding the other row this output row needs (rows only increase)
+    const int k = held[0] < held[1] ? 0 : 1;
+    resize_hrow<T>(x + i * xp, cc, xo, xl, OW, slot[k]);
+    held[k] = i;
+    return slot[k];
+  };
+  for (int64_t oh = r0; oh < r1; ++oh) {
+    const T* h0 = row(yi[2 * oh]);
+    const T* h1 = row(yi[2 * oh + 1]);
+    const T a = yl[2 * oh], b = yl[2 * oh + 1];
+    T* d = y + oh * yp;
+    for (int64_t j = 0; j < len; ++j) d[j] = a * h0[j] + b * h1[j];
+  }
+}
+
+// Input gradient, input rows [i0, i1), written completely: row i collects the output rows
+// [olo[i], ohi[i]) that read it (weight yl of each reading), then the width blend is undone
+// pixel by pixel (a scatter into the row, serial so that no two threads share a row).
+// g, gx: the image's first rows, pitches gp, xp; scratch: OW * cc values.
+template <class T>
+void resize_bwd(const T* g, int64_t gp, int64_t cc, const int64_t* xo, const T* xl, int64_t OW,
+                const int64_t* yi, const T* yl, const int64_t* olo, const int64_t* ohi, T* gx,
+                int64_t xp, int64_t W, int64_t i0, int64_t i1, T* scratch) {
+  const int64_t len = OW * cc;
+  for (int64_t i = i0; i < i1; ++i) {
+    T* d = gx + i * xp;
+    for (int64_t j = 0; j < W * cc; ++j) d[j] = T(0);
+    if (olo[i] >= ohi[i]) continue;
+    T* h = scratch;
+    for (int64_t j = 0; j < len; ++j) h[j] = T(0);
+    for (int64_t oh = olo[i]; oh < ohi[i]; ++oh) {
+      const T a = (yi[2 * oh] == i ? yl[2 * oh] : T(0)) + (yi[2 * oh + 1] == i ? yl[2 * oh + 1] : T(0));
+      const T* s = g + oh * gp;
+      for (int64_t j = 0; j < len; ++j) h[j] += a * s[j];
+    }
+    if (cc == 1) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        d[xo[2 * ow]] += xl[2 * ow] * h[ow];
+        d[xo[2 * ow + 1]] += xl[2 * ow + 1] * h[ow];
+      }
+      continue;
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      T *a = d + xo[2 * ow], *b = d + xo[2 * ow + 1];
+      const T la = xl[2 * ow], lb = xl[2 * ow + 1];
+      const T* hs = h + ow * cc;
+      for (int64_t c = 0; c < cc; ++c) a[c] += la * hs[c];
+      for (int64_t c = 0; c < cc; ++c) b[c] += lb * hs[c];
+    }
+  }
+}
+
 template <class T>
 Kernels<T> make(const char* isa) {
   Kernels<T> k;
@@ -1262,6 +1352,8 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
   k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
   k.bias_act = &bias_act<T>;
+  k.resize_fwd = &resize_fwd<T>;
+  k.resize_bwd = &resize_bwd<T>;
   k.isa = isa;
   return k;
 }

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dilconv import functional as DF
 from dilconv.modules import (AtrousConv2d, ConvNormActSequential, ConvTranspose2d,
                              DepthwiseConv2d, DepthwiseSeparableConv2d, GroupedConv2d)
 
@@ -132,10 +133,21 @@ def pad_to_multiple(x: torch.Tensor, m: int, mode: str = "reflect"):
     return x, (h, w)
 
 
-def resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
+def backend_of(module: nn.Module) -> Optional[str]:
+    """The `backend` of the first dilconv layer in `module` (None: the current backend)."""
+    for m in module.modules():
+        if hasattr(m, "backend"):
+            return m.backend
+    return None
+
+
+def resize(x: torch.Tensor, size, align_corners: bool = False, *,
+           backend: Optional[str] = None) -> torch.Tensor:
+    """Bilinear resize to size[-2:] (dilconv.functional.resize_bilinear: F.interpolate under
+    backend "torch", dilconv's CPU kernel under the others)."""
     if tuple(x.shape[-2:]) == tuple(size[-2:]):
         return x
-    return F.interpolate(x, size=tuple(size[-2:]), mode="bilinear", align_corners=align_corners)
+    return DF.resize_bilinear(x, tuple(size[-2:]), align_corners, backend=backend)
 
 
 def init_kaiming_(module: nn.Module, mode: str = "fan_out") -> None:
@@ -167,5 +179,6 @@ def check_output_stride(output_stride: int) -> None:
 
 
 __all__ = ["conv", "ConvBNAct", "ConvNormActSequential", "SepConvBN", "bilinear_kernel",
-           "bilinear_upsampler", "init_bilinear_", "crop", "center_crop", "mirror_pad", "pad_to_multiple", "resize",
+           "bilinear_upsampler", "init_bilinear_", "crop", "center_crop", "mirror_pad",
+           "pad_to_multiple", "resize", "backend_of",
            "init_kaiming_", "count_params", "rates_for", "check_output_stride"]

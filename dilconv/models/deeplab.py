@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dilconv._ops import output_memory_format
-from dilconv.models._layers import (ConvBNAct, ConvNormActSequential, SepConvBN, conv,
-                                     rates_for, resize)
+from dilconv.models._layers import (ConvBNAct, ConvNormActSequential, SepConvBN, backend_of,
+                                     conv, rates_for, resize)
 from dilconv.models.backbones import make_backbone
 
 
@@ -30,8 +30,7 @@ class ASPPPooling(ConvNormActSequential):
         x = super().forward(x)
         # a 1x1 map reads as plain contiguous: keep the input's layout, or the ASPP concat of a
         # channels-last network mixes layouts and falls back to a contiguous copy
-        return F.interpolate(x, size=size, mode="bilinear",
-                             align_corners=False).contiguous(memory_format=fmt)
+        return resize(x, size, backend=backend_of(self)).contiguous(memory_format=fmt)
 
 
 class ASPP(nn.Module):
@@ -99,9 +98,11 @@ class _SegModel(nn.Module):
         size = x.shape[-2:]
         feats = self.backbone.forward_stages(x, upto=self.backbone.high_stage)
         result = OrderedDict()
-        result["out"] = resize(self.classifier(feats[self.backbone.high_stage]), size)
+        bk = backend_of(self.classifier)
+        result["out"] = resize(self.classifier(feats[self.backbone.high_stage]), size, backend=bk)
         if self.aux_classifier is not None:
-            result["aux"] = resize(self.aux_classifier(feats[self.backbone.aux_stage]), size)
+            result["aux"] = resize(self.aux_classifier(feats[self.backbone.aux_stage]), size,
+                                   backend=bk)
         return result
 
 
@@ -161,12 +162,13 @@ class DeepLabV3Plus(nn.Module):
         b = self.backbone
         feats = b.forward_stages(x, upto=b.high_stage)
         low = self.reduce(feats[b.low_stage])
-        high = resize(self.aspp(feats[b.high_stage]), low.shape)
+        bk = backend_of(self.classifier)
+        high = resize(self.aspp(feats[b.high_stage]), low.shape, backend=bk)
         y = self.classifier(self.decoder(torch.cat([high, low], dim=1)))
         result = OrderedDict()
-        result["out"] = resize(y, size)
+        result["out"] = resize(y, size, backend=bk)
         if self.aux_classifier is not None:
-            result["aux"] = resize(self.aux_classifier(feats[b.aux_stage]), size)
+            result["aux"] = resize(self.aux_classifier(feats[b.aux_stage]), size, backend=bk)
         return result
 
 

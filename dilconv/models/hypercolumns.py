@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dilconv.models._layers import conv, resize
+from dilconv.models._layers import backend_of, conv, resize
 
 MIN_ALEXNET_INPUT = 227  # the fully convolutional AlexNet's fc6 (6x6) needs pool5 >= 6x6
 
@@ -37,8 +37,9 @@ class HypercolumnHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor], size) -> torch.Tensor:
         s = None
+        bk = backend_of(self)
         for m, f in zip(self.scores, feats):
-            y = resize(m(f), size)
+            y = resize(m(f), size, backend=bk)
             s = y if s is None else s + y
         if self.grid == 1:
             return s
@@ -63,7 +64,8 @@ class Hypercolumns(nn.Module):
     def hypercolumns(self, x: torch.Tensor) -> torch.Tensor:
         """The stacked features themselves, [N, sum(channels), H, W]."""
         feats = self.backbone.forward_stages(x, upto=self._upto)
-        return torch.cat([resize(feats[l], x.shape) for l in self.layers], 1)
+        bk = backend_of(self.head)
+        return torch.cat([resize(feats[l], x.shape, backend=bk) for l in self.layers], 1)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         h, w = x.shape[-2:]

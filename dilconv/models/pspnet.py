@@ -9,9 +9,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from dilconv.models._layers import ConvNormActSequential, conv, resize
+from dilconv.models._layers import ConvNormActSequential, backend_of, conv, resize
 from dilconv.models.backbones import make_backbone
 
 
@@ -26,7 +25,8 @@ class PPM(nn.Module):
 
     def forward(self, x):
         size = x.shape[-2:]
-        return torch.cat([x] + [F.interpolate(f(x), size, mode="bilinear", align_corners=True)
+        bk = backend_of(self)
+        return torch.cat([x] + [resize(f(x), size, align_corners=True, backend=bk)
                                 for f in self.features], 1)
 
 
@@ -52,9 +52,11 @@ class PSPNet(nn.Module):
         b = self.backbone
         feats = b.forward_stages(x, upto=b.high_stage)
         out = OrderedDict()
-        out["out"] = resize(self.cls(self.ppm(feats[b.high_stage])), size, align_corners=True)
+        bk = backend_of(self.cls)
+        out["out"] = resize(self.cls(self.ppm(feats[b.high_stage])), size, align_corners=True,
+                            backend=bk)
         if self.aux is not None:
-            out["aux"] = resize(self.aux(feats[b.aux_stage]), size, align_corners=True)
+            out["aux"] = resize(self.aux(feats[b.aux_stage]), size, align_corners=True, backend=bk)
         return out
 
 

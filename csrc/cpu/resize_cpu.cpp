@@ -1,0 +1,201 @@
+// Backend "cpu": the CPU key of dilconv::resize_bilinear and its backward (torch's
+// upsample_bilinear2d with an output size, align_corners either way). Both layouts are resized
+// row by row: a channels-last row is W * C contiguous values, so the blend along the height is
+// one flat pass per output row in either layout; the width blend is done once per input row
+// (kernels_impl.h, resize_fwd / resize_bwd). fp16/bf16 are computed in float32.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace dilconv::cpu {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+// torch's coefficients (aten/src/ATen/native/UpSample.h: area_pixel_compute_scale,
+// area_pixel_compute_source_index, guard_index_and_lambda) for `out` positions read from `in`:
+// per position the two source indices and their weights, computed in double.
+struct Axis {
+  std::vector<int64_t> idx;  // 2 per output position
+  std::vector<double> lam;   // 2 per output position
+};
+
+Axis axis(int64_t in, int64_t out, bool align_corners) {
+  Axis a;
+  a.idx.resize(2 * out);
+  a.lam.resize(2 * out);
+  const double scale = align_corners ? (out > 1 ? double(in - 1) / double(out - 1) : 0.0)
+                                     : double(in) / double(out);
+  for (int64_t o = 0; o < out; ++o) {
+    int64_t i0 = o, i1 = o;
+    double l1 = 0.0;
+    if (in != out) {
+      double real = align_corners ? scale * o : scale * (o + 0.5) - 0.5;
+      if (real < 0) real = 0;
+      i0 = std::min(static_cast<int64_t>(std::floor(real)), in - 1);
+      l1 = std::min(std::max(real - i0, 0.0), 1.0);
+      i1 = i0 + (i0 < in - 1 ? 1 : 0);
+    }
+    a.idx[2 * o] = i0;
+    a.idx[2 * o + 1] = i1;
+    a.lam[2 * o] = 1.0 - l1;
+    a.lam[2 * o + 1] = l1;
+  }
+  return a;
+}
+
+template <class T>
+std::vector<T> cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+void check_input(const char* op, const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W), got ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected a CPU tensor, got ", t.device());
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
+}
+
+void check_size(const char* op, const char* name, IntArrayRef v, size_t n) {
+  TORCH_CHECK(v.size() == n, op, ": expected ", name, " to have ", n, " elements, got ", v.size());
+  for (size_t i = n - 2; i < n; ++i)
+    TORCH_CHECK(v[i] >= 1, op, ": ", name, " must have a height and width >= 1, got ", v);
+}
+
+at::MemoryFormat out_format(const Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+template <class T>
+const Kernels<T>& kern();
+template <>
+const Kernels<float>& kern<float>() { return kernels_f32(); }
+template <>
+const Kernels<double>& kern<double>() { return kernels_f64(); }
+
+// A resize pass over `units` rows: an image's rows (channels-last: cc = C, one unit per row of
+// each image) or a plane's rows (cc = 1, one unit per row of each of the N * C planes); f(img,
+// r0, r1, scratch) handles rows [r0, r1) of image/plane img. Threads take contiguous row ranges.
+template <class T, class F>
+void over_rows(int64_t images, int64_t rows, int64_t scratch_len, F&& f) {
+  at::parallel_for(0, images * rows, 16, [&](int64_t b, int64_t e) {
+    std::vector<T> scratch(scratch_len);
+    for (int64_t u = b; u < e;) {
+      const int64_t img = u / rows, r0 = u % rows, r1 = std::min(rows, r0 + (e - u));
+      f(img, r0, r1, scratch.data());
+      u += r1 - r0;
+    }
+  });
+}
+
+template <class T>
+void resize_fwd_impl(const Tensor& x, const Tensor& y, bool align_corners, bool nhwc) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t OH = y.size(2), OW = y.size(3);
+  const Axis ax = axis(W, OW, align_corners), ay = axis(H, OH, align_corners);
+  const int64_t cc = nhwc ? C : 1;
+  std::vector<int64_t> xo(ax.idx);
+  for (auto& v : xo) v *= cc;
+  const std::vector<T> xl = cast<T>(ax.lam), yl = cast<T>(ay.lam);
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const auto& K = kern<T>();
+  const int64_t images = nhwc ? N : N * C;
+  over_rows<T>(images, OH, 2 * OW * cc, [&](int64_t img, int64_t r0, int64_t r1, T* scratch) {
+    K.resize_fwd(xp + img * H * W * cc, W * cc, cc, xo.data(), xl.data(), OW, ay.idx.data(),
+                 yl.data(), yp + img * OH * OW * cc, OW * cc, r0, r1, scratch);
+  });
+}
+
+template <class T>
+void resize_bwd_impl(const Tensor& g, const Tensor& gx, bool align_corners, bool nhwc) {
+  const int64_t N = gx.size(0), C = gx.size(1), H = gx.size(2), W = gx.size(3);
+  const int64_t OH = g.size(2), OW = g.size(3);
+  const Axis ax = axis(W, OW, align_corners), ay = axis(H, OH, align_corners);
+  const int64_t cc = nhwc ? C : 1;
+  std::vector<int64_t> xo(ax.idx);
+  for (auto& v : xo) v *= cc;
+  const std::vector<T> xl = cast<T>(ax.lam), yl = cast<T>(ay.lam);
+  // output rows reading each input row: a contiguous range, since the source rows of the
+  // output rows never decrease
+  std::vector<int64_t> olo(H, OH), ohi(H, 0);
+  for (int64_t oh = 0; oh < OH; ++oh)
+    for (int k = 0; k < 2; ++k) {
+      const int64_t i = ay.idx[2 * oh + k];
+      olo[i] = std::min(olo[i], oh);
+      ohi[i] = std::max(ohi[i], oh + 1);
+    }
+  const T* gp = g.data_ptr<T>();
+  T* gxp = gx.data_ptr<T>();
+  const auto& K = kern<T>();
+  const int64_t images = nhwc ? N : N * C;
+  over_rows<T>(images, H, OW * cc, [&](int64_t img, int64_t i0, int64_t i1, T* scratch) {
+    K.resize_bwd(gp + img * OH * OW * cc, OW * cc, cc, xo.data(), xl.data(), OW, ay.idx.data(),
+                 yl.data(), olo.data(), ohi.data(), gxp + img * H * W * cc, W * cc, W, i0, i1,
+                 scratch);
+  });
+}
+
+// Runs body(src, dst) in the compute type (float32 for fp16/bf16), dst allocated in `fmt`.
+template <class Body>
+Tensor in_compute_type(const Tensor& src, IntArrayRef out_size, at::MemoryFormat fmt, Body&& body) {
+  const auto st = src.scalar_type();
+  const auto ct = (st == at::kHalf || st == at::kBFloat16) ? at::kFloat : st;
+  const Tensor s = src.to(ct).contiguous(fmt);
+  Tensor d = at::empty(out_size, s.options().memory_format(fmt));
+  if (d.numel() > 0 && s.numel() > 0) {
+    if (ct == at::kFloat) body(s, d, float{});
+    else body(s, d, double{});
+  } else if (d.numel() > 0) {
+    d.zero_();
+  }
+  return ct == st ? d : d.to(st).contiguous(fmt);
+}
+
+Tensor resize_bilinear(const Tensor& input, IntArrayRef size, bool align_corners) {
+  const char* op = "dilconv::resize_bilinear";
+  check_input(op, input, "input");
+  check_size(op, "size", size, 2);
+  TORCH_CHECK(input.size(2) >= 1 && input.size(3) >= 1, op,
+              ": input height and width must be >= 1, got ", input.sizes());
+  const auto fmt = out_format(input);
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  return in_compute_type(input, {input.size(0), input.size(1), size[0], size[1]}, fmt,
+                         [&](const Tensor& x, const Tensor& y, auto tag) {
+                           resize_fwd_impl<decltype(tag)>(x, y, align_corners, nhwc);
+                         });
+}
+
+Tensor resize_bilinear_backward(const Tensor& grad_output, IntArrayRef input_size,
+                                bool align_corners) {
+  const char* op = "dilconv::resize_bilinear_backward";
+  check_input(op, grad_output, "grad_output");
+  check_size(op, "input_size", input_size, 4);
+  TORCH_CHECK(grad_output.size(0) == input_size[0] && grad_output.size(1) == input_size[1], op,
+              ": grad_output ", grad_output.sizes(), " does not match input_size ", input_size);
+  const auto fmt = out_format(grad_output);
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  return in_compute_type(grad_output, input_size, fmt,
+                         [&](const Tensor& g, const Tensor& gx, auto tag) {
+                           resize_bwd_impl<decltype(tag)>(g, gx, align_corners, nhwc);
+                         });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dilconv, CPU, m) {
+  m.impl("resize_bilinear", &resize_bilinear);
+  m.impl("resize_bilinear_backward", &resize_bilinear_backward);
+}
+
+}  // namespace dilconv::cpu
