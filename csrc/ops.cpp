@@ -121,6 +121,53 @@ at::Tensor resize_bilinear_backward_generic(const at::Tensor& grad_output,
                                           align_corners, std::nullopt, std::nullopt);
 }
 
+// batch norm with batch statistics, then clamp: the generic version (any device) in ATen ops;
+// the CPU key is csrc/cpu/batchnorm_cpu.cpp (two passes over the tensor each way).
+bool no_clamp(double min, double max) {
+  return std::isinf(min) && min < 0 && std::isinf(max) && max > 0;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_generic(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, double min, double max) {
+  TORCH_CHECK(!std::isnan(min) && !std::isnan(max) && min <= max,
+              "dilconv::batch_norm_act: need min <= max (not NaN), got min=", min, ", max=", max);
+  TORCH_CHECK(input.dim() == 4, "dilconv::batch_norm_act: expected a 4-D input, got ",
+              input.sizes());
+  const int64_t C = input.size(1);
+  auto [var, mean] = at::var_mean(input, at::IntArrayRef{0, 2, 3}, at::Scalar(0), false);
+  at::Tensor invstd = (var + eps).rsqrt();
+  at::Tensor scale = invstd;
+  if (weight.has_value() && weight->defined()) scale = scale * *weight;
+  at::Tensor shift = -mean * scale;
+  if (bias.has_value() && bias->defined()) shift = shift + *bias;
+  at::Tensor y = input * scale.view({1, C, 1, 1}) + shift.view({1, C, 1, 1});
+  if (!no_clamp(min, max)) y = y.clamp(min, max);
+  return {y, mean, invstd, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_generic(
+    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
+    const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
+    double min, double max, std::array<bool, 3> mask) {
+  const int64_t C = input.size(1);
+  const double M = double(input.numel() / std::max<int64_t>(C, 1));
+  at::Tensor gz = no_clamp(min, max) ? grad_output
+                                     : grad_output * ((output > min) & (output < max));
+  at::Tensor xm = input - mean.view({1, C, 1, 1});
+  at::Tensor s1 = gz.sum({0, 2, 3}), s2 = (gz * xm).sum({0, 2, 3});
+  at::Tensor gx, gw, gb;
+  if (mask[0]) {
+    at::Tensor k1 = invstd;
+    if (weight.has_value() && weight->defined()) k1 = k1 * *weight;
+    const at::Tensor k2 = k1 * s1 / M, k3 = k1 * invstd * invstd * s2 / M;
+    gx = k1.view({1, C, 1, 1}) * gz - k2.view({1, C, 1, 1}) - k3.view({1, C, 1, 1}) * xm;
+  }
+  if (mask[1]) gw = s2 * invstd;
+  if (mask[2]) gb = s1;
+  return {gx, gw, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dilconv, m) {
@@ -139,6 +186,17 @@ TORCH_LIBRARY(dilconv, m) {
   m.def("resize_bilinear(Tensor input, int[2] size, bool align_corners) -> Tensor");
   m.def("resize_bilinear_backward(Tensor grad_output, int[4] input_size, bool align_corners) "
         "-> Tensor");
+  // training-mode batch norm (the batch's statistics; the caller updates running statistics)
+  // then clamp(min, max): the BatchNorm2d -> ReLU/ReLU6 of a network in training. Returns
+  // (output, mean, invstd, var): var the biased variance, invstd = 1 / sqrt(var + eps). Plain
+  // names only.
+  m.def("batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, float eps, float min, "
+        "float max) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (grad_input, grad_weight, grad_bias) from the forward's output (the clamp's mask), input,
+  // mean and invstd; an output whose output_mask entry is false is None
+  m.def("batch_norm_act_backward(Tensor grad_output, Tensor output, Tensor input, Tensor? weight, "
+        "Tensor mean, Tensor invstd, float min, float max, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {
@@ -146,4 +204,6 @@ TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {
   m.impl("conv2d_clamp", &conv2d_clamp_generic);
   m.impl("resize_bilinear", &resize_bilinear_generic);
   m.impl("resize_bilinear_backward", &resize_bilinear_backward_generic);
+  m.impl("batch_norm_act", &batch_norm_act_generic);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward_generic);
 }

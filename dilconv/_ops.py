@@ -123,6 +123,44 @@ def _fake_resize_bilinear_backward(grad_output, input_size, align_corners):
     return _empty(grad_output, input_size, output_memory_format(grad_output))
 
 
+def _fake_batch_norm_act(input, weight, bias, eps, min, max):
+    torch._check(input.dim() == 4, lambda: f"dilconv::batch_norm_act: expected 4-D input, got {input.shape}")
+    c = input.shape[1]
+    stat = lambda: input.new_empty((c,), dtype=_compute_dtype(input.dtype))  # noqa: E731
+    return _empty(input, input.shape, output_memory_format(input)), stat(), stat(), stat()
+
+
+def _fake_batch_norm_act_backward(grad_output, output, input, weight, mean, invstd, min, max,
+                                  output_mask):
+    c = input.shape[1]
+    return (
+        _empty(grad_output, input.shape, output_memory_format(grad_output)) if output_mask[0] else None,
+        input.new_empty((c,), dtype=weight.dtype if weight is not None else input.dtype)
+        if output_mask[1] else None,
+        input.new_empty((c,)) if output_mask[2] else None,
+    )
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def batch_norm_act_reference(grad, output, input, weight, min, max, eps):
+    """The input/weight/bias gradients of batch_norm_act in differentiable torch ops, the batch
+    statistics recomputed from `input` (so that a double backward sees how they depend on it)."""
+    var, mean = torch.var_mean(input, dim=(0, 2, 3), correction=0, keepdim=True)
+    invstd = (var + eps).rsqrt()
+    xhat = (input - mean) * invstd
+    if not (min == float("-inf") and max == float("inf")):
+        grad = grad * ((output > min) & (output < max)).to(grad.dtype)
+    gb = grad.sum((0, 2, 3))
+    gw = (grad * xhat).sum((0, 2, 3))
+    m = input.numel() // input.shape[1]
+    k = invstd if weight is None else invstd * weight.view(1, -1, 1, 1)
+    gx = k * (grad - gb.view(1, -1, 1, 1) / m - xhat * gw.view(1, -1, 1, 1) / m)
+    return gx, gw, gb
+
+
 _FAKES = {
     "conv2d": _fake_conv2d,
     "conv2d_input_grad": _fake_conv2d_input_grad,
@@ -315,7 +353,32 @@ def _autograd_formulas(suffix: str):
     def resize_bwd_backward(ctx, grad):
         return _op("resize_bilinear", "")(grad, ctx.size, ctx.align_corners), None, None
 
+    # batch_norm_act(input, weight, bias, eps, min, max) -> (out, mean, invstd, var): the
+    # statistics are outputs for the running averages, not differentiated. Under create_graph
+    # the gradient is built from differentiable torch ops (double backward); otherwise the op.
+    def bn_setup(ctx, inputs, output):
+        input, weight, bias, eps, lo, hi = inputs
+        out, mean, invstd, _ = output
+        ctx.mark_non_differentiable(mean, invstd, output[3])
+        ctx.save_for_backward(input, weight, out, mean, invstd)
+        ctx.conf = (eps, lo, hi)
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+    def bn_backward(ctx, grad, *_):
+        input, weight, out, mean, invstd = ctx.saved_tensors
+        eps, lo, hi = ctx.conf
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            gx, gw, gb = batch_norm_act_reference(grad, out, input, weight, lo, hi, eps)
+        else:
+            mask = [need[0], ctx.has_weight and need[1], ctx.has_bias and need[2]]
+            gx, gw, gb = _op("batch_norm_act_backward", "")(grad, out, input, weight, mean,
+                                                              invstd, lo, hi, mask)
+        return (gx if need[0] else None, gw if ctx.has_weight and need[1] else None,
+                gb if ctx.has_bias and need[2] else None, None, None, None)
+
     if fused is not None:
+        formulas["batch_norm_act"] = (bn_backward, bn_setup)
         formulas["conv2d_backward"] = (bwd_backward, bwd_setup)
         formulas["conv2d_clamp"] = (clamp_backward, clamp_setup)
         formulas["resize_bilinear"] = (resize_backward, resize_setup)
@@ -335,6 +398,9 @@ def register_variant(suffix: str, *, fake: bool = True) -> None:
             torch.library.register_fake("dilconv::resize_bilinear")(_fake_resize_bilinear)
             torch.library.register_fake("dilconv::resize_bilinear_backward")(
                 _fake_resize_bilinear_backward)
+            torch.library.register_fake("dilconv::batch_norm_act")(_fake_batch_norm_act)
+            torch.library.register_fake("dilconv::batch_norm_act_backward")(
+                _fake_batch_norm_act_backward)
     for name, (backward, setup) in _autograd_formulas(suffix).items():
         torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
 

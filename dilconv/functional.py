@@ -391,3 +391,44 @@ def resize_bilinear(input: torch.Tensor, size: Sequence[int], align_corners: boo
         raise RuntimeError(f"resize_bilinear: input height and width must be >= 1, got "
                            f"{tuple(input.shape)}")
     return torch.ops.dilconv.resize_bilinear(input, list(size), bool(align_corners))
+
+
+def batch_norm_act(input: torch.Tensor, running_mean: Optional[torch.Tensor],
+                   running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None, momentum: float = 0.1, eps: float = 1e-5,
+                   min: float = float("-inf"), max: float = float("inf"), *,
+                   backend: Optional[str] = None) -> torch.Tensor:
+    """Training-mode `F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum,
+    eps).clamp(min, max)`: normalised with the batch's statistics, the running statistics (if
+    given) updated in place as torch does (unbiased variance). ReLU is min=0, ReLU6 min=0, max=6;
+    the clamp's gradient is zero at the bounds, as torch's relu/hardtanh. Under a dilconv backend
+    a CPU tensor (float32/64; fp16/bf16 computed in float32) runs `dilconv::batch_norm_act`: two
+    passes over the tensor forward (statistics, normalise + clamp) and two backward, where torch
+    runs batch_norm and the activation as separate passes. Backend "torch", other devices and
+    CPU autocast run torch's ops."""
+    if not (min <= max):
+        raise RuntimeError(f"batch_norm_act: need min <= max (not NaN), got min={min}, max={max}")
+    if input.dim() != 4:
+        raise ValueError(f"batch_norm_act: expected a 4-D input (N, C, H, W), got {tuple(input.shape)}")
+    c = input.shape[1]
+    if input.numel() // (c if c > 0 else 1) <= 1:  # torch's message for the same case
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{input.size()}")
+    name = backend or _backends._current
+    if name != "torch":
+        _backends.get_backend(name)  # unknown name -> ValueError
+    if (name == "torch" or not _ext.loaded or input.device.type != "cpu"
+            or input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+            or torch.is_autocast_enabled("cpu")):
+        y = F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
+        return y if min == float("-inf") and max == float("inf") else _backends._clamp_(y, min, max)
+    y, mean, _, var = torch.ops.dilconv.batch_norm_act(input, weight, bias, float(eps), float(min),
+                                                       float(max))
+    m = input.numel() // c
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_(var.to(running_var.dtype) * (m / (m - 1)),
+                                                alpha=momentum)
+    return y

@@ -201,9 +201,14 @@ class DepthwiseSeparableConv2d(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         dw, pw = self.depthwise, self.pointwise
         if not self._fused():
-            mid = self.mid_norm(dw(input))
-            if self.mid_relu:
-                mid = torch.relu(mid)
+            mid = dw(input)
+            if _bn_trainable(self, self.mid_norm):
+                mid = batch_norm_act_train(self.mid_norm, _RELU if self.mid_relu else None, mid,
+                                           self.backend)
+            else:
+                mid = self.mid_norm(mid)
+                if self.mid_relu:
+                    mid = torch.relu(mid)
             out = pw(mid)
             return torch.relu(out) if self.out_relu else out
         return self._fused_forward(input)
@@ -302,6 +307,36 @@ def _foldable(conv, bn) -> bool:
     return ok and _effective_backend(conv) != "torch"
 
 
+_RELU = nn.ReLU()  # the activation a DepthwiseSeparableConv2d applies after its inner norm
+
+
+def _bn_trainable(conv, bn) -> bool:
+    """bn (after conv) runs as dilconv.functional.batch_norm_act in training: a plain
+    BatchNorm2d in training mode, no hooks, and a dilconv backend."""
+    return (type(bn) is nn.BatchNorm2d and bn.training and not _hooked(bn)
+            and _effective_backend(conv) != "torch")
+
+
+def batch_norm_act_train(bn: nn.BatchNorm2d, act: Optional[nn.Module], input: torch.Tensor,
+                         backend: Optional[str] = None) -> torch.Tensor:
+    """act(bn(input)) for a training-mode BatchNorm2d and act None / ReLU / ReLU6, through
+    dilconv.functional.batch_norm_act, with nn.BatchNorm2d's bookkeeping (num_batches_tracked,
+    momentum None = cumulative average, track_running_stats=False = no running statistics)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    lo, hi = float("-inf"), float("inf")
+    if act is not None:
+        lo, hi = 0.0, (6.0 if type(act) is nn.ReLU6 else float("inf"))
+    return DF.batch_norm_act(input, bn.running_mean, bn.running_var, bn.weight, bn.bias, factor,
+                             bn.eps, lo, hi, backend=backend)
+
+
+def _train_act(mod) -> bool:
+    return mod is not None and type(mod) in (nn.ReLU, nn.ReLU6) and not _hooked(mod)
+
+
 def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], input: torch.Tensor):
     """act(bn(conv(input))) (act may be None), as one conv where that is possible: `conv` a
     dilconv conv module, `bn` an eval-mode nn.BatchNorm2d (folded into the conv's weight and
@@ -311,6 +346,9 @@ def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], inpu
     ReLU into its fused op), no forward hooks, and a backend other than "torch" (the reference
     keeps plain torch.nn semantics). Otherwise the three modules run one after the other. Folding removes BatchNorm's pass over the activations, the
     largest non-conv cost of CPU inference."""
+    if isinstance(conv, (AtrousConv2d, DepthwiseSeparableConv2d)) and _bn_trainable(conv, bn) \
+            and (act is None or _train_act(act)):
+        return batch_norm_act_train(bn, act, conv(input), conv.backend)
     if not _foldable(conv, bn) or (act is not None and (type(act) not in (nn.ReLU, nn.ReLU6)
                                                         or _hooked(act))):
         y = bn(conv(input))
@@ -338,7 +376,9 @@ class ConvNormActSequential(nn.Sequential):
         while i < n:
             m = mods[i]
             bn = mods[i + 1] if i + 1 < n else None
-            if bn is not None and _foldable(m, bn):
+            if bn is not None and (_foldable(m, bn) or (
+                    isinstance(m, (AtrousConv2d, DepthwiseSeparableConv2d))
+                    and _bn_trainable(m, bn))):
                 act = mods[i + 2] if i + 2 < n and type(mods[i + 2]) in (nn.ReLU, nn.ReLU6) \
                     and not _hooked(mods[i + 2]) else None
                 input = conv_norm_act(m, bn, act, input)

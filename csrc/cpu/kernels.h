@@ -122,6 +122,19 @@ struct Kernels {
                      int64_t OW, const int64_t* yi, const T* yl, const int64_t* olo,
                      const int64_t* ohi, T* gx, int64_t xp, int64_t W, int64_t i0, int64_t i1,
                      T* scratch);
+  // Batch norm with batch statistics + clamp(lo, hi), over a block: one plane (planar: len
+  // values of one channel, per-channel arguments at index 0) or len channels-last pixels of
+  // C <= 4096 channels. moments: s1/s2 += sums of (x - shift) and its square; apply:
+  // y = clamp(x * scale + bias); grad_sums: s1/s2 += sums of gz and gz * (x - mean), gz = g
+  // where lo < y < hi; grad_apply: gx = k1 * gz - k2 - k3 * (x - mean).
+  void (*bn_moments)(const T* x, int64_t len, int64_t C, bool planar, const T* shift, double* s1,
+                     double* s2);
+  void (*bn_apply)(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
+                   T lo, T hi, T* y);
+  void (*bn_grad_sums)(const T* g, const T* y, const T* x, int64_t len, int64_t C, bool planar,
+                       const T* mean, T lo, T hi, double* s1, double* s2);
+  void (*bn_grad_apply)(const T* g, const T* y, const T* x, int64_t len, int64_t C, bool planar,
+                        const T* mean, const T* k1, const T* k2, const T* k3, T lo, T hi, T* gx);
   const char* isa;
 };
 

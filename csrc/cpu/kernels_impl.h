@@ -1329,6 +1329,158 @@ void resize_bwd(const T* g, int64_t gp, int64_t cc, const int64_t* xo, const T* 
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// batch norm with batch statistics, then clamp(lo, hi), over one block of a tensor: a plane
+// (NCHW: `len` values of one channel; the per-channel arguments are then scalars, index 0) or
+// `len` pixels of C channels each (channels-last: per-channel arguments indexed by channel).
+// Sums are taken in T over runs of at most BN_RUN values and added into double, so that a
+// channel's millions of values lose no more than a run's rounding.
+
+constexpr int64_t BN_RUN = 1024;
+
+// s1[c] += sum (x - shift[c]), s2[c] += sum (x - shift[c])^2 (the shift: a sample of the
+// channel, so that the variance does not come from the difference of two large sums)
+template <class T>
+void bn_moments(const T* x, int64_t len, int64_t C, bool planar, const T* shift, double* s1,
+                double* s2) {
+  if (planar) {  // vector partial sums: a scalar reduction would not be vectorised (no -ffast-math)
+    const T sh = shift[0];
+    const V<T> vsh = splat<T>(sh);
+    for (int64_t j0 = 0; j0 < len; j0 += BN_RUN) {
+      const int64_t j1 = j0 + BN_RUN < len ? j0 + BN_RUN : len;
+      V<T> a0{}, a1{}, b0{}, b1{};
+      int64_t j = j0;
+      for (; j + 2 * NV<T> <= j1; j += 2 * NV<T>) {
+        const V<T> d0 = ld(x + j) - vsh, d1 = ld(x + j + NV<T>) - vsh;
+        a0 += d0;
+        a1 += d1;
+        b0 += d0 * d0;
+        b1 += d1 * d1;
+      }
+      T a = hsum<T>(a0 + a1), b = hsum<T>(b0 + b1);
+      for (; j < j1; ++j) {
+        const T d = x[j] - sh;
+        a += d;
+        b += d * d;
+      }
+      s1[0] += a;
+      s2[0] += b;
+    }
+    return;
+  }
+  T a[4096], b[4096];  // per-channel run sums (C <= 4096 here; the caller splits wider rows)
+  for (int64_t p0 = 0; p0 < len; p0 += BN_RUN / 16) {
+    const int64_t p1 = p0 + BN_RUN / 16 < len ? p0 + BN_RUN / 16 : len;
+    for (int64_t c = 0; c < C; ++c) a[c] = b[c] = T(0);
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* r = x + p * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = r[c] - shift[c];
+        a[c] += d;
+        b[c] += d * d;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += a[c];
+      s2[c] += b[c];
+    }
+  }
+}
+
+// y = clamp(x * scale[c] + bias[c], lo, hi)
+template <class T>
+void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
+              T lo, T hi, T* y) {
+  if (planar) {
+    const T k = scale[0], b = bias[0];
+    for (int64_t j = 0; j < len; ++j) {
+      const T v = x[j] * k + b;
+      y[j] = v < lo ? lo : (v > hi ? hi : v);
+    }
+    return;
+  }
+  for (int64_t p = 0; p < len; ++p) {
+    const T* r = x + p * C;
+    T* d = y + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T v = r[c] * scale[c] + bias[c];
+      d[c] = v < lo ? lo : (v > hi ? hi : v);
+    }
+  }
+}
+
+// Backward sums: with gz = g where lo < y < hi (the clamp's gradient; 0 elsewhere),
+// s1[c] += sum gz, s2[c] += sum gz * (x - mean[c])
+template <class T>
+void bn_grad_sums(const T* g, const T* y, const T* x, int64_t len, int64_t C, bool planar,
+                  const T* mean, T lo, T hi, double* s1, double* s2) {
+  const bool all = lo == -__builtin_inf() && hi == __builtin_inf();  // no clamp: NaN passes too
+  if (planar) {
+    const T m = mean[0];
+    const V<T> vm = splat<T>(m), vlo = splat<T>(lo), vhi = splat<T>(hi), zero{};
+    for (int64_t j0 = 0; j0 < len; j0 += BN_RUN) {
+      const int64_t j1 = j0 + BN_RUN < len ? j0 + BN_RUN : len;
+      V<T> va{}, vb{};
+      int64_t j = j0;
+      for (; j + NV<T> <= j1; j += NV<T>) {
+        const V<T> yv = ld(y + j), gv = ld(g + j);
+        const V<T> gz = all ? gv : ((yv > vlo) & (yv < vhi)) ? gv : zero;
+        va += gz;
+        vb += gz * (ld(x + j) - vm);
+      }
+      T a = hsum<T>(va), b = hsum<T>(vb);
+      for (; j < j1; ++j) {
+        const T gz = (all || (y[j] > lo && y[j] < hi)) ? g[j] : T(0);
+        a += gz;
+        b += gz * (x[j] - m);
+      }
+      s1[0] += a;
+      s2[0] += b;
+    }
+    return;
+  }
+  T a[4096], b[4096];
+  for (int64_t p0 = 0; p0 < len; p0 += BN_RUN / 16) {
+    const int64_t p1 = p0 + BN_RUN / 16 < len ? p0 + BN_RUN / 16 : len;
+    for (int64_t c = 0; c < C; ++c) a[c] = b[c] = T(0);
+    for (int64_t p = p0; p < p1; ++p) {
+      const T *gr = g + p * C, *yr = y + p * C, *xr = x + p * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T gz = (all || (yr[c] > lo && yr[c] < hi)) ? gr[c] : T(0);
+        a[c] += gz;
+        b[c] += gz * (xr[c] - mean[c]);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += a[c];
+      s2[c] += b[c];
+    }
+  }
+}
+
+// gx = k1[c] * gz - k2[c] - k3[c] * (x - mean[c]) (gz as in bn_grad_sums)
+template <class T>
+void bn_grad_apply(const T* g, const T* y, const T* x, int64_t len, int64_t C, bool planar,
+                   const T* mean, const T* k1, const T* k2, const T* k3, T lo, T hi, T* gx) {
+  const bool all = lo == -__builtin_inf() && hi == __builtin_inf();
+  if (planar) {
+    const T m = mean[0], a = k1[0], b = k2[0], c3 = k3[0];
+    for (int64_t j = 0; j < len; ++j) {
+      const T gz = (all || (y[j] > lo && y[j] < hi)) ? g[j] : T(0);
+      gx[j] = a * gz - b - c3 * (x[j] - m);
+    }
+    return;
+  }
+  for (int64_t p = 0; p < len; ++p) {
+    const T *gr = g + p * C, *yr = y + p * C, *xr = x + p * C;
+    T* d = gx + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T gz = (all || (yr[c] > lo && yr[c] < hi)) ? gr[c] : T(0);
+      d[c] = k1[c] * gz - k2[c] - k3[c] * (xr[c] - mean[c]);
+    }
+  }
+}
+
 template <class T>
 Kernels<T> make(const char* isa) {
   Kernels<T> k;
@@ -1354,6 +1506,10 @@ Kernels<T> make(const char* isa) {
   k.bias_act = &bias_act<T>;
   k.resize_fwd = &resize_fwd<T>;
   k.resize_bwd = &resize_bwd<T>;
+  k.bn_moments = &bn_moments<T>;
+  k.bn_apply = &bn_apply<T>;
+  k.bn_grad_sums = &bn_grad_sums<T>;
+  k.bn_grad_apply = &bn_grad_apply<T>;
   k.isa = isa;
   return k;
 }

@@ -116,8 +116,13 @@ def markdown(run: dict) -> str:
                 "runs them (eager PyTorch). Where `auto` sends such a conv to oneDNN in "
                 "channels_last inference it calls oneDNN's inference convolution with weights "
                 "packed once and the activation fused (`onednn-packed` in the note: torch's "
-                "oneDNN, as Inductor's CPU freezing uses it, not a dilconv kernel). Training "
-                "steps run the same layers under every backend.", ""] + net_table(run["networks"])
+                "oneDNN, as Inductor's CPU freezing uses it, not a dilconv kernel). The "
+                "networks' bilinear upsampling runs dilconv's resize kernel under a dilconv "
+                "backend (dilconv.functional.resize_bilinear; torch's F.interpolate under "
+                "`torch`), in inference and training, and in training each BatchNorm "
+                "[-> ReLU/ReLU6] after a conv runs as dilconv's batch_norm_act (batch "
+                "statistics, running statistics updated as torch.nn does) where torch runs "
+                "BatchNorm and the activation as separate passes.", ""] + net_table(run["networks"])
         parts = [n for n in run["networks"] if n.get("breakdown")]
         if parts:
             from dilconv.bench.breakdown import markdown

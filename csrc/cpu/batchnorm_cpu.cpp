@@ -1,0 +1,279 @@
+// Backend "cpu": the CPU key of dilconv::batch_norm_act (batch norm with the batch's statistics,
+// then clamp: BatchNorm2d -> ReLU/ReLU6 of a network in training) and its backward. Each is two
+// passes over the tensor: statistics, then the normalised and clamped output; the backward's
+// two sums (the clamp's gradient mask taken from the output), then the input gradient. NCHW
+// works plane by plane, channels-last pixel row by pixel row (kernels_impl.h, bn_*).
+// fp16/bf16 are computed in float32.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace dilconv::cpu {
+namespace {
+
+using at::Tensor;
+
+template <class T>
+const Kernels<T>& kern();
+template <>
+const Kernels<float>& kern<float>() { return kernels_f32(); }
+template <>
+const Kernels<double>& kern<double>() { return kernels_f64(); }
+
+constexpr int64_t kMaxNhwcChannels = 4096;  // the kernels' per-channel run sums live on the stack
+
+at::MemoryFormat out_format(const Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+at::ScalarType compute_type(at::ScalarType st) {
+  return (st == at::kHalf || st == at::kBFloat16) ? at::kFloat : st;
+}
+
+void check_tensor(const char* op, const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W), got ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
+}
+
+void check_channel_vec(const char* op, const std::optional<Tensor>& t, const char* name,
+                       int64_t C) {
+  if (!t.has_value() || !t->defined()) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == C, op, ": expected ", name, " of shape [", C,
+              "], got ", t->sizes());
+  TORCH_CHECK(t->device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ",
+              t->device());
+}
+
+void check_bounds(const char* op, double lo, double hi) {
+  TORCH_CHECK(!std::isnan(lo) && !std::isnan(hi) && lo <= hi, op,
+              ": need min <= max (not NaN), got min=", lo, ", max=", hi);
+}
+
+std::vector<double> channel_values(const std::optional<Tensor>& t, int64_t C, double fill) {
+  if (!t.has_value() || !t->defined()) return std::vector<double>(C, fill);
+  const Tensor d = t->to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + C);
+}
+
+template <class T>
+std::vector<T> as(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// s1, s2 [C] (double) = the per-channel sums a kernel `sums(block, len, s1, s2)` accumulates
+// over the tensor: NCHW by channel (each thread owns whole channels, batch by batch), channels-
+// last by pixel ranges with one partial pair per range, added up afterwards.
+template <class F>
+void channel_sums(bool planar, int64_t N, int64_t C, int64_t HW, std::vector<double>& s1,
+                  std::vector<double>& s2, F&& sums) {
+  s1.assign(C, 0.0);
+  s2.assign(C, 0.0);
+  if (planar) {
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t n = 0; n < N; ++n) sums((n * C + c) * HW, HW, c, &s1[c], &s2[c]);
+    });
+    return;
+  }
+  const int64_t P = N * HW;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), P / 64));
+  std::vector<double> part(parts * 2 * C, 0.0);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t p0 = P * i / parts, p1 = P * (i + 1) / parts;
+      sums(p0 * C, p1 - p0, 0, &part[i * 2 * C], &part[i * 2 * C + C]);
+    }
+  });
+  for (int64_t i = 0; i < parts; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += part[i * 2 * C + c];
+      s2[c] += part[i * 2 * C + C + c];
+    }
+}
+
+// f(offset, len, c) over the tensor's blocks: planes (c their channel) or pixel ranges (c = 0)
+template <class F>
+void over_blocks(bool planar, int64_t N, int64_t C, int64_t HW, F&& f) {
+  if (planar) {
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) f(i * HW, HW, i % C);
+    });
+    return;
+  }
+  const int64_t P = N * HW, grain = std::max<int64_t>(1, 16384 / C);
+  at::parallel_for(0, P, grain, [&](int64_t b, int64_t e) { f(b * C, e - b, 0); });
+}
+
+template <class T>
+void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& weight,
+                 const std::optional<Tensor>& bias, double eps, double lo, double hi,
+                 const Tensor& mean_out, const Tensor& invstd_out, const Tensor& var_out,
+                 bool planar) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double M = double(N * HW);
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const auto& K = kern<T>();
+  // shift: one value of each channel (the first pixel of the first image)
+  std::vector<T> shift(C);
+  for (int64_t c = 0; c < C; ++c) shift[c] = planar ? xp[c * HW] : xp[c];
+  std::vector<double> s1, s2;
+  channel_sums(planar, N, C, HW, s1, s2,
+               [&](int64_t off, int64_t len, int64_t c, double* a, double* b) {
+                 K.bn_moments(xp + off, len, C, planar, shift.data() + c, a, b);
+               });
+  const std::vector<double> w = channel_values(weight, C, 1.0), bb = channel_values(bias, C, 0.0);
+  std::vector<double> scale(C), shift2(C), mean(C), invstd(C), var(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = s1[c] / M;
+    var[c] = std::max(s2[c] / M - d * d, 0.0);
+    mean[c] = double(shift[c]) + d;
+    invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    scale[c] = w[c] * invstd[c];
+    shift2[c] = bb[c] - mean[c] * scale[c];
+  }
+  const std::vector<T> sc = as<T>(scale), sh = as<T>(shift2);
+  over_blocks(planar, N, C, HW, [&](int64_t off, int64_t len, int64_t c) {
+    K.bn_apply(xp + off, len, C, planar, sc.data() + c, sh.data() + c, T(lo), T(hi), yp + off);
+  });
+  auto* mo = mean_out.data_ptr<T>();
+  auto* io = invstd_out.data_ptr<T>();
+  auto* vo = var_out.data_ptr<T>();
+  for (int64_t c = 0; c < C; ++c) {
+    mo[c] = T(mean[c]);
+    io[c] = T(invstd[c]);
+    vo[c] = T(var[c]);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input,
+                                                  const std::optional<Tensor>& weight,
+                                                  const std::optional<Tensor>& bias, double eps,
+                                                  double min, double max) {
+  const char* op = "dilconv::batch_norm_act";
+  check_tensor(op, input, "input");
+  const int64_t C = input.size(1);
+  check_channel_vec(op, weight, "weight", C);
+  check_channel_vec(op, bias, "bias", C);
+  check_bounds(op, min, max);
+  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  const auto st = input.scalar_type(), ct = compute_type(st);
+  auto fmt = out_format(input);
+  if (fmt == at::MemoryFormat::ChannelsLast && C > kMaxNhwcChannels)
+    fmt = at::MemoryFormat::Contiguous;
+  const bool planar = fmt == at::MemoryFormat::Contiguous;
+  const Tensor x = input.to(ct).contiguous(fmt);
+  Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options()),
+         var = at::empty({C}, x.options());
+  const int64_t M = x.size(0) * x.size(2) * x.size(3);
+  TORCH_CHECK(M > 0, op, ": need at least one value per channel, got input of size ",
+              input.sizes());
+  if (ct == at::kFloat)
+    bn_fwd_impl<float>(x, y, weight, bias, eps, min, max, mean, invstd, var, planar);
+  else
+    bn_fwd_impl<double>(x, y, weight, bias, eps, min, max, mean, invstd, var, planar);
+  if (ct != st) y = y.to(st).contiguous(out_format(input));
+  return {y, mean, invstd, var};
+}
+
+template <class T>
+void bn_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& x, const Tensor& mean_t,
+                 const Tensor& invstd_t, const std::optional<Tensor>& weight, double lo,
+                 double hi, const Tensor& gx, std::vector<double>& s1, std::vector<double>& s2,
+                 bool planar) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double M = double(N * HW);
+  const T *gp = g.data_ptr<T>(), *yp = y.data_ptr<T>(), *xp = x.data_ptr<T>();
+  const auto& K = kern<T>();
+  const std::vector<T> mean(mean_t.data_ptr<T>(), mean_t.data_ptr<T>() + C);
+  channel_sums(planar, N, C, HW, s1, s2,
+               [&](int64_t off, int64_t len, int64_t c, double* a, double* b) {
+                 K.bn_grad_sums(gp + off, yp + off, xp + off, len, C, planar, mean.data() + c,
+                                T(lo), T(hi), a, b);
+               });
+  if (!gx.defined()) return;
+  const std::vector<double> w = channel_values(weight, C, 1.0);
+  std::vector<T> k1(C), k2(C), k3(C);
+  const T* is = invstd_t.data_ptr<T>();
+  for (int64_t c = 0; c < C; ++c) {
+    const double inv = double(is[c]), a = w[c] * inv;
+    k1[c] = T(a);
+    k2[c] = T(a * s1[c] / M);
+    k3[c] = T(a * inv * inv * s2[c] / M);
+  }
+  T* gxp = gx.data_ptr<T>();
+  over_blocks(planar, N, C, HW, [&](int64_t off, int64_t len, int64_t c) {
+    K.bn_grad_apply(gp + off, yp + off, xp + off, len, C, planar, mean.data() + c, k1.data() + c,
+                    k2.data() + c, k3.data() + c, T(lo), T(hi), gxp + off);
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
+    const Tensor& grad_output, const Tensor& output, const Tensor& input,
+    const std::optional<Tensor>& weight, const Tensor& mean, const Tensor& invstd, double min,
+    double max, std::array<bool, 3> mask) {
+  const char* op = "dilconv::batch_norm_act_backward";
+  check_tensor(op, grad_output, "grad_output");
+  check_tensor(op, output, "output");
+  check_tensor(op, input, "input");
+  TORCH_CHECK(grad_output.sizes() == input.sizes() && output.sizes() == input.sizes(), op,
+              ": grad_output ", grad_output.sizes(), ", output ", output.sizes(), " and input ",
+              input.sizes(), " must have the same shape");
+  const int64_t C = input.size(1);
+  check_channel_vec(op, weight, "weight", C);
+  check_channel_vec(op, mean, "mean", C);
+  check_channel_vec(op, invstd, "invstd", C);
+  check_bounds(op, min, max);
+  const auto st = input.scalar_type(), ct = compute_type(st);
+  auto fmt = out_format(grad_output);
+  if (fmt == at::MemoryFormat::ChannelsLast && C > kMaxNhwcChannels)
+    fmt = at::MemoryFormat::Contiguous;
+  const bool planar = fmt == at::MemoryFormat::Contiguous;
+  const Tensor g = grad_output.to(ct).contiguous(fmt), y = output.to(ct).contiguous(fmt),
+               x = input.to(ct).contiguous(fmt);
+  const Tensor m = mean.to(ct).contiguous(), is = invstd.to(ct).contiguous();
+  Tensor gx;
+  if (mask[0]) gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  std::vector<double> s1, s2;
+  if (x.numel() > 0) {
+    if (ct == at::kFloat)
+      bn_bwd_impl<float>(g, y, x, m, is, weight, min, max, gx, s1, s2, planar);
+    else
+      bn_bwd_impl<double>(g, y, x, m, is, weight, min, max, gx, s1, s2, planar);
+  } else {
+    s1.assign(C, 0.0);
+    s2.assign(C, 0.0);
+  }
+  const auto vopts = at::TensorOptions().dtype(at::kDouble);
+  Tensor gw, gb;
+  if (mask[1]) {
+    gw = at::from_blob(s2.data(), {C}, vopts).mul(is.to(at::kDouble));
+    gw = gw.to(weight.has_value() && weight->defined() ? weight->scalar_type() : st);
+  }
+  if (mask[2]) gb = at::from_blob(s1.data(), {C}, vopts).to(st, false, /*copy=*/true);
+  if (gx.defined() && ct != st) gx = gx.to(st).contiguous(out_format(grad_output));
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dilconv, CPU, m) {
+  m.impl("batch_norm_act", &batch_norm_act);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward);
+}
+
+}  // namespace dilconv::cpu
