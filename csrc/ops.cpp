@@ -193,7 +193,8 @@ TORCH_LIBRARY(dilconv, m) {
   m.def("batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, float eps, float min, "
         "float max) -> (Tensor, Tensor, Tensor, Tensor)");
   // (grad_input, grad_weight, grad_bias) from the forward's output (the clamp's mask), input,
-  // mean and invstd; an output whose output_mask entry is false is None
+  // mean and invstd; grad_input in the input's memory format; an output whose output_mask
+  // entry is false is None
   m.def("batch_norm_act_backward(Tensor grad_output, Tensor output, Tensor input, Tensor? weight, "
         "Tensor mean, Tensor invstd, float min, float max, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");

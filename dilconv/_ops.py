@@ -134,7 +134,7 @@ def _fake_batch_norm_act_backward(grad_output, output, input, weight, mean, invs
                                   output_mask):
     c = input.shape[1]
     return (
-        _empty(grad_output, input.shape, output_memory_format(grad_output)) if output_mask[0] else None,
+        _empty(grad_output, input.shape, output_memory_format(input)) if output_mask[0] else None,
         input.new_empty((c,), dtype=weight.dtype if weight is not None else input.dtype)
         if output_mask[1] else None,
         input.new_empty((c,)) if output_mask[2] else None,
@@ -340,10 +340,14 @@ def _autograd_formulas(suffix: str):
     def resize_setup(ctx, inputs, output):
         input, size, align_corners = inputs
         ctx.input_size = tuple(input.shape)
+        ctx.input_format = output_memory_format(input)
         ctx.align_corners = align_corners
 
     def resize_backward(ctx, grad):
-        return _op("resize_bilinear_backward", "")(grad, ctx.input_size, ctx.align_corners), None, None
+        # the input gradient in the input's layout (the loss's gradient arrives contiguous even
+        # for a channels-last network; the layers below would otherwise run in the other layout)
+        gx = _op("resize_bilinear_backward", "")(grad, ctx.input_size, ctx.align_corners)
+        return gx.contiguous(memory_format=ctx.input_format), None, None
 
     def resize_bwd_setup(ctx, inputs, output):
         grad_output, input_size, align_corners = inputs

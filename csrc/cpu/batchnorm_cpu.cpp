@@ -239,7 +239,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
   check_channel_vec(op, invstd, "invstd", C);
   check_bounds(op, min, max);
   const auto st = input.scalar_type(), ct = compute_type(st);
-  auto fmt = out_format(grad_output);
+  // the input's layout (the saved tensors' own): a gradient in the other layout is converted
+  // once here rather than the input and output each (a channels-last <-> NCHW copy is slow)
+  auto fmt = out_format(input);
   if (fmt == at::MemoryFormat::ChannelsLast && C > kMaxNhwcChannels)
     fmt = at::MemoryFormat::Contiguous;
   const bool planar = fmt == at::MemoryFormat::Contiguous;
@@ -265,7 +267,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
     gw = gw.to(weight.has_value() && weight->defined() ? weight->scalar_type() : st);
   }
   if (mask[2]) gb = at::from_blob(s1.data(), {C}, vopts).to(st, false, /*copy=*/true);
-  if (gx.defined() && ct != st) gx = gx.to(st).contiguous(out_format(grad_output));
+  if (gx.defined() && ct != st) gx = gx.to(st).contiguous(out_format(input));
   return {gx, gw, gb};
 }
 
