@@ -21,13 +21,6 @@ namespace {
 
 using at::Tensor;
 
-template <class T>
-const Kernels<T>& kern();
-template <>
-const Kernels<float>& kern<float>() { return kernels_f32(); }
-template <>
-const Kernels<double>& kern<double>() { return kernels_f64(); }
-
 constexpr int64_t kMaxNhwcChannels = 4096;  // the kernels' per-channel run sums live on the stack
 
 at::MemoryFormat out_format(const Tensor& t) {

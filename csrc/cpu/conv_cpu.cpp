@@ -103,13 +103,6 @@ Geo make_geo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t P, i
   return g;
 }
 
-template <class T>
-const Kernels<T>& kern();
-template <>
-const Kernels<float>& kern<float>() { return kernels_f32(); }
-template <>
-const Kernels<double>& kern<double>() { return kernels_f64(); }
-
 template <class F>
 void with_type(at::ScalarType ct, F&& f) {
   if (ct == at::kDouble)

@@ -143,4 +143,12 @@ struct Kernels {
 const Kernels<float>& kernels_f32();
 const Kernels<double>& kernels_f64();
 
+// the same, by element type (for the host code's templates)
+template <class T>
+const Kernels<T>& kern();
+template <>
+inline const Kernels<float>& kern<float>() { return kernels_f32(); }
+template <>
+inline const Kernels<double>& kern<double>() { return kernels_f64(); }
+
 }  // namespace dilconv::cpu

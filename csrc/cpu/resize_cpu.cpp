@@ -51,10 +51,25 @@ Axis axis(int64_t in, int64_t out, bool align_corners) {
   return a;
 }
 
+// The coefficients of a resize from `in` to `out` (either layout): images = planes (NCHW) or
+// images (channels-last), cc = values a pixel, xo = the column indices as value offsets.
 template <class T>
-std::vector<T> cast(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
+struct Coefs {
+  Axis ax, ay;
+  int64_t cc, images;
+  std::vector<int64_t> xo;
+  std::vector<T> xl, yl;
+  Coefs(const Tensor& in, const Tensor& out, bool align_corners, bool nhwc)
+      : ax(axis(in.size(3), out.size(3), align_corners)),
+        ay(axis(in.size(2), out.size(2), align_corners)),
+        cc(nhwc ? in.size(1) : 1),
+        images(nhwc ? in.size(0) : in.size(0) * in.size(1)),
+        xo(ax.idx),
+        xl(ax.lam.begin(), ax.lam.end()),
+        yl(ay.lam.begin(), ay.lam.end()) {
+    for (auto& v : xo) v *= cc;
+  }
+};
 
 void check_input(const char* op, const Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W), got ", t.sizes());
@@ -76,13 +91,6 @@ at::MemoryFormat out_format(const Tensor& t) {
              : at::MemoryFormat::Contiguous;
 }
 
-template <class T>
-const Kernels<T>& kern();
-template <>
-const Kernels<float>& kern<float>() { return kernels_f32(); }
-template <>
-const Kernels<double>& kern<double>() { return kernels_f64(); }
-
 // A resize pass over `units` rows: an image's rows (channels-last: cc = C, one unit per row of
 // each image) or a plane's rows (cc = 1, one unit per row of each of the N * C planes); f(img,
 // r0, r1, scratch) handles rows [r0, r1) of image/plane img. Threads take contiguous row ranges.
@@ -100,49 +108,37 @@ void over_rows(int64_t images, int64_t rows, int64_t scratch_len, F&& f) {
 
 template <class T>
 void resize_fwd_impl(const Tensor& x, const Tensor& y, bool align_corners, bool nhwc) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t OH = y.size(2), OW = y.size(3);
-  const Axis ax = axis(W, OW, align_corners), ay = axis(H, OH, align_corners);
-  const int64_t cc = nhwc ? C : 1;
-  std::vector<int64_t> xo(ax.idx);
-  for (auto& v : xo) v *= cc;
-  const std::vector<T> xl = cast<T>(ax.lam), yl = cast<T>(ay.lam);
+  const Coefs<T> k(x, y, align_corners, nhwc);
+  const int64_t H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3), cc = k.cc;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const auto& K = kern<T>();
-  const int64_t images = nhwc ? N : N * C;
-  over_rows<T>(images, OH, 2 * OW * cc, [&](int64_t img, int64_t r0, int64_t r1, T* scratch) {
-    K.resize_fwd(xp + img * H * W * cc, W * cc, cc, xo.data(), xl.data(), OW, ay.idx.data(),
-                 yl.data(), yp + img * OH * OW * cc, OW * cc, r0, r1, scratch);
+  over_rows<T>(k.images, OH, 2 * OW * cc, [&](int64_t img, int64_t r0, int64_t r1, T* scratch) {
+    K.resize_fwd(xp + img * H * W * cc, W * cc, cc, k.xo.data(), k.xl.data(), OW,
+                 k.ay.idx.data(), k.yl.data(), yp + img * OH * OW * cc, OW * cc, r0, r1, scratch);
   });
 }
 
 template <class T>
 void resize_bwd_impl(const Tensor& g, const Tensor& gx, bool align_corners, bool nhwc) {
-  const int64_t N = gx.size(0), C = gx.size(1), H = gx.size(2), W = gx.size(3);
-  const int64_t OH = g.size(2), OW = g.size(3);
-  const Axis ax = axis(W, OW, align_corners), ay = axis(H, OH, align_corners);
-  const int64_t cc = nhwc ? C : 1;
-  std::vector<int64_t> xo(ax.idx);
-  for (auto& v : xo) v *= cc;
-  const std::vector<T> xl = cast<T>(ax.lam), yl = cast<T>(ay.lam);
+  const Coefs<T> k(gx, g, align_corners, nhwc);
+  const int64_t H = gx.size(2), W = gx.size(3), OH = g.size(2), OW = g.size(3), cc = k.cc;
   // output rows reading each input row: a contiguous range, since the source rows of the
   // output rows never decrease
   std::vector<int64_t> olo(H, OH), ohi(H, 0);
   for (int64_t oh = 0; oh < OH; ++oh)
-    for (int k = 0; k < 2; ++k) {
-      const int64_t i = ay.idx[2 * oh + k];
+    for (int j = 0; j < 2; ++j) {
+      const int64_t i = k.ay.idx[2 * oh + j];
       olo[i] = std::min(olo[i], oh);
       ohi[i] = std::max(ohi[i], oh + 1);
     }
   const T* gp = g.data_ptr<T>();
   T* gxp = gx.data_ptr<T>();
   const auto& K = kern<T>();
-  const int64_t images = nhwc ? N : N * C;
-  over_rows<T>(images, H, OW * cc, [&](int64_t img, int64_t i0, int64_t i1, T* scratch) {
-    K.resize_bwd(gp + img * OH * OW * cc, OW * cc, cc, xo.data(), xl.data(), OW, ay.idx.data(),
-                 yl.data(), olo.data(), ohi.data(), gxp + img * H * W * cc, W * cc, W, i0, i1,
-                 scratch);
+  over_rows<T>(k.images, H, OW * cc, [&](int64_t img, int64_t i0, int64_t i1, T* scratch) {
+    K.resize_bwd(gp + img * OH * OW * cc, OW * cc, cc, k.xo.data(), k.xl.data(), OW,
+                 k.ay.idx.data(), k.yl.data(), olo.data(), ohi.data(), gxp + img * H * W * cc,
+                 W * cc, W, i0, i1, scratch);
   });
 }
 
