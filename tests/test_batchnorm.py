@@ -210,3 +210,19 @@ def test_separable_training_uses_batch_norm_act():
         y = sep(x)
     assert rel_err(y, yr.double()) <= 1e-5
     assert rel_err(sep.mid_norm.running_var, ref.mid_norm.running_var.double()) <= 1e-5
+
+
+def test_batch_norm_act_wide_channels_last():
+    # more channels than the channels-last kernels take (4096): computed on an NCHW copy, returned
+    # in the input's layout
+    x = make_input((2, 4100, 2, 3), torch.float32, "channels_last").requires_grad_()
+    y = DF.batch_norm_act(x, None, None, min=0.0, max=6.0, backend="cpu")
+    xr = x.detach().double().requires_grad_()
+    ref = F.batch_norm(xr, None, None, None, None, True).clamp(0.0, 6.0)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) <= 1e-5
+    g = torch.randn(ref.shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(y, x, g.float())
+    (want,) = torch.autograd.grad(ref, xr, g)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(gx, want) <= 1e-5

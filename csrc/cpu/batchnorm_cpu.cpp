@@ -174,7 +174,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input,
     bn_fwd_impl<float>(x, y, weight, bias, eps, min, max, mean, invstd, var, planar);
   else
     bn_fwd_impl<double>(x, y, weight, bias, eps, min, max, mean, invstd, var, planar);
-  if (ct != st) y = y.to(st).contiguous(out_format(input));
+  // (a channels-last input with more than kMaxNhwcChannels ran in NCHW: back to its layout)
+  y = y.to(st).contiguous(out_format(input));
   return {y, mean, invstd, var};
 }
 
@@ -275,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
     gw = gw.to(weight.has_value() && weight->defined() ? weight->scalar_type() : st);
   }
   if (mask[2]) gb = at::from_blob(s1.data(), {C}, vopts).to(st, false, /*copy=*/true);
-  if (gx.defined() && ct != st) gx = gx.to(st).contiguous(out_format(input));
+  if (gx.defined()) gx = gx.to(st).contiguous(out_format(input));
   return {gx, gw, gb};
 }
 
