@@ -344,8 +344,10 @@ def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], inpu
     `act` nn.ReLU / nn.ReLU6 (dilconv.functional.conv2d_clamp: the CPU kernels clamp as they
     store, other backends clamp the fresh output in place; a DepthwiseSeparableConv2d takes a
     ReLU into its fused op), no forward hooks, and a backend other than "torch" (the reference
-    keeps plain torch.nn semantics). Otherwise the three modules run one after the other. Folding removes BatchNorm's pass over the activations, the
-    largest non-conv cost of CPU inference."""
+    keeps plain torch.nn semantics). In training mode (a training-mode BatchNorm2d, act None /
+    ReLU / ReLU6, a dilconv backend) the conv runs, then `batch_norm_act_train`. Otherwise the
+    three modules run one after the other. Folding removes BatchNorm's pass over the activations,
+    the largest non-conv cost of CPU inference."""
     if isinstance(conv, (AtrousConv2d, DepthwiseSeparableConv2d)) and _bn_trainable(conv, bn) \
             and (act is None or _train_act(act)):
         return batch_norm_act_train(bn, act, conv(input), conv.backend)
@@ -367,7 +369,8 @@ def conv_norm_act(conv: nn.Module, bn: nn.Module, act: Optional[nn.Module], inpu
 class ConvNormActSequential(nn.Sequential):
     """`nn.Sequential` (same children, same state_dict) that runs each conv -> BatchNorm2d
     [-> ReLU / ReLU6] run of its children through `conv_norm_act`: in inference under a dilconv
-    backend, one conv with the BatchNorm folded in. In training mode, under backend "torch", or
+    backend, one conv with the BatchNorm folded in; in training under a dilconv backend, the conv
+    then `batch_norm_act_train` (BatchNorm and activation in one op). Under backend "torch", or
     where a child has forward hooks, it is exactly nn.Sequential."""
 
     def forward(self, input):
