@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/host.h"
 #include "cpu/kernels.h"
 
 namespace dilconv::cpu {
@@ -23,22 +24,10 @@ using at::Tensor;
 
 constexpr int64_t kMaxNhwcChannels = 4096;  // the kernels' per-channel run sums live on the stack
 
-at::MemoryFormat out_format(const Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
-}
-
-at::ScalarType compute_type(at::ScalarType st) {
-  return (st == at::kHalf || st == at::kBFloat16) ? at::kFloat : st;
-}
 
 void check_tensor(const char* op, const Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W), got ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
+  check_dim(op, t, name, 4);
+  check_dtype(op, t);
 }
 
 void check_channel_vec(const char* op, const std::optional<Tensor>& t, const char* name,

@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 
+#include "cpu/host.h"
 #include "cpu/kernels.h"
 
 namespace dilconv::cpu {
@@ -49,17 +50,6 @@ void check_float(const char* op, const Tensor& t, const char* name, const Tensor
               " but expected ", ref.scalar_type());
 }
 
-void check_dtype(const char* op, const Tensor& t) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
-}
-
-void check_dim(const char* op, const Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.dim() == dim, op, ": expected ", name, " to be ", dim, "-D, got ", t.sizes());
-}
-
 void check_bias(const char* op, const std::optional<Tensor>& b, const Tensor& ref, int64_t k,
                 const char* name = "bias") {
   if (!b) return;
@@ -70,16 +60,6 @@ void check_bias(const char* op, const std::optional<Tensor>& b, const Tensor& re
 
 int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return (in + 2 * p - d * (k - 1) - 1) / s + 1;
-}
-
-at::ScalarType compute_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::MemoryFormat out_format(const Tensor& t) {
-  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
-    return at::MemoryFormat::ChannelsLast;
-  return at::MemoryFormat::Contiguous;
 }
 
 // new_empty(shape).contiguous(memory_format=fmt), without touching memory

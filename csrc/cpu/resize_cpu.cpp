@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/host.h"
 #include "cpu/kernels.h"
 
 namespace dilconv::cpu {
@@ -71,24 +72,10 @@ struct Coefs {
   }
 };
 
-void check_input(const char* op, const Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W), got ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected a CPU tensor, got ", t.device());
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
-}
-
 void check_size(const char* op, const char* name, IntArrayRef v, size_t n) {
   TORCH_CHECK(v.size() == n, op, ": expected ", name, " to have ", n, " elements, got ", v.size());
   for (size_t i = n - 2; i < n; ++i)
     TORCH_CHECK(v[i] >= 1, op, ": ", name, " must have a height and width >= 1, got ", v);
-}
-
-at::MemoryFormat out_format(const Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
 }
 
 // A resize pass over `units` rows: an image's rows (channels-last: cc = C, one unit per row of
@@ -146,7 +133,7 @@ void resize_bwd_impl(const Tensor& g, const Tensor& gx, bool align_corners, bool
 template <class Body>
 Tensor in_compute_type(const Tensor& src, IntArrayRef out_size, at::MemoryFormat fmt, Body&& body) {
   const auto st = src.scalar_type();
-  const auto ct = (st == at::kHalf || st == at::kBFloat16) ? at::kFloat : st;
+  const auto ct = compute_type(st);
   const Tensor s = src.to(ct).contiguous(fmt);
   Tensor d = at::empty(out_size, s.options().memory_format(fmt));
   if (d.numel() > 0 && s.numel() > 0) {
@@ -160,7 +147,8 @@ Tensor in_compute_type(const Tensor& src, IntArrayRef out_size, at::MemoryFormat
 
 Tensor resize_bilinear(const Tensor& input, IntArrayRef size, bool align_corners) {
   const char* op = "dilconv::resize_bilinear";
-  check_input(op, input, "input");
+  check_dim(op, input, "input", 4);
+  check_dtype(op, input);
   check_size(op, "size", size, 2);
   TORCH_CHECK(input.size(2) >= 1 && input.size(3) >= 1, op,
               ": input height and width must be >= 1, got ", input.sizes());
@@ -175,7 +163,8 @@ Tensor resize_bilinear(const Tensor& input, IntArrayRef size, bool align_corners
 Tensor resize_bilinear_backward(const Tensor& grad_output, IntArrayRef input_size,
                                 bool align_corners) {
   const char* op = "dilconv::resize_bilinear_backward";
-  check_input(op, grad_output, "grad_output");
+  check_dim(op, grad_output, "grad_output", 4);
+  check_dtype(op, grad_output);
   check_size(op, "input_size", input_size, 4);
   TORCH_CHECK(grad_output.size(0) == input_size[0] && grad_output.size(1) == input_size[1], op,
               ": grad_output ", grad_output.sizes(), " does not match input_size ", input_size);
