@@ -387,9 +387,6 @@ def resize_bilinear(input: torch.Tensor, size: Sequence[int], align_corners: boo
             or input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
             or torch.is_autocast_enabled("cpu")):
         return F.interpolate(input, size=size, mode="bilinear", align_corners=align_corners)
-    if input.shape[2] < 1 or input.shape[3] < 1:
-        raise RuntimeError(f"resize_bilinear: input height and width must be >= 1, got "
-                           f"{tuple(input.shape)}")
     return torch.ops.dilconv.resize_bilinear(input, list(size), bool(align_corners))
 
 
