@@ -130,25 +130,38 @@ def _hashable(v):
     return tuple(v) if isinstance(v, list) else v
 
 
+_is_compiling = torch.compiler.is_compiling
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
+_grad_enabled = torch.is_grad_enabled
+
+
 def _auto_key(op, input, weight, bias, *conf):
     """The signature under which "auto"'s pick for this call is remembered, or None when it must
-    not be (tracing, autocast, non-tensor arguments, unhashable arguments)."""
-    if (not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor)
-            or torch.compiler.is_compiling()):
+    not be (tracing, autocast, non-tensor arguments, unhashable arguments).
+
+    Every call of "auto" pays for this, where torch would only run the convolution: it reads as
+    few tensor attributes as identify the call (each is a call into C++, and Python right after
+    a parallel region runs slowly while the pool's threads spin on the same cores)."""
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor) or _is_compiling():
         return None
-    dev = input.device.type
-    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+    if _any_autocast is not None:
+        if _any_autocast():
+            return None
+    elif any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):
         return None
-    grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad))
+    grad = _grad_enabled() and (input.requires_grad or weight.requires_grad
+                                or (bias is not None and bias.requires_grad))
+    key = (op, input.shape, input.stride(), input.dtype, input.device, weight.shape,
+           weight.stride(), weight.dtype, weight.device,
+           None if bias is None else (bias.shape, bias.dtype, bias.device), grad, *conf)
     try:
-        key = (op, input.shape, input.stride(), input.dtype, input.device, weight.shape,
-               weight.stride(), weight.dtype, weight.device,
-               None if bias is None else (bias.shape, bias.dtype, bias.device), grad,
-               *map(_hashable, conf))
         hash(key)
-    except TypeError:
-        return None
+    except TypeError:  # list arguments (stride=[1, 1]): as tuples
+        key = key[:11] + tuple(map(_hashable, conf))
+        try:
+            hash(key)
+        except TypeError:
+            return None
     return key
 
 

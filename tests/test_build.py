@@ -89,12 +89,16 @@ def test_auto_remembers_its_pick_per_signature():
         dilconv.functional.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1)
         dilconv.functional.conv2d(x.requires_grad_(), w, None, 1, 1)
         assert len(registry.AUTO_PICKS) == 3
+        for _ in range(2):  # list arguments are remembered as tuples
+            torch.testing.assert_close(dilconv.functional.conv2d(x, w, None, [1, 1], [1, 1]),
+                                       F.conv2d(x, w, None, 1, 1))
+        assert len(registry.AUTO_PICKS) == 4
         with pytest.raises(RuntimeError, match="groups"):
             dilconv.functional.conv2d(x, w, None, 1, 1, 1, 3)
-        assert len(registry.AUTO_PICKS) == 3
+        assert len(registry.AUTO_PICKS) == 4
         with torch.autocast("cpu", dtype=torch.bfloat16):
             dilconv.functional.conv2d(x, w, None, 1, 1)
-        assert len(registry.AUTO_PICKS) == 3  # autocast casts first: not remembered
+        assert len(registry.AUTO_PICKS) == 4  # autocast casts first: not remembered
     # a remembered pick of dilconv's own kernels replays the normalised arguments ('same')
     xd, wd = torch.randn(1, 8, 40, 40), torch.randn(8, 1, 3, 3)
     with registry.use_backend("auto"):
