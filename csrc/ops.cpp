@@ -127,6 +127,23 @@ bool no_clamp(double min, double max) {
   return std::isinf(min) && min < 0 && std::isinf(max) && max > 0;
 }
 
+// the forward's per-channel scale and shift: y = clamp(input * scale + shift), recomputed by the
+// backward (where the clamp passed the gradient) by the same ops on the same values
+std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& mean, const at::Tensor& invstd,
+                                                    const std::optional<at::Tensor>& weight,
+                                                    const std::optional<at::Tensor>& bias) {
+  at::Tensor scale = invstd;
+  if (weight.has_value() && weight->defined()) scale = scale * *weight;
+  at::Tensor shift = -mean * scale;
+  if (bias.has_value() && bias->defined()) shift = shift + *bias;
+  return {scale, shift};
+}
+
+at::Tensor batch_norm_pre(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
+  const int64_t C = input.size(1);
+  return input * scale.view({1, C, 1, 1}) + shift.view({1, C, 1, 1});
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_generic(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, double eps, double min, double max) {
@@ -134,26 +151,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_generi
               "dilconv::batch_norm_act: need min <= max (not NaN), got min=", min, ", max=", max);
   TORCH_CHECK(input.dim() == 4, "dilconv::batch_norm_act: expected a 4-D input, got ",
               input.sizes());
-  const int64_t C = input.size(1);
   auto [var, mean] = at::var_mean(input, at::IntArrayRef{0, 2, 3}, at::Scalar(0), false);
   at::Tensor invstd = (var + eps).rsqrt();
-  at::Tensor scale = invstd;
-  if (weight.has_value() && weight->defined()) scale = scale * *weight;
-  at::Tensor shift = -mean * scale;
-  if (bias.has_value() && bias->defined()) shift = shift + *bias;
-  at::Tensor y = input * scale.view({1, C, 1, 1}) + shift.view({1, C, 1, 1});
+  const auto [scale, shift] = batch_norm_affine(mean, invstd, weight, bias);
+  at::Tensor y = batch_norm_pre(input, scale, shift);
   if (!no_clamp(min, max)) y = y.clamp(min, max);
   return {y, mean, invstd, var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_generic(
-    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
-    const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
     double min, double max, std::array<bool, 3> mask) {
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), "dilconv::batch_norm_act_backward: ",
+              "grad_output ", grad_output.sizes(), " and input ", input.sizes(),
+              " must have the same shape");
   const int64_t C = input.size(1);
   const double M = double(input.numel() / std::max<int64_t>(C, 1));
-  at::Tensor gz = no_clamp(min, max) ? grad_output
-                                     : grad_output * ((output > min) & (output < max));
+  at::Tensor gz = grad_output;
+  if (!no_clamp(min, max)) {
+    const auto [scale, shift] = batch_norm_affine(mean, invstd, weight, bias);
+    const at::Tensor pre = batch_norm_pre(input, scale, shift);
+    gz = grad_output * ((pre > min) & (pre < max));
+  }
   at::Tensor xm = input - mean.view({1, C, 1, 1});
   at::Tensor s1 = gz.sum({0, 2, 3}), s2 = (gz * xm).sum({0, 2, 3});
   at::Tensor gx, gw, gb;
@@ -192,10 +212,11 @@ TORCH_LIBRARY(dilconv, m) {
   // names only.
   m.def("batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, float eps, float min, "
         "float max) -> (Tensor, Tensor, Tensor, Tensor)");
-  // (grad_input, grad_weight, grad_bias) from the forward's output (the clamp's mask), input,
-  // mean and invstd; grad_input in the input's memory format; an output whose output_mask
-  // entry is false is None
-  m.def("batch_norm_act_backward(Tensor grad_output, Tensor output, Tensor input, Tensor? weight, "
+  // (grad_input, grad_weight, grad_bias) from the forward's input, weight, bias, and mean and
+  // invstd as it returned them: where the clamp passed the gradient is recomputed from these
+  // (the forward's pre-clamp value), the output is not needed. grad_input in the input's memory
+  // format; an output whose output_mask entry is false is None
+  m.def("batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
         "Tensor mean, Tensor invstd, float min, float max, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
 }

@@ -130,7 +130,7 @@ def _fake_batch_norm_act(input, weight, bias, eps, min, max):
     return _empty(input, input.shape, output_memory_format(input)), stat(), stat(), stat()
 
 
-def _fake_batch_norm_act_backward(grad_output, output, input, weight, mean, invstd, min, max,
+def _fake_batch_norm_act_backward(grad_output, input, weight, bias, mean, invstd, min, max,
                                   output_mask):
     c = input.shape[1]
     return (
@@ -145,14 +145,21 @@ def _compute_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def batch_norm_act_reference(grad, output, input, weight, min, max, eps):
+def batch_norm_act_reference(grad, input, weight, bias, mean, invstd, min, max, eps):
     """The input/weight/bias gradients of batch_norm_act in differentiable torch ops, the batch
-    statistics recomputed from `input` (so that a double backward sees how they depend on it)."""
+    statistics recomputed from `input` (so that a double backward sees how they depend on it).
+    `mean`, `invstd`: the forward's, for where its clamp passed the gradient (its pre-clamp
+    value recomputed as the op's backward does; a constant mask, no gradient of its own)."""
+    if not (min == float("-inf") and max == float("inf")):
+        with torch.no_grad():
+            c = input.shape[1]
+            scale = invstd if weight is None else invstd * weight
+            shift = -mean * scale if bias is None else -mean * scale + bias
+            pre = input * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+        grad = grad * ((pre > min) & (pre < max)).to(grad.dtype)
     var, mean = torch.var_mean(input, dim=(0, 2, 3), correction=0, keepdim=True)
     invstd = (var + eps).rsqrt()
     xhat = (input - mean) * invstd
-    if not (min == float("-inf") and max == float("inf")):
-        grad = grad * ((output > min) & (output < max)).to(grad.dtype)
     gb = grad.sum((0, 2, 3))
     gw = (grad * xhat).sum((0, 2, 3))
     m = input.numel() // input.shape[1]
@@ -360,23 +367,25 @@ def _autograd_formulas(suffix: str):
     # batch_norm_act(input, weight, bias, eps, min, max) -> (out, mean, invstd, var): the
     # statistics are outputs for the running averages, not differentiated. Under create_graph
     # the gradient is built from differentiable torch ops (double backward); otherwise the op.
+    # The output is not saved: the backward recomputes where the clamp passed the gradient.
     def bn_setup(ctx, inputs, output):
         input, weight, bias, eps, lo, hi = inputs
-        out, mean, invstd, _ = output
-        ctx.mark_non_differentiable(mean, invstd, output[3])
-        ctx.save_for_backward(input, weight, out, mean, invstd)
+        _, mean, invstd, var = output
+        ctx.mark_non_differentiable(mean, invstd, var)
+        ctx.save_for_backward(input, weight, bias, mean, invstd)
         ctx.conf = (eps, lo, hi)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
     def bn_backward(ctx, grad, *_):
-        input, weight, out, mean, invstd = ctx.saved_tensors
+        input, weight, bias, mean, invstd = ctx.saved_tensors
         eps, lo, hi = ctx.conf
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():
-            gx, gw, gb = batch_norm_act_reference(grad, out, input, weight, lo, hi, eps)
+            gx, gw, gb = batch_norm_act_reference(grad, input, weight, bias, mean, invstd, lo, hi,
+                                                  eps)
         else:
             mask = [need[0], ctx.has_weight and need[1], ctx.has_bias and need[2]]
-            gx, gw, gb = _op("batch_norm_act_backward", "")(grad, out, input, weight, mean,
+            gx, gw, gb = _op("batch_norm_act_backward", "")(grad, input, weight, bias, mean,
                                                               invstd, lo, hi, mask)
         return (gx if need[0] else None, gw if ctx.has_weight and need[1] else None,
                 gb if ctx.has_bias and need[2] else None, None, None, None)

@@ -190,7 +190,8 @@ def cpu_auto_policy(p: Problem) -> bool:
         backward 1.2-10x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
         (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
         forward 0.5-0.95x (oneDNN's best case), forward + backward 3.9-6.2x dilated, 2.0x 7x7,
-        0.81-0.88x undilated 3x3; stride 2: 0.76-1.09x;
+        undilated 3x3 0.85-1.04x at batch 1, 1.1-1.2x at 2+; stride 2: forward 0.76-1.09x,
+        training at a batch of 2+ 1.03-1.13x channels-last, 1.3-1.4x NCHW on large inputs;
       * separable, stride 1 (depthwise tile in cache, pointwise as a GEMM): forward 1.05-1.56x
         undilated and at rates 2-6, 1.8-2.8x at rate 12, either layout (728->256 @33^2,
         256->256 @65^2, 96->96 @129^2, 304->256 @25-129^2; one tie, 1.00x channels-last rate 6
@@ -222,14 +223,21 @@ def cpu_auto_policy(p: Problem) -> bool:
     q = (p.w + 2 * p.padding[1] - p.dilation[1] * (p.s - 1) - 1) // p.stride[1] + 1
     if cg == 1:  # depthwise (any channel multiplier)
         if p.stride != (1, 1):
-            return False
+            # training at a batch of 2+ (MobileNetV2's stride-2 layers): channels-last 1.03-1.13x
+            # forward + backward; NCHW 1.3-1.4x on large inputs (96ch 257^2), 0.8-0.9x on
+            # 144ch 129^2 / 192ch 65^2
+            if not p.requires_grad or p.n < 2:
+                return False
+            return p.channels_last or p.n * p.c * p.h * p.w >= 8 * 2**20
         pq = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1)) * q  # output pixels (stride 1)
         if not p.channels_last:
             # tiny maps (7x7, the end of a backbone at small inputs): oneDNN's call overhead is lower
             if p.requires_grad:
                 return d > 1 or pq >= 256
             return p.r * p.s <= 9 and pq >= 128
-        return p.requires_grad and (d > 1 or p.r * p.s > 9)
+        # channels-last undilated 3x3 training: 1.1-1.2x forward + backward at a batch of 2+,
+        # 0.85-1.04x at batch 1
+        return p.requires_grad and (d > 1 or p.r * p.s > 9 or p.n >= 2)
     if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)
             and not p.channels_last):
         # GEMMs straight on the NCHW planes (forward with bias and activation applied per

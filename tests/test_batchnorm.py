@@ -84,6 +84,46 @@ def test_batch_norm_act_matches_float64(backend, shape, layout, act, affine, dty
         assert rel_err(gg, r) <= TOL[dtype], name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bound", ["relu", "relu6_top"])
+def test_batch_norm_act_backward_mask_matches_the_forward(bound, layout, dtype):
+    # The backward recomputes where the clamp passed the gradient from the input. Put a third of
+    # the values exactly at the mean (3.0: the others are +-d pairs in 1/64 steps, so every sum
+    # is exact) with the bias at the bound: their pre-clamp value is the bound up to the rounding
+    # of x * scale + shift, which either side must evaluate alike. The reference takes the mask
+    # from the forward's own output.
+    torch.manual_seed(0)  # some of those values then land inside the clamp, some outside
+    n, c, h, w = 2, 4, 9, 10
+    d = torch.randint(1, 200, (n, c, h, w // 2), dtype=torch.float64) / 64
+    d = torch.cat([d, -d], dim=3)
+    d[:, :, ::3] = 0
+    x = (3.0 + d).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    lo, hi = (0.0, INF) if bound == "relu" else (0.0, 6.0)
+    wt = (torch.rand(c, dtype=torch.float64) + 0.5).to(dtype)
+    bias = torch.full((c,), 0.0 if bound == "relu" else 6.0, dtype=dtype)
+    y, mean, invstd, _ = torch.ops.dilconv.batch_norm_act(x, wt, bias, 1e-5, lo, hi)
+    assert (mean == 3.0).all()
+    if bound == "relu":
+        at_mean = y[d == 0]
+        assert (at_mean > 0).any() and (at_mean == 0).any()
+    g = torch.randn(x.shape, dtype=torch.float64)
+    gx, gw, gb = torch.ops.dilconv.batch_norm_act_backward(g.to(dtype), x, wt, bias, mean, invstd,
+                                                           lo, hi, [True, True, True])
+    gz = g * ((y > lo) & (y < hi)).double()
+    xm = x.double() - 3.0
+    inv = invstd.double().view(1, c, 1, 1)
+    m = n * h * w
+    s1, s2 = gz.sum((0, 2, 3)).view(1, c, 1, 1), (gz * xm).sum((0, 2, 3)).view(1, c, 1, 1)
+    k1 = inv * wt.double().view(1, c, 1, 1)
+    want = k1 * (gz - s1 / m - xm * inv * inv * s2 / m)
+    assert rel_err(gx, want) <= TOL[dtype]
+    assert rel_err(gb, s1.flatten()) <= TOL[dtype]
+    assert rel_err(gw, (s2 * inv).flatten()) <= TOL[dtype]
+
+
 def test_batch_norm_act_nan_passes_without_clamp():
     # no activation: a NaN gradient flows as in torch; the clamps zero it as relu/hardtanh do
     x = make_input((2, 3, 4, 5), torch.float32, "contiguous").requires_grad_()
@@ -115,7 +155,7 @@ def test_batch_norm_act_opcheck(layout):
     y, mean, invstd, _ = torch.ops.dilconv.batch_norm_act(x, w, b, 1e-5, 0.0, 6.0)
     g = torch.randn_like(y)
     torch.library.opcheck(torch.ops.dilconv.batch_norm_act_backward.default,
-                          (g, y.detach(), x.detach(), w.detach(), mean, invstd, 0.0, 6.0,
+                          (g, x.detach(), w.detach(), b.detach(), mean, invstd, 0.0, 6.0,
                            [True, True, True]))
 
 
@@ -138,8 +178,11 @@ def test_batch_norm_act_bad_input():
         op(torch.randn(0, 3, 4, 5), None, None, 1e-5, 0.0, 6.0)
     y, mean, invstd, _ = op(x, None, None, 1e-5, 0.0, 6.0)
     with pytest.raises(RuntimeError, match="same shape"):
-        torch.ops.dilconv.batch_norm_act_backward(y[:1], y, x, None, mean, invstd, 0.0, 6.0,
+        torch.ops.dilconv.batch_norm_act_backward(y[:1], x, None, None, mean, invstd, 0.0, 6.0,
                                                   [True, False, False])
+    with pytest.raises(RuntimeError, match=r"bias of shape \[3\]"):
+        torch.ops.dilconv.batch_norm_act_backward(y, x, None, torch.randn(2), mean, invstd, 0.0,
+                                                  6.0, [True, False, False])
 
 
 def _block(layout, act):

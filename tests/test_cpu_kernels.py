@@ -365,9 +365,9 @@ def test_depthwise_channels_last(isa, c):
 def test_auto_policy_routes_by_measured_wins():
     from dilconv.registry import Problem, cpu_auto_policy
 
-    def prob(c, k, hw, d, groups, grad=False, cl=False, stride=1, dtype=torch.float32):
-        return Problem("conv2d", "cpu", dtype, 1, c, hw, hw, k, 3, 3, (stride, stride), (d, d), (d, d),
-                       groups, cl, c * hw * hw, grad)
+    def prob(c, k, hw, d, groups, grad=False, cl=False, stride=1, dtype=torch.float32, n=1):
+        return Problem("conv2d", "cpu", dtype, n, c, hw, hw, k, 3, 3, (stride, stride), (d, d), (d, d),
+                       groups, cl, n * c * hw * hw, grad)
 
     assert cpu_auto_policy(prob(2048, 256, 33, 24, 1))          # ASPP: most taps read padding
     assert not cpu_auto_policy(prob(2048, 256, 33, 24, 1, cl=True))  # ... but not channels-last
@@ -378,7 +378,12 @@ def test_auto_policy_routes_by_measured_wins():
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))  # its backward: ours
     assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True))  # undilated: oneDNN
+    assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True, n=2))  # ... at batch 1
     assert not cpu_auto_policy(prob(96, 96, 129, 1, 96, stride=2))
+    assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True))
+    assert cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True, n=2))  # training
+    assert cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2, cl=True))
+    assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2))  # small NCHW
     assert cpu_auto_policy(prob(128, 128, 56, 1, 32))           # ResNeXt 32x4d stage 1
     assert not cpu_auto_policy(prob(256, 256, 28, 1, 32))       # 8 channels per group: oneDNN
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, dtype=torch.bfloat16))

@@ -1,7 +1,9 @@
 // Backend "cpu": the CPU key of dilconv::batch_norm_act (batch norm with the batch's statistics,
 // then clamp: BatchNorm2d -> ReLU/ReLU6 of a network in training) and its backward. Each is two
 // passes over the tensor: statistics, then the normalised and clamped output; the backward's
-// two sums (the clamp's gradient mask taken from the output), then the input gradient. NCHW
+// two sums, then the input gradient. The backward reads the gradient and the input only: where
+// the clamp passed the gradient it recomputes from the input (the forward's pre-clamp value,
+// bit for bit), which saves reading the output twice (a quarter of its memory traffic). NCHW
 // works plane by plane, channels-last pixel row by pixel row (kernels_impl.h, bn_*).
 // fp16/bf16 are computed in float32.
 #include <ATen/ATen.h>
@@ -48,6 +50,16 @@ std::vector<double> channel_values(const std::optional<Tensor>& t, int64_t C, do
   if (!t.has_value() || !t->defined()) return std::vector<double>(C, fill);
   const Tensor d = t->to(at::kDouble).contiguous();
   return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + C);
+}
+
+// The per-channel y = clamp(x * sc + sh) of the forward, from the statistics as the forward
+// returns them (mean, invstd in T): the backward recomputes the same sc, sh (and so the same
+// pre-clamp values, bit for bit) from the saved statistics.
+template <class T>
+void affine(T mean, T invstd, double w, double b, T& sc, T& sh) {
+  const double scale = w * double(invstd);
+  sc = T(scale);
+  sh = T(b - double(mean) * scale);
 }
 
 // Channels-last: s1, s2 [C] += the per-channel sums a kernel `sums(offset, len, s1, s2)`
@@ -99,9 +111,7 @@ void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& 
     var[c] = std::max(s2[c] / M - d * d, 0.0);
     mean[c] = double(shift[c]) + d;
     invstd[c] = 1.0 / std::sqrt(var[c] + eps);
-    const double scale = w[c] * invstd[c];
-    sc[c] = T(scale);
-    sh[c] = T(bb[c] - mean[c] * scale);
+    affine<T>(T(mean[c]), T(invstd[c]), w[c], bb[c], sc[c], sh[c]);
   };
   if (planar) {
     // channel by channel, statistics then output: a channel's N planes are read again while
@@ -169,17 +179,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input,
 }
 
 template <class T>
-void bn_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& x, const Tensor& mean_t,
-                 const Tensor& invstd_t, const std::optional<Tensor>& weight, double lo,
-                 double hi, const Tensor& gx, std::vector<double>& s1, std::vector<double>& s2,
-                 bool planar) {
+void bn_bwd_impl(const Tensor& g, const Tensor& x, const Tensor& mean_t, const Tensor& invstd_t,
+                 const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+                 double lo, double hi, const Tensor& gx, std::vector<double>& s1,
+                 std::vector<double>& s2, bool planar) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const double M = double(N * HW);
-  const T *gp = g.data_ptr<T>(), *yp = y.data_ptr<T>(), *xp = x.data_ptr<T>();
+  const T *gp = g.data_ptr<T>(), *xp = x.data_ptr<T>();
   const auto& K = kern<T>();
   const std::vector<T> mean(mean_t.data_ptr<T>(), mean_t.data_ptr<T>() + C);
-  const std::vector<double> w = channel_values(weight, C, 1.0);
+  const std::vector<double> w = channel_values(weight, C, 1.0), bb = channel_values(bias, C, 0.0);
   const T* is = invstd_t.data_ptr<T>();
+  std::vector<T> sc(C), sh(C);  // the forward's clamp(x * sc + sh): where it passed gradient
+  for (int64_t c = 0; c < C; ++c) affine<T>(mean[c], is[c], w[c], bb[c], sc[c], sh[c]);
   T* gxp = gx.defined() ? gx.data_ptr<T>() : nullptr;
   s1.assign(C, 0.0);
   s2.assign(C, 0.0);
@@ -195,44 +207,45 @@ void bn_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& x, const Tensor
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t n = 0; n < N; ++n) {
           const int64_t o = (n * C + c) * HW;
-          K.bn_grad_sums(gp + o, yp + o, xp + o, HW, C, true, mean.data() + c, T(lo), T(hi),
-                         &s1[c], &s2[c]);
+          K.bn_grad_sums(gp + o, xp + o, HW, C, true, mean.data() + c, sc.data() + c,
+                         sh.data() + c, T(lo), T(hi), &s1[c], &s2[c]);
         }
         if (!gxp) continue;
         coefficients(c);
         for (int64_t n = 0; n < N; ++n) {
           const int64_t o = (n * C + c) * HW;
-          K.bn_grad_apply(gp + o, yp + o, xp + o, HW, C, true, mean.data() + c, k1.data() + c,
-                          k2.data() + c, k3.data() + c, T(lo), T(hi), gxp + o);
+          K.bn_grad_apply(gp + o, xp + o, HW, C, true, mean.data() + c, sc.data() + c,
+                          sh.data() + c, k1.data() + c, k2.data() + c, k3.data() + c, T(lo),
+                          T(hi), gxp + o);
         }
       }
     });
     return;
   }
   channel_sums(N, C, HW, s1, s2, [&](int64_t off, int64_t len, double* a, double* b) {
-    K.bn_grad_sums(gp + off, yp + off, xp + off, len, C, false, mean.data(), T(lo), T(hi), a, b);
+    K.bn_grad_sums(gp + off, xp + off, len, C, false, mean.data(), sc.data(), sh.data(), T(lo),
+                   T(hi), a, b);
   });
   if (!gxp) return;
   for (int64_t c = 0; c < C; ++c) coefficients(c);
   pixel_blocks(N, C, HW, [&](int64_t off, int64_t len) {
-    K.bn_grad_apply(gp + off, yp + off, xp + off, len, C, false, mean.data(), k1.data(),
-                    k2.data(), k3.data(), T(lo), T(hi), gxp + off);
+    K.bn_grad_apply(gp + off, xp + off, len, C, false, mean.data(), sc.data(), sh.data(),
+                    k1.data(), k2.data(), k3.data(), T(lo), T(hi), gxp + off);
   });
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
-    const Tensor& grad_output, const Tensor& output, const Tensor& input,
-    const std::optional<Tensor>& weight, const Tensor& mean, const Tensor& invstd, double min,
+    const Tensor& grad_output, const Tensor& input, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean, const Tensor& invstd, double min,
     double max, std::array<bool, 3> mask) {
   const char* op = "dilconv::batch_norm_act_backward";
   check_tensor(op, grad_output, "grad_output");
-  check_tensor(op, output, "output");
   check_tensor(op, input, "input");
-  TORCH_CHECK(grad_output.sizes() == input.sizes() && output.sizes() == input.sizes(), op,
-              ": grad_output ", grad_output.sizes(), ", output ", output.sizes(), " and input ",
-              input.sizes(), " must have the same shape");
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": grad_output ", grad_output.sizes(),
+              " and input ", input.sizes(), " must have the same shape");
   const int64_t C = input.size(1);
   check_channel_vec(op, weight, "weight", C);
+  check_channel_vec(op, bias, "bias", C);
   check_channel_vec(op, mean, "mean", C);
   check_channel_vec(op, invstd, "invstd", C);
   check_bounds(op, min, max);
@@ -243,17 +256,16 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
   if (fmt == at::MemoryFormat::ChannelsLast && C > kMaxNhwcChannels)
     fmt = at::MemoryFormat::Contiguous;
   const bool planar = fmt == at::MemoryFormat::Contiguous;
-  const Tensor g = grad_output.to(ct).contiguous(fmt), y = output.to(ct).contiguous(fmt),
-               x = input.to(ct).contiguous(fmt);
+  const Tensor g = grad_output.to(ct).contiguous(fmt), x = input.to(ct).contiguous(fmt);
   const Tensor m = mean.to(ct).contiguous(), is = invstd.to(ct).contiguous();
   Tensor gx;
   if (mask[0]) gx = at::empty(x.sizes(), x.options().memory_format(fmt));
   std::vector<double> s1, s2;
   if (x.numel() > 0) {
     if (ct == at::kFloat)
-      bn_bwd_impl<float>(g, y, x, m, is, weight, min, max, gx, s1, s2, planar);
+      bn_bwd_impl<float>(g, x, m, is, weight, bias, min, max, gx, s1, s2, planar);
     else
-      bn_bwd_impl<double>(g, y, x, m, is, weight, min, max, gx, s1, s2, planar);
+      bn_bwd_impl<double>(g, x, m, is, weight, bias, min, max, gx, s1, s2, planar);
   } else {
     s1.assign(C, 0.0);
     s2.assign(C, 0.0);

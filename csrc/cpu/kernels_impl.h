@@ -1387,14 +1387,32 @@ void bn_moments(const T* x, int64_t len, int64_t C, bool planar, const T* shift,
   }
 }
 
+// The pre-clamp value x * k + b, in one place: the backward recomputes the forward's value
+// bit for bit (the same expression, contracted to an FMA alike) to know where the clamp passed
+// the gradient, instead of reading the output.
+template <class T>
+DILCONV_INLINE T bn_pre(T x, T k, T b) {
+  return x * k + b;
+}
+template <class T>
+DILCONV_INLINE V<T> bn_pre_v(V<T> x, V<T> k, V<T> b) {
+  return x * k + b;
+}
+
 // y = clamp(x * scale[c] + bias[c], lo, hi)
 template <class T>
 void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
               T lo, T hi, T* y) {
   if (planar) {
     const T k = scale[0], b = bias[0];
-    for (int64_t j = 0; j < len; ++j) {
-      const T v = x[j] * k + b;
+    const V<T> vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo), vhi = splat<T>(hi);
+    int64_t j = 0;
+    for (; j + NV<T> <= len; j += NV<T>) {
+      const V<T> v = bn_pre_v<T>(ld(x + j), vk, vb);
+      st(y + j, v < vlo ? vlo : (v > vhi ? vhi : v));
+    }
+    for (; j < len; ++j) {
+      const T v = bn_pre<T>(x[j], k, b);
       y[j] = v < lo ? lo : (v > hi ? hi : v);
     }
     return;
@@ -1403,39 +1421,49 @@ void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, c
     const T* r = x + p * C;
     T* d = y + p * C;
     for (int64_t c = 0; c < C; ++c) {
-      const T v = r[c] * scale[c] + bias[c];
+      const T v = bn_pre<T>(r[c], scale[c], bias[c]);
       d[c] = v < lo ? lo : (v > hi ? hi : v);
     }
   }
 }
 
-// Backward sums: with gz = g where lo < y < hi (the clamp's gradient; 0 elsewhere),
-// s1[c] += sum gz, s2[c] += sum gz * (x - mean[c])
+// Backward sums: with gz = g where lo < x * scale[c] + bias[c] < hi (the clamp's gradient; 0
+// elsewhere), s1[c] += sum gz, s2[c] += sum gz * (x - mean[c])
 template <class T>
-void bn_grad_sums(const T* g, const T* y, const T* x, int64_t len, int64_t C, bool planar,
-                  const T* mean, T lo, T hi, double* s1, double* s2) {
+void bn_grad_sums(const T* g, const T* x, int64_t len, int64_t C, bool planar, const T* mean,
+                  const T* scale, const T* bias, T lo, T hi, double* s1, double* s2) {
   const bool all = lo == -__builtin_inf() && hi == __builtin_inf();  // no clamp: NaN passes too
   if (planar) {
-    const T m = mean[0];
-    const V<T> vm = splat<T>(m), vlo = splat<T>(lo), vhi = splat<T>(hi), zero{};
+    const T m = mean[0], k = scale[0], b = bias[0];
+    const V<T> vm = splat<T>(m), vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo),
+               vhi = splat<T>(hi), zero{};
     for (int64_t j0 = 0; j0 < len; j0 += BN_RUN) {
       const int64_t j1 = j0 + BN_RUN < len ? j0 + BN_RUN : len;
-      V<T> va{}, vb{};
+      V<T> va{}, vb2{};
       int64_t j = j0;
-      for (; j + NV<T> <= j1; j += NV<T>) {
-        const V<T> yv = ld(y + j), gv = ld(g + j);
-        const V<T> gz = all ? gv : ((yv > vlo) & (yv < vhi)) ? gv : zero;
-        va += gz;
-        vb += gz * (ld(x + j) - vm);
+      if (all) {
+        for (; j + NV<T> <= j1; j += NV<T>) {
+          const V<T> gv = ld(g + j);
+          va += gv;
+          vb2 += gv * (ld(x + j) - vm);
+        }
+      } else {
+        for (; j + NV<T> <= j1; j += NV<T>) {
+          const V<T> xv = ld(x + j), gv = ld(g + j), v = bn_pre_v<T>(xv, vk, vb);
+          const V<T> gz = ((v > vlo) & (v < vhi)) ? gv : zero;
+          va += gz;
+          vb2 += gz * (xv - vm);
+        }
       }
-      T a = hsum<T>(va), b = hsum<T>(vb);
+      T sa = hsum<T>(va), sb = hsum<T>(vb2);
       for (; j < j1; ++j) {
-        const T gz = (all || (y[j] > lo && y[j] < hi)) ? g[j] : T(0);
-        a += gz;
-        b += gz * (x[j] - m);
+        const T v = bn_pre<T>(x[j], k, b);
+        const T gz = (all || (v > lo && v < hi)) ? g[j] : T(0);
+        sa += gz;
+        sb += gz * (x[j] - m);
       }
-      s1[0] += a;
-      s2[0] += b;
+      s1[0] += sa;
+      s2[0] += sb;
     }
     return;
   }
@@ -1444,11 +1472,19 @@ void bn_grad_sums(const T* g, const T* y, const T* x, int64_t len, int64_t C, bo
     const int64_t p1 = p0 + BN_RUN / 16 < len ? p0 + BN_RUN / 16 : len;
     for (int64_t c = 0; c < C; ++c) a[c] = b[c] = T(0);
     for (int64_t p = p0; p < p1; ++p) {
-      const T *gr = g + p * C, *yr = y + p * C, *xr = x + p * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const T gz = (all || (yr[c] > lo && yr[c] < hi)) ? gr[c] : T(0);
-        a[c] += gz;
-        b[c] += gz * (xr[c] - mean[c]);
+      const T *gr = g + p * C, *xr = x + p * C;
+      if (all) {
+        for (int64_t c = 0; c < C; ++c) {
+          a[c] += gr[c];
+          b[c] += gr[c] * (xr[c] - mean[c]);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const T v = bn_pre<T>(xr[c], scale[c], bias[c]);
+          const T gz = (v > lo && v < hi) ? gr[c] : T(0);
+          a[c] += gz;
+          b[c] += gz * (xr[c] - mean[c]);
+        }
       }
     }
     for (int64_t c = 0; c < C; ++c) {
@@ -1460,23 +1496,43 @@ void bn_grad_sums(const T* g, const T* y, const T* x, int64_t len, int64_t C, bo
 
 // gx = k1[c] * gz - k2[c] - k3[c] * (x - mean[c]) (gz as in bn_grad_sums)
 template <class T>
-void bn_grad_apply(const T* g, const T* y, const T* x, int64_t len, int64_t C, bool planar,
-                   const T* mean, const T* k1, const T* k2, const T* k3, T lo, T hi, T* gx) {
+void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, const T* mean,
+                   const T* scale, const T* bias, const T* k1, const T* k2, const T* k3, T lo,
+                   T hi, T* gx) {
   const bool all = lo == -__builtin_inf() && hi == __builtin_inf();
   if (planar) {
-    const T m = mean[0], a = k1[0], b = k2[0], c3 = k3[0];
-    for (int64_t j = 0; j < len; ++j) {
-      const T gz = (all || (y[j] > lo && y[j] < hi)) ? g[j] : T(0);
-      gx[j] = a * gz - b - c3 * (x[j] - m);
+    const T m = mean[0], k = scale[0], b = bias[0], a = k1[0], b2 = k2[0], c3 = k3[0];
+    const V<T> vm = splat<T>(m), vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo),
+               vhi = splat<T>(hi), va = splat<T>(a), vb2 = splat<T>(b2), vc3 = splat<T>(c3),
+               zero{};
+    int64_t j = 0;
+    for (; j + NV<T> <= len; j += NV<T>) {
+      const V<T> xv = ld(x + j), gv = ld(g + j);
+      V<T> gz = gv;
+      if (!all) {
+        const V<T> v = bn_pre_v<T>(xv, vk, vb);
+        gz = ((v > vlo) & (v < vhi)) ? gv : zero;
+      }
+      st(gx + j, va * gz - vb2 - vc3 * (xv - vm));
+    }
+    for (; j < len; ++j) {
+      const T v = bn_pre<T>(x[j], k, b);
+      const T gz = (all || (v > lo && v < hi)) ? g[j] : T(0);
+      gx[j] = a * gz - b2 - c3 * (x[j] - m);
     }
     return;
   }
   for (int64_t p = 0; p < len; ++p) {
-    const T *gr = g + p * C, *yr = y + p * C, *xr = x + p * C;
+    const T *gr = g + p * C, *xr = x + p * C;
     T* d = gx + p * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const T gz = (all || (yr[c] > lo && yr[c] < hi)) ? gr[c] : T(0);
-      d[c] = k1[c] * gz - k2[c] - k3[c] * (xr[c] - mean[c]);
+    if (all) {
+      for (int64_t c = 0; c < C; ++c) d[c] = k1[c] * gr[c] - k2[c] - k3[c] * (xr[c] - mean[c]);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = bn_pre<T>(xr[c], scale[c], bias[c]);
+        const T gz = (v > lo && v < hi) ? gr[c] : T(0);
+        d[c] = k1[c] * gz - k2[c] - k3[c] * (xr[c] - mean[c]);
+      }
     }
   }
 }
