@@ -190,8 +190,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         backward 1.2-10x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
         (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
         forward 0.5-0.95x (oneDNN's best case), forward + backward 3.9-6.2x dilated, 2.0x 7x7,
-        undilated 3x3 0.85-1.04x at batch 1, 1.1-1.2x at 2+; stride 2: forward 0.76-1.09x,
-        training at a batch of 2+ 1.03-1.13x channels-last, 1.3-1.4x NCHW on large inputs;
+        undilated 3x3 0.85-1.04x at batch 1, 1.1-1.2x at 2+; stride 2 NCHW (both column phases
+        packed / unpacked in one vectorised pass): forward 1.4-1.9x, forward + backward
+        1.1-1.7x; channels-last forward 0.8-0.9x, training 1.03-1.13x at a batch of 2+;
       * separable, stride 1 (depthwise tile in cache, pointwise as a GEMM): forward 1.05-1.56x
         undilated and at rates 2-6, 1.8-2.8x at rate 12, either layout (728->256 @33^2,
         256->256 @65^2, 96->96 @129^2, 304->256 @25-129^2; one tie, 1.00x channels-last rate 6
@@ -223,12 +224,12 @@ def cpu_auto_policy(p: Problem) -> bool:
     q = (p.w + 2 * p.padding[1] - p.dilation[1] * (p.s - 1) - 1) // p.stride[1] + 1
     if cg == 1:  # depthwise (any channel multiplier)
         if p.stride != (1, 1):
-            # training at a batch of 2+ (MobileNetV2's stride-2 layers): channels-last 1.03-1.13x
-            # forward + backward; NCHW 1.3-1.4x on large inputs (96ch 257^2), 0.8-0.9x on
-            # 144ch 129^2 / 192ch 65^2
-            if not p.requires_grad or p.n < 2:
-                return False
-            return p.channels_last or p.n * p.c * p.h * p.w >= 8 * 2**20
+            # MobileNetV2's stride-2 layers: NCHW forward 1.4-1.9x, forward + backward 1.1-1.7x;
+            # channels-last forward 0.8-0.9x, training 0.9x at batch 1, 1.03-1.13x at 2+
+            if p.channels_last:
+                return p.requires_grad and p.n >= 2
+            po = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1) - 1) // p.stride[0] + 1
+            return p.r * p.s <= 9 and po * q >= 128
         pq = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1)) * q  # output pixels (stride 1)
         if not p.channels_last:
             # tiny maps (7x7, the end of a backbone at small inputs): oneDNN's call overhead is lower

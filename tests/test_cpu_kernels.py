@@ -379,11 +379,12 @@ def test_auto_policy_routes_by_measured_wins():
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))  # its backward: ours
     assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True))  # undilated: oneDNN
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True, n=2))  # ... at batch 1
-    assert not cpu_auto_policy(prob(96, 96, 129, 1, 96, stride=2))
-    assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True))
-    assert cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True, n=2))  # training
+    assert cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2))    # stride 2, NCHW: ours
+    assert cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2))
+    assert not cpu_auto_policy(prob(96, 96, 13, 1, 96, stride=2))  # 7x7 output: oneDNN
+    assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, cl=True))  # channels-last
+    assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True, cl=True))
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2, cl=True))
-    assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2))  # small NCHW
     assert cpu_auto_policy(prob(128, 128, 56, 1, 32))           # ResNeXt 32x4d stage 1
     assert not cpu_auto_policy(prob(256, 256, 28, 1, 32))       # 8 channels per group: oneDNN
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, dtype=torch.bfloat16))

@@ -92,6 +92,31 @@ void pack_plane(const T* src, int64_t sH, int64_t sW, int64_t H, int64_t W, int6
       continue;
     }
     const T* srow = src + hi * sH;
+    if (sw == 2 && sW == 1) {
+      // both phases in one loop: a grouped load the compiler vectorises with shuffles (MobileNet's
+      // stride-2 layers; a strided loop per phase runs element by element). Padded column pc is
+      // phase pc & 1, slot pc >> 1; source column pc - pw.
+      T* __restrict d0 = drow;
+      T* __restrict d1 = drow + Wph;
+      auto at = [&](int64_t pc) { return pc >= pw && pc < pw + W ? srow[pc - pw] : T(0); };
+      int64_t mlo = (pw + 1) / 2, mhi = (pw + W) / 2;  // both columns of slot m in the source
+      if (mhi > Wph) mhi = Wph;
+      if (mlo > mhi) mlo = mhi;
+      for (int64_t m = 0; m < mlo; ++m) {
+        d0[m] = at(2 * m);
+        d1[m] = at(2 * m + 1);
+      }
+      const T* __restrict s2 = srow + 2 * mlo - pw;
+      for (int64_t k = 0; k < mhi - mlo; ++k) {
+        d0[mlo + k] = s2[2 * k];
+        d1[mlo + k] = s2[2 * k + 1];
+      }
+      for (int64_t m = mhi; m < Wph; ++m) {
+        d0[m] = at(2 * m);
+        d1[m] = at(2 * m + 1);
+      }
+      continue;
+    }
     for (int64_t f = 0; f < sw; ++f) {
       T* d = drow + f * Wph;
       // slot m holds source column m * sw + f - pw
@@ -627,6 +652,28 @@ void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, St
         if (g.pw + m > wp) m = wp - g.pw > 0 ? wp - g.pw : 0;
         __builtin_memcpy(drow, prow + g.pw, sizeof(T) * m);
         for (int64_t j = m; j < g.W; ++j) drow[j] = 0;
+      } else if (g.sw == 2 && gxs.w == 1) {
+        // the two column phases interleaved: a grouped store the compiler vectorises with
+        // shuffles (MobileNet's stride-2 layers); padded column pc = j + pw, 0 from wp on
+        const T* __restrict ev = prow;
+        const T* __restrict od = prow + Wph;
+        const int64_t mv = wp - g.pw < 0 ? 0 : (wp - g.pw < g.W ? wp - g.pw : g.W);
+        int64_t j = 0;
+        if ((g.pw & 1) && mv > 0) {
+          drow[0] = od[g.pw >> 1];
+          j = 1;
+        }
+        const int64_t base = (j + g.pw) >> 1, npair = (mv - j) / 2;
+        T* __restrict d = drow + j;
+        for (int64_t k = 0; k < npair; ++k) {
+          d[2 * k] = ev[base + k];
+          d[2 * k + 1] = od[base + k];
+        }
+        for (j += 2 * npair; j < mv; ++j) {
+          const int64_t pc = j + g.pw;
+          drow[j] = (pc & 1) ? od[pc >> 1] : ev[pc >> 1];
+        }
+        for (; j < g.W; ++j) drow[j] = 0;
       } else {
         // column j = m * sw + f - pw for phase f (no division per element)
         for (int64_t f = 0; f < g.sw; ++f) {
