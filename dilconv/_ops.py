@@ -352,7 +352,12 @@ def _autograd_formulas(suffix: str):
 
     def resize_backward(ctx, grad):
         # the input gradient in the input's layout (the loss's gradient arrives contiguous even
-        # for a channels-last network; the layers below would otherwise run in the other layout)
+        # for a channels-last network; the layers below would otherwise run in the other layout).
+        # A gradient that is a channel slice of a channels-last one (DeepLabV3+'s concat) is
+        # neither layout: made channels-last first, a cheap copy, where the op would transpose it.
+        if (ctx.input_format == torch.channels_last and grad.dim() == 4 and grad.stride(1) == 1
+                and not grad.is_contiguous(memory_format=torch.channels_last)):
+            grad = grad.contiguous(memory_format=torch.channels_last)
         gx = _op("resize_bilinear_backward", "")(grad, ctx.input_size, ctx.align_corners)
         return gx.contiguous(memory_format=ctx.input_format), None, None
 

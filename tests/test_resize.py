@@ -113,6 +113,23 @@ def test_resize_opcheck(layout):
                           (g, [2, 3, 4, 5], True))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+def test_resize_gradient_from_a_channel_slice(backend):
+    # DeepLabV3+ concatenates the upsampled ASPP output with the low-level features: in
+    # channels-last the resize's gradient is a channel slice of the concat's, neither layout
+    x = make_input((2, 6, 5, 7), torch.float32, "channels_last").requires_grad_()
+    other = make_input((2, 3, 11, 13), torch.float32, "channels_last")
+    y = DF.resize_bilinear(x, (11, 13), backend=backend)
+    z = torch.cat([y, other], dim=1)
+    assert z.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn(z.shape, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(z, x, g.float())
+    xr = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(F.interpolate(xr, (11, 13), mode="bilinear"), xr, g[:, :6])
+    assert (gx.double() - want).abs().max() <= 1e-5 * want.abs().max()
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_resize_bad_input():
     x = torch.randn(1, 3, 5, 5)
     with pytest.raises(ValueError, match="two ints"):
