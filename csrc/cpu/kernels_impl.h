@@ -1360,10 +1360,26 @@ void resize_bwd(const T* g, int64_t gp, int64_t cc, const int64_t* xo, const T* 
       for (int64_t j = 0; j < len; ++j) h[j] += a * s[j];
     }
     if (cc == 1) {
+      // the source columns xo[2 ow] <= xo[2 ow + 1] <= xo[2 ow] + 1 never decrease with ow: the
+      // sums of columns cur and cur + 1 are kept in registers and stored once cur moves on (an
+      // add into memory per term chained each term on the one before: store-to-load latency)
+      int64_t cur = xo[0];
+      T a0 = T(0), a1 = T(0);
       for (int64_t ow = 0; ow < OW; ++ow) {
-        d[xo[2 * ow]] += xl[2 * ow] * h[ow];
-        d[xo[2 * ow + 1]] += xl[2 * ow + 1] * h[ow];
+        const int64_t c0 = xo[2 * ow], c1 = xo[2 * ow + 1];
+        while (cur < c0) {
+          d[cur] += a0;
+          a0 = a1;
+          a1 = T(0);
+          ++cur;
+        }
+        const T v = h[ow];
+        a0 += xl[2 * ow] * v;
+        if (c1 == cur) a0 += xl[2 * ow + 1] * v;
+        else a1 += xl[2 * ow + 1] * v;
       }
+      d[cur] += a0;
+      if (cur + 1 < W) d[cur + 1] += a1;
       continue;
     }
     for (int64_t ow = 0; ow < OW; ++ow) {
