@@ -377,11 +377,14 @@ def _autograd_formulas(suffix: str):
         input, weight, bias, eps, lo, hi = inputs
         _, mean, invstd, var = output
         ctx.mark_non_differentiable(mean, invstd, var)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
         ctx.save_for_backward(input, weight, bias, mean, invstd)
         ctx.conf = (eps, lo, hi)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
     def bn_backward(ctx, grad, *_):
+        if grad is None:  # the output did not reach the loss
+            return None, None, None, None, None, None
         input, weight, bias, mean, invstd = ctx.saved_tensors
         eps, lo, hi = ctx.conf
         need = ctx.needs_input_grad
