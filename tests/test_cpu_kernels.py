@@ -467,3 +467,29 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
             _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, tol)
             _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, tol)
             assert gx.is_contiguous(memory_format=_expected_format(gy))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("pw", [0, 1, 2, 3])
+@pytest.mark.parametrize("s,dw", [(1, 1), (3, 1), (3, 2), (5, 1)])
+def test_stride2_column_phases(s, dw, pw, groups, dtype):
+    # stride 2 along the width: the forward and weight gradient pack both column phases of a row
+    # in one loop, the input gradient interleaves them back in one (csrc/cpu/kernels_impl.h);
+    # widths from 1 (no pair) to 33 (pairs and an odd tail), pads even and odd
+    ops = torch.ops.dilconv
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for width in (1, 2, 5, 8, 17, 33):
+        x = torch.randn(2, 3, 6, width, dtype=torch.float64)
+        w = torch.randn(3 if groups == 3 else 4, 3 // groups, 3, s, dtype=torch.float64)
+        conf = ([2, 2], [1, pw], [1, dw], groups)
+        if (width + 2 * pw - dw * (s - 1) - 1) < 0:
+            continue  # no output column
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = F.conv2d(xr, wr, None, (2, 2), (1, pw), (1, dw), groups)
+        gy = torch.randn_like(y)
+        y.backward(gy)
+        xd, wd, gyd = x.to(dtype), w.to(dtype), gy.to(dtype)
+        _close(ops.conv2d(xd, wd, None, *conf), y.detach(), tol)
+        _close(ops.conv2d_input_grad(gyd, wd, list(x.shape), *conf), xr.grad, tol)
+        _close(ops.conv2d_weight_grad(gyd, xd, list(w.shape), *conf), wr.grad, tol)
