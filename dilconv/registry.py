@@ -226,6 +226,8 @@ def cpu_auto_policy(p: Problem) -> bool:
         if p.stride != (1, 1):
             # MobileNetV2's stride-2 layers: NCHW forward 1.4-1.9x, forward + backward 1.1-1.7x;
             # channels-last forward 0.8-0.9x, training 0.9x at batch 1, 1.03-1.13x at 2+
+            if p.stride != (2, 2):  # (measured only there)
+                return False
             if p.channels_last:
                 return p.requires_grad and p.n >= 2
             po = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1) - 1) // p.stride[0] + 1

@@ -382,6 +382,7 @@ def test_auto_policy_routes_by_measured_wins():
     assert cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2))    # stride 2, NCHW: ours
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2))
     assert not cpu_auto_policy(prob(96, 96, 13, 1, 96, stride=2))  # 7x7 output: oneDNN
+    assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=3))  # not measured: oneDNN
     assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, cl=True))  # channels-last
     assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True, cl=True))
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2, cl=True))
