@@ -131,7 +131,7 @@ def _hashable(v):
 
 
 _is_compiling = torch.compiler.is_compiling
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
+_any_autocast = torch._C._is_any_autocast_enabled  # any device type (torch >= 2.4)
 _grad_enabled = torch.is_grad_enabled
 
 
@@ -142,22 +142,19 @@ def _auto_key(op, input, weight, bias, *conf):
     Every call of "auto" pays for this, where torch would only run the convolution: it reads as
     few tensor attributes as identify the call (each is a call into C++, and Python right after
     a parallel region runs slowly while the pool's threads spin on the same cores)."""
-    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor) or _is_compiling():
-        return None
-    if _any_autocast is not None:
-        if _any_autocast():
-            return None
-    elif any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):
+    if (not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor)
+            or _is_compiling() or _any_autocast()):
         return None
     grad = _grad_enabled() and (input.requires_grad or weight.requires_grad
                                 or (bias is not None and bias.requires_grad))
-    key = (op, input.shape, input.stride(), input.dtype, input.device, weight.shape,
-           weight.stride(), weight.dtype, weight.device,
-           None if bias is None else (bias.shape, bias.dtype, bias.device), grad, *conf)
+    tensors = (op, input.shape, input.stride(), input.dtype, input.device, weight.shape,
+               weight.stride(), weight.dtype, weight.device,
+               None if bias is None else (bias.shape, bias.dtype, bias.device), grad)
+    key = tensors + conf
     try:
         hash(key)
     except TypeError:  # list arguments (stride=[1, 1]): as tuples
-        key = key[:11] + tuple(map(_hashable, conf))
+        key = tensors + tuple(map(_hashable, conf))
         try:
             hash(key)
         except TypeError:

@@ -3,8 +3,8 @@
 // passes over the tensor: statistics, then the normalised and clamped output; the backward's
 // two sums, then the input gradient. The backward reads the gradient and the input only: where
 // the clamp passed the gradient it recomputes from the input (the forward's pre-clamp value,
-// bit for bit), which saves reading the output twice (a quarter of its memory traffic). NCHW
-// works plane by plane, channels-last pixel row by pixel row (kernels_impl.h, bn_*).
+// bit for bit), which saves reading the output in both passes (2 of its 7 tensor streams). NCHW
+// works channel by channel, channels-last by pixel ranges (two_passes; kernels_impl.h, bn_*).
 // fp16/bf16 are computed in float32.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -62,18 +62,37 @@ void affine(T mean, T invstd, double w, double b, T& sc, T& sh) {
   sh = T(b - double(mean) * scale);
 }
 
-// Channels-last: s1, s2 [C] += the per-channel sums a kernel `sums(offset, len, s1, s2)`
-// accumulates over pixel ranges, one partial pair per range, added up afterwards.
-template <class F>
-void channel_sums(int64_t N, int64_t C, int64_t HW, std::vector<double>& s1,
-                  std::vector<double>& s2, F&& sums) {
+// The two passes of both directions over a tensor of N x C x HW: sums(off, len, c, s1, s2)
+// adds a block's per-channel sums into s1, s2; coefficients(c) runs once channel c's sums are
+// complete; apply(off, len, c) (skipped when !second) writes the block. A block is a plane (c its
+// channel: per-channel kernel arguments offset by c) or a channels-last pixel range (c = 0).
+// NCHW goes channel by channel, sums then apply, so a channel's N planes are read again while
+// still in the L2 (2x96x257x257: 0.5 MiB a channel); channels-last sums over pixel ranges, one
+// partial pair per range added up afterwards, then applies.
+template <class Sums, class Coefficients, class Apply>
+void two_passes(bool planar, int64_t N, int64_t C, int64_t HW, std::vector<double>& s1,
+                std::vector<double>& s2, Sums&& sums, Coefficients&& coefficients,
+                Apply&& apply, bool second) {
+  s1.assign(C, 0.0);
+  s2.assign(C, 0.0);
+  if (planar) {
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t n = 0; n < N; ++n) sums((n * C + c) * HW, HW, c, &s1[c], &s2[c]);
+        coefficients(c);
+        if (second)
+          for (int64_t n = 0; n < N; ++n) apply((n * C + c) * HW, HW, c);
+      }
+    });
+    return;
+  }
   const int64_t P = N * HW;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), P / 64));
   std::vector<double> part(parts * 2 * C, 0.0);
   at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t p0 = P * i / parts, p1 = P * (i + 1) / parts;
-      sums(p0 * C, p1 - p0, &part[i * 2 * C], &part[i * 2 * C + C]);
+      sums(p0 * C, p1 - p0, 0, &part[i * 2 * C], &part[i * 2 * C + C]);
     }
   });
   for (int64_t i = 0; i < parts; ++i)
@@ -81,13 +100,10 @@ void channel_sums(int64_t N, int64_t C, int64_t HW, std::vector<double>& s1,
       s1[c] += part[i * 2 * C + c];
       s2[c] += part[i * 2 * C + C + c];
     }
-}
-
-// Channels-last: f(offset, len) over pixel ranges
-template <class F>
-void pixel_blocks(int64_t N, int64_t C, int64_t HW, F&& f) {
-  const int64_t P = N * HW, grain = std::max<int64_t>(1, 16384 / C);
-  at::parallel_for(0, P, grain, [&](int64_t b, int64_t e) { f(b * C, e - b); });
+  for (int64_t c = 0; c < C; ++c) coefficients(c);
+  if (!second) return;
+  const int64_t grain = std::max<int64_t>(1, 16384 / C);
+  at::parallel_for(0, P, grain, [&](int64_t b, int64_t e) { apply(b * C, e - b, 0); });
 }
 
 template <class T>
@@ -104,38 +120,25 @@ void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& 
   std::vector<T> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = planar ? xp[c * HW] : xp[c];
   const std::vector<double> w = channel_values(weight, C, 1.0), bb = channel_values(bias, C, 0.0);
-  std::vector<double> s1(C, 0.0), s2(C, 0.0), mean(C), invstd(C), var(C);
+  std::vector<double> s1, s2, mean(C), invstd(C), var(C);
   std::vector<T> sc(C), sh(C);
-  auto coefficients = [&](int64_t c) {
-    const double d = s1[c] / M;
-    var[c] = std::max(s2[c] / M - d * d, 0.0);
-    mean[c] = double(shift[c]) + d;
-    invstd[c] = 1.0 / std::sqrt(var[c] + eps);
-    affine<T>(T(mean[c]), T(invstd[c]), w[c], bb[c], sc[c], sh[c]);
-  };
-  if (planar) {
-    // channel by channel, statistics then output: a channel's N planes are read again while
-    // still in the L2 (2 memory passes instead of 3 when they fit: 2x96x257x257 is 0.5 MiB a
-    // channel)
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t n = 0; n < N; ++n)
-          K.bn_moments(xp + (n * C + c) * HW, HW, C, true, shift.data() + c, &s1[c], &s2[c]);
-        coefficients(c);
-        for (int64_t n = 0; n < N; ++n)
-          K.bn_apply(xp + (n * C + c) * HW, HW, C, true, sc.data() + c, sh.data() + c, T(lo),
-                     T(hi), yp + (n * C + c) * HW);
-      }
-    });
-  } else {
-    channel_sums(N, C, HW, s1, s2, [&](int64_t off, int64_t len, double* a, double* b) {
-      K.bn_moments(xp + off, len, C, false, shift.data(), a, b);
-    });
-    for (int64_t c = 0; c < C; ++c) coefficients(c);
-    pixel_blocks(N, C, HW, [&](int64_t off, int64_t len) {
-      K.bn_apply(xp + off, len, C, false, sc.data(), sh.data(), T(lo), T(hi), yp + off);
-    });
-  }
+  two_passes(
+      planar, N, C, HW, s1, s2,
+      [&](int64_t off, int64_t len, int64_t c, double* a, double* b) {
+        K.bn_moments(xp + off, len, C, planar, shift.data() + c, a, b);
+      },
+      [&](int64_t c) {
+        const double d = s1[c] / M;
+        var[c] = std::max(s2[c] / M - d * d, 0.0);
+        mean[c] = double(shift[c]) + d;
+        invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+        affine<T>(T(mean[c]), T(invstd[c]), w[c], bb[c], sc[c], sh[c]);
+      },
+      [&](int64_t off, int64_t len, int64_t c) {
+        K.bn_apply(xp + off, len, C, planar, sc.data() + c, sh.data() + c, T(lo), T(hi),
+                   yp + off);
+      },
+      true);
   auto* mo = mean_out.data_ptr<T>();
   auto* io = invstd_out.data_ptr<T>();
   auto* vo = var_out.data_ptr<T>();
@@ -193,45 +196,25 @@ void bn_bwd_impl(const Tensor& g, const Tensor& x, const Tensor& mean_t, const T
   std::vector<T> sc(C), sh(C);  // the forward's clamp(x * sc + sh): where it passed gradient
   for (int64_t c = 0; c < C; ++c) affine<T>(mean[c], is[c], w[c], bb[c], sc[c], sh[c]);
   T* gxp = gx.defined() ? gx.data_ptr<T>() : nullptr;
-  s1.assign(C, 0.0);
-  s2.assign(C, 0.0);
   std::vector<T> k1(C), k2(C), k3(C);
-  auto coefficients = [&](int64_t c) {
-    const double inv = double(is[c]), a = w[c] * inv;
-    k1[c] = T(a);
-    k2[c] = T(a * s1[c] / M);
-    k3[c] = T(a * inv * inv * s2[c] / M);
-  };
-  if (planar) {  // channel by channel, as the forward: the second pass reads from the L2
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t o = (n * C + c) * HW;
-          K.bn_grad_sums(gp + o, xp + o, HW, C, true, mean.data() + c, sc.data() + c,
-                         sh.data() + c, T(lo), T(hi), &s1[c], &s2[c]);
-        }
-        if (!gxp) continue;
-        coefficients(c);
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t o = (n * C + c) * HW;
-          K.bn_grad_apply(gp + o, xp + o, HW, C, true, mean.data() + c, sc.data() + c,
-                          sh.data() + c, k1.data() + c, k2.data() + c, k3.data() + c, T(lo),
-                          T(hi), gxp + o);
-        }
-      }
-    });
-    return;
-  }
-  channel_sums(N, C, HW, s1, s2, [&](int64_t off, int64_t len, double* a, double* b) {
-    K.bn_grad_sums(gp + off, xp + off, len, C, false, mean.data(), sc.data(), sh.data(), T(lo),
-                   T(hi), a, b);
-  });
-  if (!gxp) return;
-  for (int64_t c = 0; c < C; ++c) coefficients(c);
-  pixel_blocks(N, C, HW, [&](int64_t off, int64_t len) {
-    K.bn_grad_apply(gp + off, xp + off, len, C, false, mean.data(), sc.data(), sh.data(),
-                    k1.data(), k2.data(), k3.data(), T(lo), T(hi), gxp + off);
-  });
+  two_passes(
+      planar, N, C, HW, s1, s2,
+      [&](int64_t off, int64_t len, int64_t c, double* a, double* b) {
+        K.bn_grad_sums(gp + off, xp + off, len, C, planar, mean.data() + c, sc.data() + c,
+                       sh.data() + c, T(lo), T(hi), a, b);
+      },
+      [&](int64_t c) {
+        const double inv = double(is[c]), a = w[c] * inv;
+        k1[c] = T(a);
+        k2[c] = T(a * s1[c] / M);
+        k3[c] = T(a * inv * inv * s2[c] / M);
+      },
+      [&](int64_t off, int64_t len, int64_t c) {
+        K.bn_grad_apply(gp + off, xp + off, len, C, planar, mean.data() + c, sc.data() + c,
+                        sh.data() + c, k1.data() + c, k2.data() + c, k3.data() + c, T(lo),
+                        T(hi), gxp + off);
+      },
+      gxp != nullptr);
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(

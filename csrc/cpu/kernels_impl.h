@@ -1450,15 +1450,11 @@ void bn_moments(const T* x, int64_t len, int64_t C, bool planar, const T* shift,
   }
 }
 
-// The pre-clamp value x * k + b, in one place: the backward recomputes the forward's value
-// bit for bit (the same expression, contracted to an FMA alike) to know where the clamp passed
-// the gradient, instead of reading the output.
-template <class T>
-DILCONV_INLINE T bn_pre(T x, T k, T b) {
-  return x * k + b;
-}
-template <class T>
-DILCONV_INLINE V<T> bn_pre_v(V<T> x, V<T> k, V<T> b) {
+// The pre-clamp value x * k + b (U: a scalar or a vector), in one place: the backward
+// recomputes the forward's value bit for bit (the same expression, contracted to an FMA alike)
+// to know where the clamp passed the gradient, instead of reading the output.
+template <class U>
+DILCONV_INLINE U bn_pre(U x, U k, U b) {
   return x * k + b;
 }
 
@@ -1471,7 +1467,7 @@ void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, c
     const V<T> vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo), vhi = splat<T>(hi);
     int64_t j = 0;
     for (; j + NV<T> <= len; j += NV<T>) {
-      const V<T> v = bn_pre_v<T>(ld(x + j), vk, vb);
+      const V<T> v = bn_pre<V<T>>(ld(x + j), vk, vb);
       st(y + j, v < vlo ? vlo : (v > vhi ? vhi : v));
     }
     for (; j < len; ++j) {
@@ -1512,7 +1508,7 @@ void bn_grad_sums(const T* g, const T* x, int64_t len, int64_t C, bool planar, c
         }
       } else {
         for (; j + NV<T> <= j1; j += NV<T>) {
-          const V<T> xv = ld(x + j), gv = ld(g + j), v = bn_pre_v<T>(xv, vk, vb);
+          const V<T> xv = ld(x + j), gv = ld(g + j), v = bn_pre<V<T>>(xv, vk, vb);
           const V<T> gz = ((v > vlo) & (v < vhi)) ? gv : zero;
           va += gz;
           vb2 += gz * (xv - vm);
@@ -1573,7 +1569,7 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
       const V<T> xv = ld(x + j), gv = ld(g + j);
       V<T> gz = gv;
       if (!all) {
-        const V<T> v = bn_pre_v<T>(xv, vk, vb);
+        const V<T> v = bn_pre<V<T>>(xv, vk, vb);
         gz = ((v > vlo) & (v < vhi)) ? gv : zero;
       }
       st(gx + j, va * gz - vb2 - vc3 * (xv - vm));
