@@ -21,7 +21,10 @@
 
 #include <array>
 #include <cmath>
+#include <string>
 #include <tuple>
+
+#include "cpu/kernels.h"
 
 // A bare Python module so that `import dilconv._C` loads this library (and its op
 // registrations) without pulling pybind11 into the build.
@@ -191,6 +194,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_generic(
 }  // namespace
 
 TORCH_LIBRARY(dilconv, m) {
+  // which instruction-set variant of the CPU kernels this process runs ("avx512", "avx2" or
+  // "base"; DILCONV_CPU_ISA lowers it): for reports and tests. No tensor argument, so one
+  // catch-all kernel.
+  m.def("cpu_isa() -> str", [] { return std::string(dilconv::cpu::kernels_f32().isa); });
   define_ops(m, "");      // backends "cpu" (CPU key) and "cuda" (CUDA key)
   define_ops(m, "_emu");  // backend "cuda-emu" (CPU key)
   // (grad_input, grad_weight, grad_bias); an output whose output_mask entry is false is None

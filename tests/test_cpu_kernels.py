@@ -37,6 +37,55 @@ def path(request, monkeypatch):
     return request.param
 
 
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize("forced", [None, "avx2", "base"])
+def test_isa_variant_matches_this_cpu(forced):
+    # A fresh process (the kernel tables are built once per process, on first use): the variant
+    # picked is the best this CPU runs, capped by DILCONV_CPU_ISA, and running it (every
+    # depthwise and GEMM path of a conv forward + backward) does not die. Building the AVX-512
+    # table on an AVX2-only CPU used to kill the process with SIGILL at the first conv.
+    import os
+    import subprocess
+    import sys
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags here")
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags:
+        native = "avx512"
+    elif {"avx2", "fma"} <= flags:
+        native = "avx2"
+    else:
+        native = "base"
+    order = ["base", "avx2", "avx512"]
+    want = native if forced is None else order[min(order.index(native), order.index(forced))]
+    env = dict(os.environ)
+    env.pop("DILCONV_CPU_ISA", None)
+    if forced:
+        env["DILCONV_CPU_ISA"] = forced
+    code = (
+        "import torch, dilconv\n"
+        "x = torch.randn(2, 24, 17, 19, requires_grad=True)\n"
+        "for g, xx in ((24, x), (1, x), (24, x.contiguous(memory_format=torch.channels_last))):\n"
+        "    w = torch.randn(24, 24 // g, 3, 3, requires_grad=True)\n"
+        "    y = dilconv.functional.conv2d(xx, w, padding=2, dilation=2, groups=g, backend='cpu')\n"
+        "    y.square().sum().backward()\n"
+        "print(torch.ops.dilconv.cpu_isa())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, f"rc {out.returncode}: {out.stderr[-2000:]}"
+    assert out.stdout.strip().splitlines()[-1] == want
+
+
 def _cases(seed, n):
     rng = random.Random(seed)
     out = []

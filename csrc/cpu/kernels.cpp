@@ -59,36 +59,23 @@ int isa_level() {
   return level;
 }
 
-template <class T, class A, class B, class C>
-const Kernels<T>& pick(const A& avx512, const B& avx2, const C& base) {
-  switch (isa_level()) {
-#ifdef DILCONV_X86
-    case 2: return avx512;
-    case 1: return avx2;
-#endif
-    default: return base;
-  }
-}
 }  // namespace
 
-const Kernels<float>& kernels_f32() {
+// Each variant's table is built on first use and only for the variant picked: make<T> of the
+// AVX-512 namespace is itself compiled for AVX-512 (the compiler fills the table with 512-bit
+// stores), so building it on a CPU without AVX-512 dies with SIGILL.
+template <class T>
+static const Kernels<T>& kernels_for() {
+  switch (isa_level()) {
 #ifdef DILCONV_X86
-  static const Kernels<float> a = isa_avx512::make<float>("avx512"), b = isa_avx2::make<float>("avx2");
-#else
-  static const Kernels<float> a{}, b{};
+    case 2: { static const Kernels<T> k = isa_avx512::make<T>("avx512"); return k; }
+    case 1: { static const Kernels<T> k = isa_avx2::make<T>("avx2"); return k; }
 #endif
-  static const Kernels<float> c = isa_base::make<float>("base");
-  return pick<float>(a, b, c);
+    default: { static const Kernels<T> k = isa_base::make<T>("base"); return k; }
+  }
 }
 
-const Kernels<double>& kernels_f64() {
-#ifdef DILCONV_X86
-  static const Kernels<double> a = isa_avx512::make<double>("avx512"), b = isa_avx2::make<double>("avx2");
-#else
-  static const Kernels<double> a{}, b{};
-#endif
-  static const Kernels<double> c = isa_base::make<double>("base");
-  return pick<double>(a, b, c);
-}
+const Kernels<float>& kernels_f32() { return kernels_for<float>(); }
+const Kernels<double>& kernels_f64() { return kernels_for<double>(); }
 
 }  // namespace dilconv::cpu

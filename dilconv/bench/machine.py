@@ -41,6 +41,14 @@ def git_commit() -> str | None:
         return None
 
 
+def _dilconv_cpu_isa():
+    # the instruction-set variant of the "cpu" backend's kernels picked for this CPU
+    try:
+        return torch.ops.dilconv.cpu_isa()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def info(device: str, threads: int, malloc_note: str) -> dict:
     d = {
         "device": device,
@@ -48,6 +56,7 @@ def info(device: str, threads: int, malloc_note: str) -> dict:
         "cpu_cores": os.cpu_count(),
         "threads_used": threads,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "dilconv_cpu_isa": _dilconv_cpu_isa(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "python": platform.python_version(),
         "glibc": " ".join(platform.libc_ver()),

@@ -83,7 +83,8 @@ def markdown(run: dict) -> str:
            f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, **{m['threads_used']} threads used**"
            + (f"; GPU {m['gpu']} ({m['gpu_sm']})" if m.get("gpu") else "") + "  ",
            f"Versions: torch {m['torch']}, dilconv {m['dilconv']} ({m['dilconv_commit']}), "
-           f"python {m['python']}, CPU capability {m['cpu_capability']}  ",
+           f"python {m['python']}, CPU capability {m['cpu_capability']} (torch), "
+           f"{m.get('dilconv_cpu_isa')} (dilconv's CPU kernels)  ",
            f"Allocation: {m['allocation']}  ",
            f"Load average (1/5/15 min) at start {m.get('loadavg_start')}, at end "
            f"{m.get('loadavg_end')} on {m['cpu_cores']} cores; wall time {run.get('wall_s', 0):.0f} s"
