@@ -203,7 +203,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         (not taken); forward + backward at batch 2 1.03-2.5x on all of them;
       * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,
         2.6x forward + backward; wider groups and channels-last 0.06-0.9x;
-      * transposed, NCHW: 1.02-3.4x (FCN/U-Net upsampling); channels-last 0.1-0.9x;
+      * transposed, NCHW inference: 1.02-3.4x (FCN/U-Net upsampling); channels-last 0.1-0.9x;
+        training 1.05x at best (FCN 21->21 4x4 s2 @34^2), 0.69-1.14x on an AVX2 EPYC (FCN,
+        U-Net 2x2 s2 decoders), so it stays with oneDNN;
       * dense 3x3 at ASPP rates on small maps, NCHW (per-tap GEMMs skip the taps that read
         padding): 1.3-2.0x forward, 1.1-2.1x forward + backward where most taps read padding;
         channels-last 0.4-0.7x forward.
@@ -217,7 +219,7 @@ def cpu_auto_policy(p: Problem) -> bool:
             return False
         return d > 1 or not p.requires_grad
     if p.op == "conv_transpose2d":
-        return not p.channels_last
+        return not p.channels_last and not p.requires_grad
     if p.op != "conv2d":
         return False
     cg = p.c // p.groups

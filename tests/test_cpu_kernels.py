@@ -462,6 +462,7 @@ def test_auto_policy_routes_by_measured_wins():
                     (1, 1), (1, 1), 1, False, 21 * 70 * 70, False)
     assert cpu_auto_policy(convt)
     assert not cpu_auto_policy(dataclasses.replace(convt, channels_last=True))
+    assert not cpu_auto_policy(dataclasses.replace(convt, requires_grad=True))  # training: oneDNN
     # "auto" computes the same thing whichever way it routes
     x, w = torch.randn(1, 4, 40, 40), torch.randn(4, 1, 3, 3)
     torch.testing.assert_close(dilconv.functional.conv2d(x, w, None, 1, 2, 2, 4, backend="auto"),
