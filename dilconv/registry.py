@@ -182,6 +182,24 @@ class CpuBackend(OpsBackend):
         return cpu_auto_policy(p)
 
 
+_GEMM_WINS: Optional[bool] = None
+
+
+def _cpu_gemm_paths_win() -> bool:
+    """Whether the choices below that rest on torch's BLAS GEMM (the NCHW 1x1 path, the dense
+    per-tap GEMMs) apply here. They were measured on an AVX-512 Xeon; on an AVX2 EPYC (Zen 3)
+    the same 1x1 layers ran at 0.48-1.03x of oneDNN in inference (0.72x summed over
+    DeepLabV3+'s), 0.65-0.91x forward + backward, so there they stay with oneDNN. Keyed on the
+    instruction set of dilconv's own kernels, the one machine fact that told the two apart."""
+    global _GEMM_WINS
+    if _GEMM_WINS is None:
+        try:
+            _GEMM_WINS = torch.ops.dilconv.cpu_isa() == "avx512"
+        except (AttributeError, RuntimeError):
+            _GEMM_WINS = False
+    return _GEMM_WINS
+
+
 def cpu_auto_policy(p: Problem) -> bool:
     """Where dilconv's CPU kernels beat oneDNN: the op suite at batch 1, fp32, 2 threads, on an idle
     machine, interleaved A/B (`python -m dilconv bench --dtype fp32 --batch 1`; speed-ups
@@ -209,6 +227,8 @@ def cpu_auto_policy(p: Problem) -> bool:
       * dense 3x3 at ASPP rates on small maps, NCHW (per-tap GEMMs skip the taps that read
         padding): 1.3-2.0x forward, 1.1-2.1x forward + backward where most taps read padding;
         channels-last 0.4-0.7x forward.
+    The two GEMM-based choices (1x1 and dense) hold where they were measured, AVX-512 (see
+    _cpu_gemm_paths_win); elsewhere those convolutions go to oneDNN.
     Everything else goes to oneDNN, and so does half precision (oneDNN has bf16/fp16 kernels;
     dilconv's CPU kernels compute in float32)."""
     if p.dtype not in (torch.float32, torch.float64):
@@ -247,7 +267,7 @@ def cpu_auto_policy(p: Problem) -> bool:
             and not p.channels_last):
         # GEMMs straight on the NCHW planes (forward with bias and activation applied per
         # cached column block; both gradients likewise), where oneDNN reorders around its own
-        return p.requires_grad or p.c * p.k <= 960 * 320
+        return _cpu_gemm_paths_win() and (p.requires_grad or p.c * p.k <= 960 * 320)
     if cg <= 8:
         # grouped with few channels per group; the channels-last path of these kernels is planar
         return cg <= 4 and p.groups > 1 and not p.channels_last and q >= 28
@@ -256,7 +276,7 @@ def cpu_auto_policy(p: Problem) -> bool:
     if p.channels_last or cg < 128 or p.k // p.groups < 128:
         return False
     frac = _valid_tap_fraction(p)
-    return frac < 0.45 or (frac < 0.6 and not p.requires_grad)
+    return _cpu_gemm_paths_win() and (frac < 0.45 or (frac < 0.6 and not p.requires_grad))
 
 
 def _valid_tap_fraction(p: Problem) -> float:

@@ -411,14 +411,18 @@ def test_depthwise_channels_last(isa, c):
         _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, 1e-12)
 
 
-def test_auto_policy_routes_by_measured_wins():
+@pytest.mark.parametrize("gemm_wins", [True, False])
+def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
+    from dilconv import registry
     from dilconv.registry import Problem, cpu_auto_policy
+    # the GEMM-based choices (1x1, dense per-tap) follow the machine (AVX-512 or not)
+    monkeypatch.setattr(registry, "_GEMM_WINS", gemm_wins)
 
     def prob(c, k, hw, d, groups, grad=False, cl=False, stride=1, dtype=torch.float32, n=1):
         return Problem("conv2d", "cpu", dtype, n, c, hw, hw, k, 3, 3, (stride, stride), (d, d), (d, d),
                        groups, cl, n * c * hw * hw, grad)
 
-    assert cpu_auto_policy(prob(2048, 256, 33, 24, 1))          # ASPP: most taps read padding
+    assert cpu_auto_policy(prob(2048, 256, 33, 24, 1)) == gemm_wins  # ASPP: most taps read padding
     assert not cpu_auto_policy(prob(2048, 256, 33, 24, 1, cl=True))  # ... but not channels-last
     assert not cpu_auto_policy(prob(2048, 256, 33, 6, 1))       # dense, small rate: oneDNN
     assert not cpu_auto_policy(prob(64, 64, 65, 16, 1))         # small GEMMs: oneDNN
@@ -443,11 +447,11 @@ def test_auto_policy_routes_by_measured_wins():
         return Problem("conv2d", "cpu", torch.float32, n, c, hw, hw, k, 1, 1, (1, 1), (0, 0), (1, 1),
                        1, cl, max(c, k) * hw * hw, grad)
 
-    assert cpu_auto_policy(pointwise(16, 96, 257)) and cpu_auto_policy(pointwise(24, 144, 129))
-    assert cpu_auto_policy(pointwise(32, 192, 65, grad=True))   # expansion, training
-    assert cpu_auto_policy(pointwise(32, 192, 65)) and cpu_auto_policy(pointwise(960, 160, 33))
+    assert cpu_auto_policy(pointwise(16, 96, 257)) == cpu_auto_policy(pointwise(24, 144, 129)) == gemm_wins
+    assert cpu_auto_policy(pointwise(32, 192, 65, grad=True)) == gemm_wins  # expansion, training
+    assert cpu_auto_policy(pointwise(32, 192, 65)) == cpu_auto_policy(pointwise(960, 160, 33)) == gemm_wins
     assert not cpu_auto_policy(pointwise(1280, 256, 33))        # inference, widest: a tie
-    assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True))  # training: every 1x1
+    assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True)) == gemm_wins  # training: every 1x1
     assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True))
 
     def sep(d, grad=False, cl=False):
