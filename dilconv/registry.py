@@ -220,7 +220,11 @@ def cpu_auto_policy(p: Problem) -> bool:
         32->16 @257^2 to 960->320 @33^2 with bias (+ReLU6 1.1-2.0x), 1280->256 @33^2 0.98-1.0x
         (not taken); forward + backward at batch 2 1.03-2.5x on all of them;
       * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,
-        2.6x forward + backward; wider groups and channels-last 0.06-0.9x;
+        2.6x forward + backward; channels-last with 2 or 4 channels in and out a group
+        (channel-vectorised, one shuffle per input vector and channel; AVX2 EPYC, 28^2-112^2
+        maps): forward 1.6-3.8x, forward + backward 1.5-3.0x at stride 1, stride-2 forward 1.4x
+        (its backward 0.6x: oneDNN); 14^2 1.1x, 7^2 0.8-0.9x (not taken); 8 or more channels a
+        group 0.06-0.7x either layout;
       * transposed, NCHW inference: 1.02-3.4x (FCN/U-Net upsampling); channels-last 0.1-0.9x;
         training 1.05x at best (FCN 21->21 4x4 s2 @34^2), 0.69-1.14x on an AVX2 EPYC (FCN,
         U-Net 2x2 s2 decoders), so it stays with oneDNN;
@@ -269,8 +273,15 @@ def cpu_auto_policy(p: Problem) -> bool:
         # cached column block; both gradients likewise), where oneDNN reorders around its own
         return _cpu_gemm_paths_win() and (p.requires_grad or p.c * p.k <= 960 * 320)
     if cg <= 8:
-        # grouped with few channels per group; the channels-last path of these kernels is planar
-        return cg <= 4 and p.groups > 1 and not p.channels_last and q >= 28
+        # grouped with few channels per group: NCHW the planar stencils; channels-last the
+        # channel-vectorised kernels, which need as many outputs as inputs a group (2 or 4 here)
+        # and, for the input gradient, stride 1 (stride 2 falls back to the planar scatter)
+        if cg > 4 or p.groups == 1 or q < 28:
+            return False
+        if not p.channels_last:
+            return True
+        return (cg in (2, 4) and p.k // p.groups == cg and p.c >= 16
+                and (p.stride == (1, 1) or (p.stride == (2, 2) and not p.requires_grad)))
     # dense/wide groups: the per-tap GEMMs skip the taps that read padding, which pays once most
     # of them do (ASPP rates 18-36; DeepLab's 33^2/65^2 maps) and the GEMMs are large
     if p.channels_last or cg < 128 or p.k // p.groups < 128:

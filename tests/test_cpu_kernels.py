@@ -411,6 +411,46 @@ def test_depthwise_channels_last(isa, c):
         _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, 1e-12)
 
 
+@pytest.mark.parametrize("cg", [2, 4, 8, 16])
+def test_grouped_channels_last(isa, cg):
+    """The channel-vectorised grouped kernels (cg channels in and out a group, channels-last):
+    forward, input gradient (stride 1 as a forward with flipped weights; stride 2 falls back)
+    and weight gradient against float64 autograd, with channel counts below one vector (the
+    planar fallback), at and between multiples of it (overlapping last vector, masked in the
+    weight gradient), strides, dilation, 1xN, padding beyond the kernel, batch 2, float32 and
+    float64, ReLU-like and two-sided clamps."""
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        for c in (cg * 3, cg * 5, 48 if cg < 16 else 64, 80):
+            for (ks, st, p, d, h, w) in [((3, 3), (1, 1), (1, 1), (1, 1), 9, 11),
+                                         ((3, 3), (1, 1), (2, 2), (2, 2), 7, 13),
+                                         ((3, 3), (2, 2), (1, 1), (1, 1), 10, 9),
+                                         ((1, 5), (1, 2), (0, 4), (1, 2), 5, 14),
+                                         ((3, 3), (1, 1), (4, 5), (1, 1), 4, 6)]:
+                case = (dtype, c, ks, st, p, d, h, w)
+                x = torch.randn(2, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                wt = torch.randn(c, cg, *ks, dtype=dtype)
+                b = torch.randn(c, dtype=dtype)
+                xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+                yr = F.conv2d(xr, wr, b.double(), st, p, d, c // cg)
+                gy = torch.randn(yr.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                yr.backward(gy.double())
+                conf = (list(st), list(p), list(d), c // cg)
+                got = {"y": ops.conv2d(x, wt, b, *conf),
+                       "y relu": ops.conv2d_clamp(x, wt, b, *conf, 0.0, float("inf")),
+                       "y clamp": ops.conv2d_clamp(x, wt, b, *conf, -0.5, 0.7),
+                       "gx": ops.conv2d_input_grad(gy, wt, list(x.shape), *conf),
+                       "gw": ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf)}
+                refs = {"y": yr.detach(), "y relu": yr.detach().clamp(0), "y clamp": yr.detach().clamp(-0.5, 0.7),
+                        "gx": xr.grad, "gw": wr.grad}
+                for name, ref in refs.items():
+                    try:
+                        _close(got[name], ref, tol)
+                    except AssertionError as e:
+                        raise AssertionError(f"{name} {case}: {e}") from None
+                assert got["y"].is_contiguous(memory_format=torch.channels_last)
+                assert got["gx"].is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("gemm_wins", [True, False])
 def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
     from dilconv import registry
@@ -438,6 +478,16 @@ def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
     assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=3))  # not measured: oneDNN
     assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, cl=True))  # channels-last
     assert not cpu_auto_policy(prob(96, 96, 257, 1, 96, stride=2, grad=True, cl=True))
+    # grouped: NCHW <= 4 channels a group; channels-last 2 or 4 in and out a group (stride-2
+    # backward, 8 a group and 7x7 maps: oneDNN)
+    assert cpu_auto_policy(prob(128, 128, 56, 1, 32))
+    assert cpu_auto_policy(prob(128, 128, 56, 1, 32, cl=True, grad=True))
+    assert cpu_auto_policy(prob(64, 64, 56, 1, 32, cl=True))
+    assert cpu_auto_policy(prob(128, 128, 56, 1, 32, cl=True, stride=2))
+    assert not cpu_auto_policy(prob(128, 128, 56, 1, 32, cl=True, stride=2, grad=True))
+    assert not cpu_auto_policy(prob(256, 256, 56, 1, 32, cl=True))
+    assert not cpu_auto_policy(prob(128, 256, 56, 1, 32, cl=True))  # 4 in, 8 out a group
+    assert not cpu_auto_policy(prob(128, 128, 7, 1, 32, cl=True))
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, stride=2, grad=True, n=2, cl=True))
     assert cpu_auto_policy(prob(128, 128, 56, 1, 32))           # ResNeXt 32x4d stage 1
     assert not cpu_auto_policy(prob(256, 256, 28, 1, 32))       # 8 channels per group: oneDNN

@@ -1,8 +1,9 @@
 // Backend "cpu": the CPU-key implementations of the plain dilconv ops.
 //
 // Paths, chosen per call:
-//   nhwc    depthwise (multiplier 1) with channels-last tensors: vectors along the channels
-//           (use_nhwc).
+//   nhwc    depthwise (multiplier 1) and grouped convolutions with 2, 4, 8 or 16 channels in and
+//           out a group with channels-last tensors: vectors along the channels (use_nhwc,
+//           use_gnhwc; the grouped input gradient for stride 1).
 //   direct  packed, padded input windows and register-blocked stencils along the rows:
 //           depthwise (any multiplier) and grouped convolutions with <= 8 channels per group
 //           (use_direct). Stride-1 depthwise with <= 9 taps packs the window at the padded width
@@ -253,12 +254,37 @@ void wgrad_taps(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& g
 
 // depthwise with multiplier 1 where both tensors have unit channel stride (channels_last):
 // the channel-vectorised kernels (DILCONV_CPU_PATH=direct|planar|gemm|taps forces the others)
-bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
+bool planar_path_forced() {
   if (const char* e = std::getenv("DILCONV_CPU_PATH"))
-    if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "flat") ||
-        !std::strcmp(e, "gemm") || !std::strcmp(e, "taps"))
-      return false;
+    return !std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "flat") ||
+           !std::strcmp(e, "gemm") || !std::strcmp(e, "taps");
+  return false;
+}
+
+bool use_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
+  if (planar_path_forced()) return false;
   return g.Cg == 1 && g.Kg == 1 && (a.stride(1) == 1 || g.C == 1) && (b.stride(1) == 1 || g.C == 1);
+}
+
+// grouped, Cg == Kg in {2, 4, 8, 16} dividing the vector, both tensors with unit channel stride:
+// the channel-vectorised grouped kernels (g_nhwc_ok; the same forced paths turn them off)
+template <class T>
+bool use_gnhwc(const Geo& g, const Tensor& a, const Tensor& b) {
+  if (planar_path_forced()) return false;
+  return g_nhwc_ok(g, kern<T>().vec) && a.stride(1) == 1 && b.stride(1) == 1;
+}
+
+// index (k, j, t) -> (k % Cg + j) % Cg: the rotated order of the grouped kernels' weights
+Tensor rotation_index(const Geo& g, int64_t taps) {
+  const Tensor k = at::arange(g.C, at::kLong).view({g.C, 1});
+  const Tensor j = at::arange(g.Cg, at::kLong).view({1, g.Cg});
+  return ((k % g.Cg + j) % g.Cg).unsqueeze(2).expand({g.C, g.Cg, taps}).contiguous();
+}
+
+// the grouped weight [C, Cg, R, S] (Kg == Cg) as the kernels read it: [R * S][Cg][C], rotated
+Tensor rotated_taps(const Tensor& w, const Geo& g) {
+  const int64_t t = g.R * g.S;
+  return w.reshape({g.C, g.Cg, t}).gather(1, rotation_index(g, t)).permute({2, 1, 0}).contiguous();
 }
 
 // the depthwise weight [C, 1, R, S] as [R * S][C]
@@ -400,6 +426,24 @@ void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& b
   });
 }
 
+template <class T>
+void g_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
+                const Tensor& y) {
+  const auto& K = kern<T>();
+  const Tensor wt = rotated_taps(w, g);
+  const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(bias);
+  T* yp = ptr<T>(y);
+  const Strides xs = strides(x), ys = strides(y);
+  at::parallel_for(0, g.N * g.P, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(4 * g.R * g.S);
+    for (int64_t f = b; f < e;) {
+      const int64_t n = f / g.P, p0 = f % g.P, p1 = std::min(g.P, p0 + (e - f));
+      K.g_nhwc_fwd(g, xp, xs, wp, bp, act, yp, ys, n, p0, p1, taps.data());
+      f += p1 - p0;
+    }
+  });
+}
+
 // 1x1, stride 1, unpadded convolutions are plain GEMMs over the pixels when each tensor is a
 // matrix: NCHW with contiguous planes ([C][HW], "planar") or channels-last with uniform pixel
 // rows ([HW][C], "pixels"); both tensors the same kind, more than 8 channels per group
@@ -481,6 +525,8 @@ void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias,
   if (y.numel() == 0) return;
   if (use_nhwc(g, x, y))
     dw_fwd_nhwc<T>(g, x, w, bias, act, y);
+  else if (use_gnhwc<T>(g, x, y))
+    g_fwd_nhwc<T>(g, x, w, bias, act, y);
   else if (const PwLayout l = use_pointwise(g, x, y); l != PwLayout::none)
     fwd_pointwise<T>(g, l, x, w, bias, act, y);
   else if (use_direct(g))
@@ -610,6 +656,8 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
   }
   if (use_nhwc(g, gy, gx))
     dw_dgrad_nhwc<T>(g, gy, w, gx);
+  else if (g.sh == 1 && g.sw == 1 && use_gnhwc<T>(g, gy, gx))  // a forward with flipped weights
+    g_fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
   else if (const PwLayout l = use_pointwise(g, gx, gy); l != PwLayout::none)
     dgrad_pointwise<T>(g, l, gy, w, gx);
   else if (use_direct(g))
@@ -681,6 +729,24 @@ void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor
   gw.view({g.C, g.R * g.S}).copy_(part.sum(0).t());
 }
 
+template <class T>
+void g_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const auto& K = kern<T>();
+  const int64_t rows = g.N * g.P, taps = g.R * g.S;
+  const int64_t parts = std::min(threads(), rows);
+  Tensor part = at::zeros({parts, taps, g.Cg, g.C}, gy.options());
+  const T *gyp = ptr<T>(gy), *xp = ptr<T>(x);
+  T* pp = ptr<T>(part);
+  const Strides gys = strides(gy), xs = strides(x);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      K.g_nhwc_wgrad(g, gyp, gys, xp, xs, pp + i * taps * g.Cg * g.C, rows * i / parts,
+                     rows * (i + 1) / parts);
+  });
+  // (k, j, t) of the sum holds gw[k][(k % Cg + j) % Cg][t]
+  gw.view({g.C, g.Cg, taps}).scatter_(1, rotation_index(g, taps), part.sum(0).permute({2, 1, 0}));
+}
+
 // pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] x[n, group]^T
 template <class T>
 void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x,
@@ -711,6 +777,8 @@ void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw
   }
   if (use_nhwc(g, gy, x))
     dw_wgrad_nhwc<T>(g, gy, x, gw);
+  else if (use_gnhwc<T>(g, gy, x))
+    g_wgrad_nhwc<T>(g, gy, x, gw);
   else if (const PwLayout l = use_pointwise(g, x, gy); l != PwLayout::none)
     wgrad_pointwise<T>(g, l, gy, x, gw);
   else if (use_direct(g))

@@ -39,6 +39,13 @@ inline bool dw_flat_bwd_ok(const Geo& g) {
   return dw_flat_ok(g) && g.Kg == 1 && g.P == g.H && g.Q == g.W && g.ph >= 0 && g.pw >= 0;
 }
 
+// grouped channels-last kernels: as many inputs as outputs a group, a group size that divides
+// the vector (vec elements) and at least one vector of channels
+inline bool g_nhwc_ok(const Geo& g, int64_t vec) {
+  const int64_t c = g.Cg;
+  return c == g.Kg && (c == 2 || c == 4 || c == 8 || c == 16) && vec % c == 0 && g.C >= vec;
+}
+
 // The activation applied to a forward output after the bias: clamp to [lo, hi] (ReLU: [0, inf),
 // ReLU6: [0, 6]) or nothing. NaN stays NaN, as in torch's clamp/hardtanh. Constructible from a
 // bool (ReLU or nothing).
@@ -106,6 +113,14 @@ struct Kernels {
                         int64_t f0, int64_t f1);
   // bias gradient: adds gy summed over the pixels of output rows [f0, f1) to acc ([C])
   void (*dw_nhwc_colsum)(const Geo&, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1);
+  // Grouped with Cg == Kg (g_nhwc_ok), channels-last: forward rows [p0, p1) of batch n (as
+  // dw_nhwc_fwd) and weight-gradient partial sums over output rows [f0, f1) (as dw_nhwc_wgrad).
+  // Weights and weight gradient are stored rotated, [R * S][Cg][C] with element (t, j, k) =
+  // w[k][(k % Cg + j) % Cg][t] (see kernels_impl.h).
+  void (*g_nhwc_fwd)(const Geo&, const T* x, Strides xs, const T* wt, const T* bias, Act act,
+                     T* y, Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps);
+  void (*g_nhwc_wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* part,
+                       int64_t f0, int64_t f1);
   // GEMM epilogue: rows [r0, r1) of a [rows][cols] block with row pitch `pitch` get
   // act(y + bias), the bias per row (bias[r]) or per column (bias[j]); bias nullable
   void (*bias_act)(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,

@@ -1263,6 +1263,231 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// grouped, channels-last, CG = Cg = Kg channels a group with CG dividing the vector (2, 4, 8,
+// 16 lanes): vectors run along the channels as in depthwise, every vector starts at a multiple
+// of CG (so does the overlapping last one: C and the vector are multiples of CG) and holds whole
+// groups. Output lane k sums w[k][j'] x[b + j'] over j' (b = k - k % CG). Written with
+// j' = (k % CG + j) % CG that is the sum over j of wr_j[k] * rot_j(x)[k], where rot_j rotates
+// every CG-lane block by j lanes and wr_j[k] = w[k][(k % CG + j) % CG] (the host stores the
+// weights so, [R * S][CG][C]): the input vector is loaded once per tap and pixel, j = 0 needs
+// no shuffle and every other j one in-register shuffle (in-lane for CG <= 4).
+
+template <class T>
+struct IVec;
+template <>
+struct IVec<float> {
+  typedef int32_t type __attribute__((vector_size(VB)));
+};
+template <>
+struct IVec<double> {
+  typedef int64_t type __attribute__((vector_size(VB)));
+};
+
+template <class T, int CG, int J>
+DILCONV_INLINE V<T> rot_blocks(V<T> x) {
+  if constexpr (J == 0) {
+    return x;
+  } else {
+    typename IVec<T>::type m;
+    for (int k = 0; k < NV<T>; ++k) m[k] = k - k % CG + (k % CG + J) % CG;
+    return __builtin_shuffle(x, m);
+  }
+}
+
+// acc[i] += sum over j of wr_j * rot_j(xv[i]), wr_j at wp + j * C
+template <class T, int CG, int NP, int J = 0>
+DILCONV_INLINE void gnhwc_steps(V<T>* acc, const V<T>* xv, const T* wp, int64_t C) {
+  if constexpr (J < CG) {
+    const V<T> wv = ld(wp + J * C);
+    for (int i = 0; i < NP; ++i) acc[i] += wv * rot_blocks<T, CG, J>(xv[i]);
+    gnhwc_steps<T, CG, NP, J + 1>(acc, xv, wp, C);
+  }
+}
+
+// NP output pixels py apart (inputs px apart), the channel vector at c0; taps (xo[t] into x,
+// wo[t] into wt)
+template <class T, int CG, int NP>
+DILCONV_INLINE void gnhwc_pixels(const T* x, const int64_t* xo, int64_t px, const T* wt,
+                                 const int64_t* wo, int64_t nt, int64_t C, int64_t c0,
+                                 const T* bias, bool act, V<T> lo, V<T> hi, T* y, int64_t py) {
+  V<T> acc[NP];
+  const V<T> b = bias ? ld(bias + c0) : V<T>{};
+  for (int i = 0; i < NP; ++i) acc[i] = b;
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* xp = x + xo[t] + c0;
+    V<T> xv[NP];
+    for (int i = 0; i < NP; ++i) xv[i] = ld(xp + i * px);
+    gnhwc_steps<T, CG, NP>(acc, xv, wt + wo[t] + c0, C);
+  }
+  for (int i = 0; i < NP; ++i) {
+    V<T> v = acc[i];
+    if (act) {
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+    }
+    st(y + i * py + c0, v);
+  }
+}
+
+// forward, output rows [p0, p1) of batch n; wt as above; taps: 4 * R * S int64 of scratch
+template <class T, int CG>
+void g_nhwc_fwd_cg(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act,
+                   T* y, Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
+  const int64_t C = g.C, nv = (C + NV<T> - 1) / NV<T>;
+  const V<T> lo = splat<T>(T(act.lo)), hi = splat<T>(T(act.hi));
+  const bool on = bool(act);
+  int64_t* xo = taps;
+  int64_t* wo = taps + g.R * g.S;
+  int64_t* ixo = taps + 2 * g.R * g.S;  // the row's taps, relative to the pixel
+  int64_t* iwo = taps + 3 * g.R * g.S;
+  int64_t qa = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;  // interior columns [qa, qb)
+  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;
+  int64_t qb = last >= 0 ? last / g.sw + 1 : 0;
+  if (qb > g.Q) qb = g.Q;
+  if (qa > qb) qa = qb;
+  const int64_t px = g.sw * xs.w;
+  for (int64_t p = p0; p < p1; ++p) {
+    T* yrow = y + n * ys.n + p * ys.h;
+    int64_t nit = 0;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t ih = p * g.sh + r * g.dh - g.ph;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t s = 0; s < g.S; ++s) {
+        ixo[nit] = n * xs.n + ih * xs.h + (s * g.dw - g.pw) * xs.w;
+        iwo[nit] = (r * g.S + s) * CG * C;
+        ++nit;
+      }
+    }
+    auto border = [&](int64_t q) {
+      int64_t nt = 0;
+      for (int64_t t = 0; t < nit; ++t) {
+        const int64_t s = iwo[t] / (CG * C) % g.S;
+        const int64_t iw = q * g.sw + s * g.dw - g.pw;
+        if (iw < 0 || iw >= g.W) continue;
+        xo[nt] = ixo[t] + q * px;
+        wo[nt] = iwo[t];
+        ++nt;
+      }
+      for (int64_t v = 0; v < nv; ++v)
+        gnhwc_pixels<T, CG, 1>(x, xo, 0, wt, wo, nt, C, vstart<T>(v, C), bias, on, lo, hi,
+                               yrow + q * ys.w, 0);
+    };
+    for (int64_t q = 0; q < qa; ++q) border(q);
+    int64_t q = qa;
+    for (; q + 4 <= qb; q += 4)
+      for (int64_t v = 0; v < nv; ++v)
+        gnhwc_pixels<T, CG, 4>(x + q * px, ixo, px, wt, iwo, nit, C, vstart<T>(v, C), bias, on,
+                               lo, hi, yrow + q * ys.w, ys.w);
+    for (; q < qb; ++q)
+      for (int64_t v = 0; v < nv; ++v)
+        gnhwc_pixels<T, CG, 1>(x + q * px, ixo, 0, wt, iwo, nit, C, vstart<T>(v, C), bias, on,
+                               lo, hi, yrow + q * ys.w, 0);
+    for (q = qb > qa ? qb : qa; q < g.Q; ++q) border(q);
+  }
+}
+
+// acc[j] += a * rot_j(b) for every j
+template <class T, int CG, int J = 0>
+DILCONV_INLINE void gnhwc_outer(V<T>* acc, V<T> a, V<T> b) {
+  if constexpr (J < CG) {
+    acc[J] += a * rot_blocks<T, CG, J>(b);
+    gnhwc_outer<T, CG, J + 1>(acc, a, b);
+  }
+}
+
+// weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into part,
+// laid out as wt above ([R * S][CG][C], rotated): part[t][j][k] += gy[k] * rot_j(x_t)[k]
+template <class T, int CG, int U>
+DILCONV_INLINE void gnhwc_wgrad_cols(const T* a, int64_t pa, const T* b, int64_t pb,
+                                     int64_t qlo, int64_t qhi, int64_t C, const int64_t* cs,
+                                     const V<T>* const* mask, T* d) {
+  V<T> acc[U][CG];
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < CG; ++j) acc[u][j] = V<T>{};
+  for (int64_t q = qlo; q < qhi; ++q) {
+    for (int u = 0; u < U; ++u) {
+      const V<T> av = ld(a + q * pa + cs[u]);
+      const V<T> bv = ld(b + q * pb + cs[u]);
+      gnhwc_outer<T, CG>(acc[u], av, bv);
+    }
+  }
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < CG; ++j) {
+      T* o = d + j * C + cs[u];
+      st(o, ld(o) + (mask[u] ? acc[u][j] * *mask[u] : acc[u][j]));
+    }
+}
+
+template <class T, int CG>
+void g_nhwc_wgrad_cg(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
+                     int64_t f0, int64_t f1) {
+  const int64_t C = g.C, nv = (C + NV<T> - 1) / NV<T>;
+  // lanes of the last vector that its neighbour already covers
+  V<T> tail_mask;
+  const int64_t over = nv * NV<T> - C;
+  for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
+  for (int64_t f = f0; f < f1; ++f) {
+    const int64_t n = f / g.P, p = f % g.P;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t ih = p * g.sh + r * g.dh - g.ph;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t s = 0; s < g.S; ++s) {
+        const int64_t o = s * g.dw - g.pw;
+        const int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
+        int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
+        if (qhi > g.Q) qhi = g.Q;
+        if (qlo >= qhi) continue;
+        const T* a = gy + n * gys.n + p * gys.h;
+        const T* b = x + n * xs.n + ih * xs.h + o * xs.w;
+        T* d = part + (r * g.S + s) * CG * C;
+        int64_t v = 0;
+        for (; v + 2 <= nv; v += 2) {
+          const int64_t cs[2] = {vstart<T>(v, C), vstart<T>(v + 1, C)};
+          const V<T>* mask[2] = {nullptr, over && v + 1 == nv - 1 ? &tail_mask : nullptr};
+          gnhwc_wgrad_cols<T, CG, 2>(a, gys.w, b, g.sw * xs.w, qlo, qhi, C, cs, mask, d);
+        }
+        if (v < nv) {
+          const int64_t cs[1] = {vstart<T>(v, C)};
+          const V<T>* mask[1] = {over ? &tail_mask : nullptr};
+          gnhwc_wgrad_cols<T, CG, 1>(a, gys.w, b, g.sw * xs.w, qlo, qhi, C, cs, mask, d);
+        }
+      }
+    }
+  }
+}
+
+// by run-time group size; g_nhwc_ok (kernels.h) holds
+template <class T>
+void g_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
+                Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
+  switch (g.Cg) {
+    case 2: g_nhwc_fwd_cg<T, 2>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps); break;
+    case 4: g_nhwc_fwd_cg<T, 4>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps); break;
+    case 8:
+      if constexpr (NV<T> >= 8) g_nhwc_fwd_cg<T, 8>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps);
+      break;
+    default:
+      if constexpr (NV<T> >= 16) g_nhwc_fwd_cg<T, 16>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps);
+      break;
+  }
+}
+
+template <class T>
+void g_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
+                  int64_t f0, int64_t f1) {
+  switch (g.Cg) {
+    case 2: g_nhwc_wgrad_cg<T, 2>(g, gy, gys, x, xs, part, f0, f1); break;
+    case 4: g_nhwc_wgrad_cg<T, 4>(g, gy, gys, x, xs, part, f0, f1); break;
+    case 8:
+      if constexpr (NV<T> >= 8) g_nhwc_wgrad_cg<T, 8>(g, gy, gys, x, xs, part, f0, f1);
+      break;
+    default:
+      if constexpr (NV<T> >= 16) g_nhwc_wgrad_cg<T, 16>(g, gy, gys, x, xs, part, f0, f1);
+      break;
+  }
+}
+
 // GEMM epilogue over rows [r0, r1) of a [rows][cols] block (row pitch `pitch`):
 // y[r][j] = act(y[r][j] + bias), the bias per row (bias[r]) or per column (bias[j])
 template <class T>
@@ -1618,6 +1843,8 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
   k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
+  k.g_nhwc_fwd = &g_nhwc_fwd<T>;
+  k.g_nhwc_wgrad = &g_nhwc_wgrad<T>;
   k.bias_act = &bias_act<T>;
   k.resize_fwd = &resize_fwd<T>;
   k.resize_bwd = &resize_bwd<T>;
