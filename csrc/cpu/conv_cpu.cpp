@@ -293,8 +293,8 @@ Tensor taps_by_channel(const Tensor& w, const Geo& g) {
 }
 
 template <class T>
-void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
-                 const Tensor& y);
+void fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
+              const Tensor& y);
 template <class T>
 void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx);
 template <class T>
@@ -408,11 +408,15 @@ void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
   if (!direct_out) y.copy_(out);
 }
 
+// channels-last forward, output rows split over the threads: depthwise (use_nhwc) or grouped
+// (use_gnhwc), each with its own weight layout
 template <class T>
-void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
-                 const Tensor& y) {
+void fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
+              const Tensor& y) {
   const auto& K = kern<T>();
-  const Tensor wt = taps_by_channel(w, g);
+  const bool dw = g.Cg == 1;
+  const Tensor wt = dw ? taps_by_channel(w, g) : rotated_taps(w, g);
+  const auto kernel = dw ? K.dw_nhwc_fwd : K.g_nhwc_fwd;
   const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(bias);
   T* yp = ptr<T>(y);
   const Strides xs = strides(x), ys = strides(y);
@@ -420,25 +424,7 @@ void dw_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& b
     std::vector<int64_t> taps(4 * g.R * g.S);
     for (int64_t f = b; f < e;) {
       const int64_t n = f / g.P, p0 = f % g.P, p1 = std::min(g.P, p0 + (e - f));
-      K.dw_nhwc_fwd(g, xp, xs, wp, bp, act, yp, ys, n, p0, p1, taps.data());
-      f += p1 - p0;
-    }
-  });
-}
-
-template <class T>
-void g_fwd_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
-                const Tensor& y) {
-  const auto& K = kern<T>();
-  const Tensor wt = rotated_taps(w, g);
-  const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(bias);
-  T* yp = ptr<T>(y);
-  const Strides xs = strides(x), ys = strides(y);
-  at::parallel_for(0, g.N * g.P, 1, [&](int64_t b, int64_t e) {
-    std::vector<int64_t> taps(4 * g.R * g.S);
-    for (int64_t f = b; f < e;) {
-      const int64_t n = f / g.P, p0 = f % g.P, p1 = std::min(g.P, p0 + (e - f));
-      K.g_nhwc_fwd(g, xp, xs, wp, bp, act, yp, ys, n, p0, p1, taps.data());
+      kernel(g, xp, xs, wp, bp, act, yp, ys, n, p0, p1, taps.data());
       f += p1 - p0;
     }
   });
@@ -523,10 +509,8 @@ template <class T>
 void fwd_any(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
              const Tensor& y) {
   if (y.numel() == 0) return;
-  if (use_nhwc(g, x, y))
-    dw_fwd_nhwc<T>(g, x, w, bias, act, y);
-  else if (use_gnhwc<T>(g, x, y))
-    g_fwd_nhwc<T>(g, x, w, bias, act, y);
+  if (use_nhwc(g, x, y) || use_gnhwc<T>(g, x, y))
+    fwd_nhwc<T>(g, x, w, bias, act, y);
   else if (const PwLayout l = use_pointwise(g, x, y); l != PwLayout::none)
     fwd_pointwise<T>(g, l, x, w, bias, act, y);
   else if (use_direct(g))
@@ -613,7 +597,7 @@ void dgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& w, const Tensor
 template <class T>
 void dw_dgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
   if (g.sh == 1 && g.sw == 1) {
-    dw_fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
+    fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
     return;
   }
   const auto& K = kern<T>();
@@ -657,7 +641,7 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
   if (use_nhwc(g, gy, gx))
     dw_dgrad_nhwc<T>(g, gy, w, gx);
   else if (g.sh == 1 && g.sw == 1 && use_gnhwc<T>(g, gy, gx))  // a forward with flipped weights
-    g_fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
+    fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
   else if (const PwLayout l = use_pointwise(g, gx, gy); l != PwLayout::none)
     dgrad_pointwise<T>(g, l, gy, w, gx);
   else if (use_direct(g))
