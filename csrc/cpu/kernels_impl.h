@@ -11,10 +11,12 @@ struct Vec;
 template <>
 struct Vec<float> {
   typedef float type __attribute__((vector_size(VB)));
+  typedef int32_t mask __attribute__((vector_size(VB)));  // a shuffle's lane indices
 };
 template <>
 struct Vec<double> {
   typedef double type __attribute__((vector_size(VB)));
+  typedef int64_t mask __attribute__((vector_size(VB)));
 };
 template <class T>
 using V = typename Vec<T>::type;
@@ -43,6 +45,26 @@ DILCONV_INLINE void with_taps(int64_t nt, F&& f) {
   }
 }
 
+// Output columns [lo, hi) whose tap s reads inside the input (0 <= q * sw + s * dw - pw < W)
+struct Cols {
+  int64_t lo, hi;
+};
+inline Cols tap_columns(const Geo& g, int64_t s) {
+  const int64_t o = s * g.dw - g.pw;
+  const int64_t lo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
+  int64_t hi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
+  if (hi > g.Q) hi = g.Q;
+  return {lo < hi ? lo : hi, hi};
+}
+// output columns [lo, hi) where every tap s reads inside the input
+inline Cols interior_columns(const Geo& g) {
+  const int64_t lo = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;
+  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;  // q * sw <= last
+  int64_t hi = last >= 0 ? last / g.sw + 1 : 0;
+  if (hi > g.Q) hi = g.Q;
+  return {lo < hi ? lo : hi, hi};
+}
+
 template <class T>
 inline V<T> ld(const T* p) {
   V<T> v;
@@ -65,10 +87,13 @@ inline T hsum(V<T> v) {
 }
 // act (on) applied to a vector / a scalar; comparisons with NaN are false, so NaN passes through
 template <class T>
-inline V<T> act_v(Act a, V<T> v) {
-  const V<T> lo = splat<T>(T(a.lo)), hi = splat<T>(T(a.hi));
+inline V<T> clamp_v(V<T> v, V<T> lo, V<T> hi) {
   v = v < lo ? lo : v;
   return v > hi ? hi : v;
+}
+template <class T>
+inline V<T> act_v(Act a, V<T> v) {
+  return clamp_v<T>(v, splat<T>(T(a.lo)), splat<T>(T(a.hi)));
 }
 template <class T>
 inline T act_s(Act a, T v) {
@@ -780,10 +805,8 @@ void im2col(const Geo& g, const T* x, Strides xs, int64_t n, int64_t grp, int64_
       T* d = col + ((c * g.R + r) * g.S + s) * len;
       // valid output columns for this tap: 0 <= q * sw + s * dw - pw < W
       const int64_t o = s * g.dw - g.pw;
-      int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
-      int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
-      if (qhi > g.Q) qhi = g.Q;
-      if (qlo > qhi) qlo = qhi;
+      const Cols tc = tap_columns(g, s);
+      const int64_t qlo = tc.lo, qhi = tc.hi;
       for (int64_t p = p0; p < p1; ++p) {
         T* dr = d + (p - p0) * g.Q;
         const int64_t hi = p * g.sh + r * g.dh - g.ph;
@@ -811,10 +834,8 @@ void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t g
     for (int64_t s = 0; s < g.S; ++s) {
       const T* sc = col + ((c * g.R + r) * g.S + s) * len;
       const int64_t o = s * g.dw - g.pw;
-      int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
-      int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
-      if (qhi > g.Q) qhi = g.Q;
-      if (qlo > qhi) qlo = qhi;
+      const Cols tc = tap_columns(g, s);
+      const int64_t qlo = tc.lo, qhi = tc.hi;
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t hi = p * g.sh + r * g.dh - g.ph;
         if (hi < 0 || hi >= g.H) continue;
@@ -1017,12 +1038,8 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   int64_t* wo = taps + g.R * g.S;
   int64_t* ixo = taps + 2 * g.R * g.S;  // interior taps, relative to the pixel
   int64_t* iwo = taps + 3 * g.R * g.S;
-  // interior columns: every s in range
-  int64_t qa = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;
-  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;  // q * sw <= last
-  int64_t qb = last >= 0 ? last / g.sw + 1 : 0;
-  if (qb > g.Q) qb = g.Q;
-  if (qa > qb) qa = qb;
+  const Cols ic = interior_columns(g);
+  const int64_t qa = ic.lo, qb = ic.hi;
   const bool vec = g.C >= NV<T>;
   const int64_t px = g.sw * xs.w;
   const bool blocked = vec && g.R * g.S <= 9 && qb > qa;
@@ -1223,12 +1240,8 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   V<T> tail_mask;
   const int64_t over = nv * NV<T> - C;
   for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
-  // interior columns: every horizontal tap inside the input
-  int64_t qa = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;
-  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;
-  int64_t qb = last >= 0 ? last / g.sw + 1 : 0;
-  if (qb > g.Q) qb = g.Q;
-  if (qa > qb) qa = qb;
+  const Cols ic = interior_columns(g);
+  const int64_t qa = ic.lo, qb = ic.hi;
   const bool blocked = g.R * g.S <= 9 && qb > qa;
   int64_t xo[9];
   // sums of tap (r, s) over output columns [qlo, qhi) of row (n, p)
@@ -1287,10 +1300,8 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       // the border columns, tap by tap
       for (int64_t r = 0; r < g.R; ++r)
         for (int64_t s = 0; s < g.S; ++s) {
-          const int64_t o = s * g.dw - g.pw;
-          int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
-          int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
-          if (qhi > g.Q) qhi = g.Q;
+          const Cols tc = tap_columns(g, s);
+          const int64_t qlo = tc.lo, qhi = tc.hi;
           tap_cols(n, p, r, s, qlo, qa < qhi ? qa : qhi);
           tap_cols(n, p, r, s, qb > qlo ? qb : qlo, qhi);
         }
@@ -1300,10 +1311,8 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       const int64_t ih = p * g.sh + r * g.dh - g.ph;
       if (ih < 0 || ih >= g.H) continue;
       for (int64_t s = 0; s < g.S; ++s) {
-        const int64_t o = s * g.dw - g.pw;
-        int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
-        int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
-        if (qhi > g.Q) qhi = g.Q;
+        const Cols tc = tap_columns(g, s);
+        const int64_t qlo = tc.lo, qhi = tc.hi;
         tap_cols(n, p, r, s, qlo, qhi);
       }
     }
@@ -1320,23 +1329,12 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
 // weights so, [R * S][CG][C]): the input vector is loaded once per tap and pixel, j = 0 needs
 // no shuffle and every other j one in-register shuffle (in-lane for CG <= 4).
 
-template <class T>
-struct IVec;
-template <>
-struct IVec<float> {
-  typedef int32_t type __attribute__((vector_size(VB)));
-};
-template <>
-struct IVec<double> {
-  typedef int64_t type __attribute__((vector_size(VB)));
-};
-
 template <class T, int CG, int J>
 DILCONV_INLINE V<T> rot_blocks(V<T> x) {
   if constexpr (J == 0) {
     return x;
   } else {
-    typename IVec<T>::type m;
+    typename Vec<T>::mask m;
     for (int k = 0; k < NV<T>; ++k) m[k] = k - k % CG + (k % CG + J) % CG;
     return __builtin_shuffle(x, m);
   }
@@ -1367,14 +1365,7 @@ DILCONV_INLINE void gnhwc_pixels(const T* x, const int64_t* xo, int64_t px, cons
     for (int i = 0; i < NP; ++i) xv[i] = ld(xp + i * px);
     gnhwc_steps<T, CG, NP>(acc, xv, wt + wo[t] + c0, C);
   }
-  for (int i = 0; i < NP; ++i) {
-    V<T> v = acc[i];
-    if (act) {
-      v = v < lo ? lo : v;
-      v = v > hi ? hi : v;
-    }
-    st(y + i * py + c0, v);
-  }
+  for (int i = 0; i < NP; ++i) st(y + i * py + c0, act ? clamp_v<T>(acc[i], lo, hi) : acc[i]);
 }
 
 // forward, output rows [p0, p1) of batch n; wt as above; taps: 4 * R * S int64 of scratch
@@ -1388,11 +1379,8 @@ void g_nhwc_fwd_cg(const Geo& g, const T* x, Strides xs, const T* wt, const T* b
   int64_t* wo = taps + g.R * g.S;
   int64_t* ixo = taps + 2 * g.R * g.S;  // the row's taps, relative to the pixel
   int64_t* iwo = taps + 3 * g.R * g.S;
-  int64_t qa = g.pw > 0 ? (g.pw + g.sw - 1) / g.sw : 0;  // interior columns [qa, qb)
-  const int64_t last = g.W - 1 + g.pw - (g.S - 1) * g.dw;
-  int64_t qb = last >= 0 ? last / g.sw + 1 : 0;
-  if (qb > g.Q) qb = g.Q;
-  if (qa > qb) qa = qb;
+  const Cols ic = interior_columns(g);
+  const int64_t qa = ic.lo, qb = ic.hi;
   const int64_t px = g.sw * xs.w;
   for (int64_t p = p0; p < p1; ++p) {
     T* yrow = y + n * ys.n + p * ys.h;
@@ -1481,9 +1469,8 @@ void g_nhwc_wgrad_cg(const Geo& g, const T* gy, Strides gys, const T* x, Strides
       if (ih < 0 || ih >= g.H) continue;
       for (int64_t s = 0; s < g.S; ++s) {
         const int64_t o = s * g.dw - g.pw;
-        const int64_t qlo = o >= 0 ? 0 : (-o + g.sw - 1) / g.sw;
-        int64_t qhi = g.W - 1 - o >= 0 ? (g.W - 1 - o) / g.sw + 1 : 0;
-        if (qhi > g.Q) qhi = g.Q;
+        const Cols tc = tap_columns(g, s);
+        const int64_t qlo = tc.lo, qhi = tc.hi;
         if (qlo >= qhi) continue;
         const T* a = gy + n * gys.n + p * gys.h;
         const T* b = x + n * xs.n + ih * xs.h + o * xs.w;
@@ -1504,35 +1491,35 @@ void g_nhwc_wgrad_cg(const Geo& g, const T* gy, Strides gys, const T* x, Strides
   }
 }
 
-// by run-time group size; g_nhwc_ok (kernels.h) holds
-template <class T>
-void g_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
-                Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
-  switch (g.Cg) {
-    case 2: g_nhwc_fwd_cg<T, 2>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps); break;
-    case 4: g_nhwc_fwd_cg<T, 4>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps); break;
+// f(Int<CG>{}) for a run-time group size g_nhwc_ok accepts (CG divides the vector)
+template <class T, class F>
+DILCONV_INLINE void with_group_size(int64_t cg, F&& f) {
+  switch (cg) {
+    case 2: f(Int<2>{}); break;
+    case 4: f(Int<4>{}); break;
     case 8:
-      if constexpr (NV<T> >= 8) g_nhwc_fwd_cg<T, 8>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps);
+      if constexpr (NV<T> >= 8) f(Int<8>{});
       break;
     default:
-      if constexpr (NV<T> >= 16) g_nhwc_fwd_cg<T, 16>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps);
+      if constexpr (NV<T> >= 16) f(Int<16>{});
       break;
   }
 }
 
 template <class T>
+void g_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
+                Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
+  with_group_size<T>(g.Cg, [&](auto cg) {
+    g_nhwc_fwd_cg<T, decltype(cg)::value>(g, x, xs, wt, bias, act, y, ys, n, p0, p1, taps);
+  });
+}
+
+template <class T>
 void g_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
                   int64_t f0, int64_t f1) {
-  switch (g.Cg) {
-    case 2: g_nhwc_wgrad_cg<T, 2>(g, gy, gys, x, xs, part, f0, f1); break;
-    case 4: g_nhwc_wgrad_cg<T, 4>(g, gy, gys, x, xs, part, f0, f1); break;
-    case 8:
-      if constexpr (NV<T> >= 8) g_nhwc_wgrad_cg<T, 8>(g, gy, gys, x, xs, part, f0, f1);
-      break;
-    default:
-      if constexpr (NV<T> >= 16) g_nhwc_wgrad_cg<T, 16>(g, gy, gys, x, xs, part, f0, f1);
-      break;
-  }
+  with_group_size<T>(g.Cg, [&](auto cg) {
+    g_nhwc_wgrad_cg<T, decltype(cg)::value>(g, gy, gys, x, xs, part, f0, f1);
+  });
 }
 
 // GEMM epilogue over rows [r0, r1) of a [rows][cols] block (row pitch `pitch`):
