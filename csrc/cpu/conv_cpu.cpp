@@ -185,6 +185,18 @@ void apply_act(const Tensor& t, Act act) {
     t.clamp_(act.lo, act.hi);
 }
 
+// f(grp, r, s, rect, m) for every group and tap that reads some of the input (m = the rect's
+// output pixels)
+template <class F>
+void for_each_tap(const Geo& g, F&& f) {
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        const TapRect b = tap_rect(g, r, s);
+        if (!b.empty()) f(grp, r, s, b, (b.pb - b.pa) * (b.qb - b.qa));
+      }
+}
+
 // y[n] = sum over taps of W_tap @ x(rect), accumulated in acc [K, P, Q]
 void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias, Act act,
               const Tensor& y) {
@@ -194,20 +206,15 @@ void fwd_taps(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
   for (int64_t n = 0; n < g.N; ++n) {
     Tensor acc = in_place ? y[n] : buf;
     acc.zero_();
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s) {
-          const TapRect b = tap_rect(g, r, s);
-          if (b.empty()) continue;
-          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
-          const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
-          const Tensor wk = wt[r][s].narrow(0, grp * g.Kg, g.Kg);
-          Tensor dst = tap_output(acc, b, grp * g.Kg, g.Kg);
-          if (b.full_rows(g))
-            dst.view({g.Kg, m}).addmm_(wk, src);
-          else
-            dst.add_(at::mm(wk, src).view({g.Kg, b.pb - b.pa, b.qb - b.qa}));
-        }
+    for_each_tap(g, [&](int64_t grp, int64_t r, int64_t s, const TapRect& b, int64_t m) {
+      const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
+      const Tensor wk = wt[r][s].narrow(0, grp * g.Kg, g.Kg);
+      Tensor dst = tap_output(acc, b, grp * g.Kg, g.Kg);
+      if (b.full_rows(g))
+        dst.view({g.Kg, m}).addmm_(wk, src);
+      else
+        dst.add_(at::mm(wk, src).view({g.Kg, b.pb - b.pa, b.qb - b.qa}));
+    });
     if (bias.defined()) acc.add_(bias.view({g.K, 1, 1}));
     apply_act(acc, act);
     if (!in_place) y[n].copy_(acc);
@@ -221,17 +228,12 @@ void dgrad_taps(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& g
   for (int64_t n = 0; n < g.N; ++n) {
     Tensor acc = in_place ? gx[n] : buf;
     acc.zero_();
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s) {
-          const TapRect b = tap_rect(g, r, s);
-          if (b.empty()) continue;
-          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
-          const Tensor src = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
-          const Tensor wk = wt[r][s].narrow(1, grp * g.Kg, g.Kg);  // [Cg, Kg]
-          tap_input(acc, g, b, grp * g.Cg, g.Cg)
-              .add_(at::mm(wk, src).view({g.Cg, b.pb - b.pa, b.qb - b.qa}));
-        }
+    for_each_tap(g, [&](int64_t grp, int64_t r, int64_t s, const TapRect& b, int64_t m) {
+      const Tensor src = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
+      const Tensor wk = wt[r][s].narrow(1, grp * g.Kg, g.Kg);  // [Cg, Kg]
+      tap_input(acc, g, b, grp * g.Cg, g.Cg)
+          .add_(at::mm(wk, src).view({g.Cg, b.pb - b.pa, b.qb - b.qa}));
+    });
     if (!in_place) gx[n].copy_(acc);
   }
 }
@@ -239,16 +241,11 @@ void dgrad_taps(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& g
 void wgrad_taps(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   Tensor acc = at::zeros({g.R, g.S, g.K, g.Cg}, gw.options());
   for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s) {
-          const TapRect b = tap_rect(g, r, s);
-          if (b.empty()) continue;
-          const int64_t m = (b.pb - b.pa) * (b.qb - b.qa);
-          const Tensor a = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
-          const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
-          acc[r][s].narrow(0, grp * g.Kg, g.Kg).addmm_(a, src.t());
-        }
+    for_each_tap(g, [&](int64_t grp, int64_t r, int64_t s, const TapRect& b, int64_t m) {
+      const Tensor a = tap_output(gy[n], b, grp * g.Kg, g.Kg).reshape({g.Kg, m});
+      const Tensor src = tap_input(x[n], g, b, grp * g.Cg, g.Cg).reshape({g.Cg, m});
+      acc[r][s].narrow(0, grp * g.Kg, g.Kg).addmm_(a, src.t());
+    });
   gw.copy_(acc.permute({2, 3, 0, 1}));
 }
 

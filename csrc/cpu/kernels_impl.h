@@ -316,10 +316,22 @@ constexpr int DW_FLAT_U = 4;  // vectors per block
 template <class T>
 inline int64_t dw_flat_pitch(const Geo& g) { return g.Q + (g.S - 1) * g.dw; }
 
+// zeros after a packed window: a block's overrun plus the widest tap reach
+template <class T>
+inline int64_t dw_flat_slack(const Geo& g) {
+  return DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+}
+
+// each tap's offset in a packed window of pitch wp
+inline void dw_flat_offsets(const Geo& g, int64_t wp, int64_t* off) {
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+}
+
 template <class T>
 int64_t dw_flat_scratch(const Geo& g, int64_t rows) {
   const int64_t wp = dw_flat_pitch<T>(g);
-  const int64_t slack = DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+  const int64_t slack = dw_flat_slack<T>(g);
   // packed window, then the flat output block
   return (rows + (g.R - 1) * g.dh) * wp + slack + rows * wp + DW_FLAT_U * NV<T> + 2 * NV<T>;
 }
@@ -423,18 +435,16 @@ template <class T>
 void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, Act act, T* y,
                  Strides ys, int64_t n, int64_t grp, int64_t k0, int64_t k1, int64_t p0, int64_t p1,
                  T* scratch) {
-  constexpr int64_t L = NV<T>;
   const int64_t wp = dw_flat_pitch<T>(g);
   const int64_t rows = p1 - p0;
   const int64_t nr = rows + (g.R - 1) * g.dh;
-  const int64_t slack = DW_FLAT_U * L + (g.S - 1) * g.dw + L;
+  const int64_t slack = dw_flat_slack<T>(g);
   T* buf = scratch;
   T* out = scratch + nr * wp + slack;
   dw_flat_pack(g, x + n * xs.n + grp * xs.c, xs, p0, nr, wp, slack, buf);
   const int64_t nt = g.R * g.S;
   int64_t off[DW_FLAT_MAX_TAPS];
-  for (int64_t r = 0; r < g.R; ++r)
-    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+  dw_flat_offsets(g, wp, off);
   const int64_t len = rows * wp;
   // contiguous planes: the next unit reads the source rows right after the ones packed here
   // (the next rows of this plane, or the next plane), and this one writes rows [p0, p1) of y
@@ -459,7 +469,7 @@ void dw_flat_fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias
 template <class T>
 int64_t dw_flat_wgrad_scratch(const Geo& g, int64_t channels) {
   const int64_t wp = dw_flat_pitch<T>(g);
-  const int64_t slack = DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+  const int64_t slack = dw_flat_slack<T>(g);
   return (g.P + (g.R - 1) * g.dh) * wp + slack + g.P * wp + DW_FLAT_U * NV<T> + 2 * NV<T> +
          channels * DW_FLAT_MAX_TAPS;
 }
@@ -495,15 +505,14 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   constexpr int64_t L = NV<T>;
   const int64_t wp = dw_flat_pitch<T>(g);
   const int64_t nr = g.P + (g.R - 1) * g.dh;
-  const int64_t slack = DW_FLAT_U * L + (g.S - 1) * g.dw + L;
+  const int64_t slack = dw_flat_slack<T>(g);
   const int64_t nt = g.R * g.S;
   T* buf = scratch;
   T* gb = buf + nr * wp + slack;
   T* sum = gb + g.P * wp + DW_FLAT_U * L + 2 * L;
   for (int64_t i = 0; i < (k1 - k0) * DW_FLAT_MAX_TAPS; ++i) sum[i] = 0;
   int64_t off[DW_FLAT_MAX_TAPS];
-  for (int64_t r = 0; r < g.R; ++r)
-    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+  dw_flat_offsets(g, wp, off);
   const int64_t len = g.P * wp;
   // gy's gap columns and the block overrun read zeros
   for (int64_t p = 0; p < g.P; ++p) zero_row(gb + p * wp + g.Q, wp - g.Q);
@@ -548,7 +557,7 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
 template <class T>
 int64_t dw_flat_bwd_scratch(const Geo& g) {
   const int64_t wp = dw_flat_pitch<T>(g);
-  const int64_t slack = DW_FLAT_U * NV<T> + (g.S - 1) * g.dw + NV<T>;
+  const int64_t slack = dw_flat_slack<T>(g);
   const int64_t win = (g.P + (g.R - 1) * g.dh) * wp + slack;
   return 2 * win + g.P * wp + DW_FLAT_U * NV<T> + 2 * NV<T> + DW_FLAT_MAX_TAPS;
 }
@@ -559,15 +568,14 @@ void dw_flat_bwd(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs,
   constexpr int64_t L = NV<T>;
   const int64_t wp = dw_flat_pitch<T>(g);
   const int64_t nr = g.P + (g.R - 1) * g.dh;
-  const int64_t slack = DW_FLAT_U * L + (g.S - 1) * g.dw + L;
+  const int64_t slack = dw_flat_slack<T>(g);
   const int64_t nt = g.R * g.S;
   T* gbuf = scratch;
   T* xbuf = gbuf + nr * wp + slack;
   T* out = xbuf + nr * wp + slack;
   T* sum = out + g.P * wp + DW_FLAT_U * L + 2 * L;
   int64_t off[DW_FLAT_MAX_TAPS];
-  for (int64_t r = 0; r < g.R; ++r)
-    for (int64_t s = 0; s < g.S; ++s) off[r * g.S + s] = r * g.dh * wp + s * g.dw;
+  dw_flat_offsets(g, wp, off);
   const int64_t len = g.P * wp;
   const T* ginner = gbuf + g.ph * wp + g.pw;  // gy[p][q] at ginner[p * wp + q]
   // prefetches (contiguous planes only): the x plane during the input gradient, the next gy
@@ -1072,18 +1080,15 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   auto row = [&](int64_t p, bool interior_done) {
     T* yrow = y + n * ys.n + p * ys.h;
     const int64_t nit = row_taps(p);
+    // the row's taps that column q reads inside the input
     auto border = [&](int64_t q) {
       int64_t nt = 0;
-      for (int64_t r = 0; r < g.R; ++r) {
-        const int64_t ih = p * g.sh + r * g.dh - g.ph;
-        if (ih < 0 || ih >= g.H) continue;
-        for (int64_t s = 0; s < g.S; ++s) {
-          const int64_t iw = q * g.sw + s * g.dw - g.pw;
-          if (iw < 0 || iw >= g.W) continue;
-          xo[nt] = n * xs.n + ih * xs.h + iw * xs.w;
-          wo[nt] = (r * g.S + s) * g.C;
-          ++nt;
-        }
+      for (int64_t t = 0; t < nit; ++t) {
+        const int64_t iw = q * g.sw + iwo[t] / g.C % g.S * g.dw - g.pw;
+        if (iw < 0 || iw >= g.W) continue;
+        xo[nt] = ixo[t] + q * px;
+        wo[nt] = iwo[t];
+        ++nt;
       }
       nhwc_pixel<T>(g.C, x, xo, wt, wo, nt, bias, act, yrow + q * ys.w);
     };
