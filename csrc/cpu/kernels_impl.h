@@ -811,10 +811,8 @@ void im2col(const Geo& g, const T* x, Strides xs, int64_t n, int64_t grp, int64_
   for (int64_t r = 0; r < g.R; ++r)
     for (int64_t s = 0; s < g.S; ++s) {
       T* d = col + ((c * g.R + r) * g.S + s) * len;
-      // valid output columns for this tap: 0 <= q * sw + s * dw - pw < W
       const int64_t o = s * g.dw - g.pw;
-      const Cols tc = tap_columns(g, s);
-      const int64_t qlo = tc.lo, qhi = tc.hi;
+      const auto [qlo, qhi] = tap_columns(g, s);
       for (int64_t p = p0; p < p1; ++p) {
         T* dr = d + (p - p0) * g.Q;
         const int64_t hi = p * g.sh + r * g.dh - g.ph;
@@ -842,8 +840,7 @@ void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t g
     for (int64_t s = 0; s < g.S; ++s) {
       const T* sc = col + ((c * g.R + r) * g.S + s) * len;
       const int64_t o = s * g.dw - g.pw;
-      const Cols tc = tap_columns(g, s);
-      const int64_t qlo = tc.lo, qhi = tc.hi;
+      const auto [qlo, qhi] = tap_columns(g, s);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t hi = p * g.sh + r * g.dh - g.ph;
         if (hi < 0 || hi >= g.H) continue;
@@ -1046,8 +1043,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   int64_t* wo = taps + g.R * g.S;
   int64_t* ixo = taps + 2 * g.R * g.S;  // interior taps, relative to the pixel
   int64_t* iwo = taps + 3 * g.R * g.S;
-  const Cols ic = interior_columns(g);
-  const int64_t qa = ic.lo, qb = ic.hi;
+  const auto [qa, qb] = interior_columns(g);
   const bool vec = g.C >= NV<T>;
   const int64_t px = g.sw * xs.w;
   const bool blocked = vec && g.R * g.S <= 9 && qb > qa;
@@ -1245,8 +1241,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   V<T> tail_mask;
   const int64_t over = nv * NV<T> - C;
   for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
-  const Cols ic = interior_columns(g);
-  const int64_t qa = ic.lo, qb = ic.hi;
+  const auto [qa, qb] = interior_columns(g);
   const bool blocked = g.R * g.S <= 9 && qb > qa;
   int64_t xo[9];
   // sums of tap (r, s) over output columns [qlo, qhi) of row (n, p)
@@ -1305,8 +1300,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       // the border columns, tap by tap
       for (int64_t r = 0; r < g.R; ++r)
         for (int64_t s = 0; s < g.S; ++s) {
-          const Cols tc = tap_columns(g, s);
-          const int64_t qlo = tc.lo, qhi = tc.hi;
+          const auto [qlo, qhi] = tap_columns(g, s);
           tap_cols(n, p, r, s, qlo, qa < qhi ? qa : qhi);
           tap_cols(n, p, r, s, qb > qlo ? qb : qlo, qhi);
         }
@@ -1316,8 +1310,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       const int64_t ih = p * g.sh + r * g.dh - g.ph;
       if (ih < 0 || ih >= g.H) continue;
       for (int64_t s = 0; s < g.S; ++s) {
-        const Cols tc = tap_columns(g, s);
-        const int64_t qlo = tc.lo, qhi = tc.hi;
+        const auto [qlo, qhi] = tap_columns(g, s);
         tap_cols(n, p, r, s, qlo, qhi);
       }
     }
@@ -1384,8 +1377,7 @@ void g_nhwc_fwd_cg(const Geo& g, const T* x, Strides xs, const T* wt, const T* b
   int64_t* wo = taps + g.R * g.S;
   int64_t* ixo = taps + 2 * g.R * g.S;  // the row's taps, relative to the pixel
   int64_t* iwo = taps + 3 * g.R * g.S;
-  const Cols ic = interior_columns(g);
-  const int64_t qa = ic.lo, qb = ic.hi;
+  const auto [qa, qb] = interior_columns(g);
   const int64_t px = g.sw * xs.w;
   for (int64_t p = p0; p < p1; ++p) {
     T* yrow = y + n * ys.n + p * ys.h;
@@ -1474,8 +1466,7 @@ void g_nhwc_wgrad_cg(const Geo& g, const T* gy, Strides gys, const T* x, Strides
       if (ih < 0 || ih >= g.H) continue;
       for (int64_t s = 0; s < g.S; ++s) {
         const int64_t o = s * g.dw - g.pw;
-        const Cols tc = tap_columns(g, s);
-        const int64_t qlo = tc.lo, qhi = tc.hi;
+        const auto [qlo, qhi] = tap_columns(g, s);
         if (qlo >= qhi) continue;
         const T* a = gy + n * gys.n + p * gys.h;
         const T* b = x + n * xs.n + ih * xs.h + o * xs.w;
