@@ -392,23 +392,28 @@ def test_opcheck(layout):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("c", [3, 19, 40, 64])
-def test_depthwise_channels_last(isa, c):
+@pytest.mark.parametrize("c,dtype", [(3, torch.float64), (19, torch.float64), (40, torch.float64),
+                                     (64, torch.float64), (256, torch.float64), (512, torch.float32)],
+                         ids=str)
+def test_depthwise_channels_last(isa, c, dtype):
     """The channel-vectorised depthwise kernels: channel counts below, between and at multiples
-    of the vector width (overlapping last vector), strides, dilation, padding beyond the kernel."""
+    of the vector width (overlapping last vector), strides, dilation, padding beyond the kernel.
+    Pixel strides of 2 KiB (256 doubles, 512 floats) take the channels-inner interior
+    (nhwc_row_channels_inner)."""
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
     for (ks, st, p, d, h, w) in [((3, 3), (1, 1), (2, 2), (2, 2), 9, 11), ((5, 3), (2, 3), (1, 4), (1, 2), 10, 13),
                                  ((1, 7), (1, 1), (0, 3), (1, 1), 4, 9), ((3, 3), (1, 1), (24, 24), (24, 24), 5, 6)]:
-        x = torch.randn(2, c, h, w, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-        wt = torch.randn(c, 1, *ks, dtype=torch.float64)
-        b = torch.randn(c, dtype=torch.float64)
-        xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
-        yr = F.conv2d(xr, wr, b, st, p, d, c)
-        gy = torch.randn(yr.shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-        yr.backward(gy)
+        x = torch.randn(2, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        wt = torch.randn(c, 1, *ks, dtype=dtype)
+        b = torch.randn(c, dtype=dtype)
+        xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+        yr = F.conv2d(xr, wr, b.double(), st, p, d, c)
+        gy = torch.randn(yr.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        yr.backward(gy.double())
         conf = (list(st), list(p), list(d), c)
-        _close(ops.conv2d(x, wt, b, *conf), yr.detach(), 1e-12)
-        _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, 1e-12)
-        _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, 1e-12)
+        _close(ops.conv2d(x, wt, b, *conf), yr.detach(), tol)
+        _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, tol)
+        _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, tol)
 
 
 @pytest.mark.parametrize("cg", [2, 4, 8, 16])
