@@ -474,6 +474,8 @@ def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728))          # NCHW depthwise: ours
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, grad=True))
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
+    assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))
+    assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True))  # ... but not from rate 5 on
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))  # its backward: ours
     assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True))  # undilated: oneDNN
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True, n=2))  # ... at batch 1
@@ -515,7 +517,10 @@ def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
 
     assert cpu_auto_policy(sep(12)) and cpu_auto_policy(sep(12, cl=True))
     assert cpu_auto_policy(sep(6, grad=True)) and cpu_auto_policy(sep(6))
-    assert cpu_auto_policy(sep(1)) and cpu_auto_policy(sep(1, cl=True))
+    assert cpu_auto_policy(sep(5)) and cpu_auto_policy(sep(2, grad=True))
+    # inference at rates 1-4: the fused op where the GEMM wins, else oneDNN's pair
+    assert cpu_auto_policy(sep(1)) == cpu_auto_policy(sep(1, cl=True)) == gemm_wins
+    assert cpu_auto_policy(sep(4)) == gemm_wins
     assert not cpu_auto_policy(sep(1, grad=True))  # undilated training: oneDNN
     convt = Problem("conv_transpose2d", "cpu", torch.float32, 1, 21, 34, 34, 21, 4, 4, (2, 2),
                     (1, 1), (1, 1), 1, False, 21 * 70 * 70, False)
