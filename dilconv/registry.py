@@ -200,10 +200,13 @@ def _cpu_gemm_paths_win() -> bool:
     return _GEMM_WINS
 
 
-# oneDNN's depthwise convolution (torch 2.14, CPU) is fast up to dilation 4 and falls off a cliff
-# at 5 and beyond, most in channels-last: 256ch @65^2 3x3, 2 threads, AVX2 EPYC: 0.31-0.35 ms at
-# rates 1-4, 15-17 ms at 5-12 (NCHW: 0.7-5 ms, erratic, at every rate)
-_ONEDNN_DW_SLOW_DILATION = 5
+def _onednn_dw_slow(p: Problem) -> bool:
+    """Where oneDNN's depthwise convolution (torch 2.14, CPU) leaves its fast kernel: dilated with
+    a padding of 5 or more (3x3 'same' from rate 5, 5x5 from 3, 7x7 from 2). Channels-last 3x3,
+    64ch @65^2, 2 threads, AVX2 EPYC: 0.14-0.21 ms at rates 1-6 with padding <= 4 (and undilated
+    with padding 5), 2.9-3.1 ms dilated with padding 5; 256ch 0.36 -> 14.9 ms; NCHW 0.25 -> 0.8
+    ms (NCHW is erratic at every rate)."""
+    return max(p.dilation) > 1 and max(p.padding) >= 5
 
 
 def cpu_auto_policy(p: Problem) -> bool:
@@ -213,8 +216,8 @@ def cpu_auto_policy(p: Problem) -> bool:
       * depthwise, stride 1, NCHW: forward 1.07-2.2x with <= 9 taps (7x7: 0.85x), forward +
         backward 1.2-10x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
         (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
-        forward 0.5-0.95x (oneDNN's best case) up to rate 4, 7-20x from rate 5 (where oneDNN's
-        is slow), forward + backward 3.9-6.2x dilated, 2.0x 7x7,
+        forward 0.5-0.95x (oneDNN's best case), 2-20x where oneDNN's is slow (_onednn_dw_slow),
+        forward + backward 3.9-6.2x dilated, 2.0x 7x7,
         undilated 3x3 0.85-1.04x at batch 1, 1.1-1.2x at 2+; stride 2 NCHW (both column phases
         packed / unpacked in one vectorised pass): forward 1.4-1.9x, forward + backward
         1.1-1.7x; channels-last forward 0.8-0.9x, training 1.03-1.13x at a batch of 2+;
@@ -222,7 +225,8 @@ def cpu_auto_policy(p: Problem) -> bool:
         undilated and at rates 2-6, 1.8-2.8x at rate 12, either layout (728->256 @33^2,
         256->256 @65^2, 96->96 @129^2, 304->256 @25-129^2; one tie, 1.00x channels-last rate 6
         @129^2); training 1.5-2.2x dilated, 0.74-0.98x undilated; on an AVX2 EPYC inference
-        wins only from rate 5 (1.1-5.1x; 0.69-1.09x at rates 1-4), training 1.6-2.4x dilated;
+        wins only where oneDNN's depthwise is slow (1.1-5.1x; 0.69-1.09x at rates 1-4),
+        training 1.6-2.4x dilated;
       * 1x1 stride 1, NCHW (the pointwise path: GEMMs on the planes, bias and clamp per
         cached block): inference 1.03-1.9x on every MobileNetV2/DeepLabV3+ 1x1 at 513^2 from
         32->16 @257^2 to 960->320 @33^2 with bias (+ReLU6 1.1-2.0x), 1280->256 @33^2 0.98-1.0x
@@ -252,10 +256,10 @@ def cpu_auto_policy(p: Problem) -> bool:
         if p.requires_grad:
             return d > 1
         # inference: the pointwise GEMM is most of the work, and where torch's BLAS GEMM is
-        # slower than oneDNN (AVX2 EPYC) the fused op wins only once oneDNN's depthwise falls off
-        # its fast kernel (dilation >= 5, see _ONEDNN_DW_SLOW_DILATION): 1.1-5.1x there,
-        # 0.69-1.09x at rates 1-4 (256->256 @65^2, 304->256 @129^2, 728->256 @33^2)
-        return _cpu_gemm_paths_win() or d >= _ONEDNN_DW_SLOW_DILATION
+        # slower than oneDNN (AVX2 EPYC) the fused op wins only where oneDNN's depthwise is slow
+        # (_onednn_dw_slow): 1.1-5.1x at rates 5-12, 0.69-1.09x at rates 1-4 (3x3 'same';
+        # 256->256 @65^2, 304->256 @129^2, 728->256 @33^2)
+        return _cpu_gemm_paths_win() or _onednn_dw_slow(p)
     if p.op == "conv_transpose2d":
         return not p.channels_last and not p.requires_grad
     if p.op != "conv2d":
@@ -269,7 +273,7 @@ def cpu_auto_policy(p: Problem) -> bool:
             if p.stride != (2, 2):  # (measured only there)
                 return False
             if p.channels_last:
-                return p.requires_grad and p.n >= 2
+                return (p.requires_grad and p.n >= 2) or _onednn_dw_slow(p)
             po = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1) - 1) // p.stride[0] + 1
             return p.r * p.s <= 9 and po * q >= 128
         pq = (p.h + 2 * p.padding[0] - p.dilation[0] * (p.r - 1)) * q  # output pixels (stride 1)
@@ -279,8 +283,9 @@ def cpu_auto_policy(p: Problem) -> bool:
                 return d > 1 or pq >= 256
             return p.r * p.s <= 9 and pq >= 128
         # channels-last undilated 3x3 training: 1.1-1.2x forward + backward at a batch of 2+,
-        # 0.85-1.04x at batch 1; the forward where oneDNN's is slow (dilation >= 5): 7-20x
-        if d >= _ONEDNN_DW_SLOW_DILATION:
+        # 0.85-1.04x at batch 1; the forward where oneDNN's is slow: 2-20x (3x3 rates 5-12,
+        # 5x5 rate 5, 7x7 rates 3-6; 256x9^2 to 96x257^2)
+        if _onednn_dw_slow(p):
             return True
         return p.requires_grad and (d > 1 or p.r * p.s > 9 or p.n >= 2)
     if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)

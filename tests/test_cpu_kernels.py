@@ -476,6 +476,7 @@ def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
     assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))
     assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True))  # ... but not from rate 5 on
+    assert cpu_auto_policy(prob(64, 64, 65, 5, 64, cl=True, stride=2))  # (dilated, padding >= 5)
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))  # its backward: ours
     assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True))  # undilated: oneDNN
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True, n=2))  # ... at batch 1
