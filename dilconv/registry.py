@@ -281,7 +281,8 @@ def cpu_auto_policy(p: Problem) -> bool:
             # tiny maps (7x7, the end of a backbone at small inputs): oneDNN's call overhead is lower
             if p.requires_grad:
                 return d > 1 or pq >= 256
-            return p.r * p.s <= 9 and pq >= 128
+            # 5x5/7x7 where oneDNN's is slow: 4-8x (64x33^2 5x5 rate 5, 7x7 rates 3 and 6)
+            return (p.r * p.s <= 9 and pq >= 128) or _onednn_dw_slow(p)
         # channels-last undilated 3x3 training: 1.1-1.2x forward + backward at a batch of 2+,
         # 0.85-1.04x at batch 1; the forward where oneDNN's is slow: 2-20x (3x3 rates 5-12,
         # 5x5 rate 5, 7x7 rates 3-6; 256x9^2 to 96x257^2)

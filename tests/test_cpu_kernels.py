@@ -473,6 +473,9 @@ def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
     assert not cpu_auto_policy(prob(64, 64, 65, 16, 1))         # small GEMMs: oneDNN
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728))          # NCHW depthwise: ours
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, grad=True))
+    seven = dataclasses.replace(prob(96, 96, 65, 1, 96), r=7, s=7, padding=(3, 3))
+    assert not cpu_auto_policy(seven)  # 7x7 forward: oneDNN, but not where it is slow
+    assert cpu_auto_policy(dataclasses.replace(seven, dilation=(3, 3), padding=(9, 9)))
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
     assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))
     assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True))  # ... but not from rate 5 on
