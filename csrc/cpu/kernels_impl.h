@@ -1038,9 +1038,10 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
 // pixels of a row, every channel (U vectors at a time, the tap weights reloaded from L1). For
 // pixel strides that are a multiple of 2 KiB (512, 1024, 2048 float channels) the blocked order
 // keeps a chunk's input lines, one per pixel and tap row, live at once, and they all fall in the
-// same few of L1's 64 sets: the conflicts cost it 2x (1024ch 33^2: 0.43-0.46x of oneDNN, this
-// order 0.80-0.84x; 512ch 0.51-0.57x -> 0.78-0.92x; single-threaded, AVX2 EPYC). Here a block
-// holds only its own (rows x 8 columns) lines at a time, and reads each pixel front to back.
+// same few of L1's 64 sets: the conflicts cost it 2x (3x3 d2, AVX2 EPYC, 1 and 2 threads: 1024ch
+// 33^2 0.43-0.46x of oneDNN, this order 1.10-1.25x; 2048ch 17^2 0.53x -> 1.2x; 512ch 33^2
+// 0.51-0.57x -> 0.85x). Here a block holds only its own (rows x 8 columns) lines at a time, and
+// reads each pixel front to back.
 template <class T, int NT, int U>
 void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
                              const T* bias, Act act, T* y, int64_t py, int64_t nq, int64_t nr,
