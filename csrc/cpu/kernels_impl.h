@@ -1040,8 +1040,8 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
 // keeps a chunk's input lines, one per pixel and tap row, live at once, and they all fall in the
 // same few of L1's 64 sets: the conflicts cost it 2x (3x3 d2, AVX2 EPYC, 1 and 2 threads: 1024ch
 // 33^2 0.43-0.46x of oneDNN, this order 1.10-1.25x; 2048ch 17^2 0.53x -> 1.2x; 512ch 33^2
-// 0.51-0.57x -> 0.85x). Here a block holds only its own (rows x 8 columns) lines at a time, and
-// reads each pixel front to back.
+// 0.51-0.57x -> 0.85x). Here a block holds only the lines of its own taps' pixels (tap rows x
+// (4 + halo) columns) at a time, and reads each pixel front to back.
 template <class T, int NT, int U>
 void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
                              const T* bias, Act act, T* y, int64_t py, int64_t nq, int64_t nr,
