@@ -5,7 +5,7 @@ raises (RuntimeError for the functional API) with a clear message, before any ke
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -328,11 +328,18 @@ def depthwise_separable_conv2d(input: torch.Tensor, dw_weight: torch.Tensor, pw_
                                pw_bias: Optional[torch.Tensor] = None, stride: IntOr2 = 1,
                                padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1, *,
                                mid_relu: bool = False, out_relu: bool = False,
-                               backend: Optional[str] = None) -> torch.Tensor:
+                               backend: Optional[str] = None,
+                               _halves: Optional[tuple[Callable, Callable]] = None) -> torch.Tensor:
     """Depthwise (possibly dilated, channel multiplier dw_weight.shape[0] // C) then pointwise 1x1:
     `out = act(pw(act(dw(x) + dw_bias)) + pw_bias)`, where act is ReLU when asked. Backends that
     fuse it keep the depthwise tile on chip. A folded BatchNorm between the two convs is passed
-    as a scaled dw_weight and shifted dw_bias (see DepthwiseSeparableConv2d)."""
+    as a scaled dw_weight and shifted dw_bias (see DepthwiseSeparableConv2d).
+
+    Where "auto" does not fuse a CPU separable conv it runs it as its two convs, each dispatched
+    by "auto" on its own (the depthwise half is often dilconv's, the pointwise half oneDNN's)
+    rather than as torch's pair. `_halves` (internal: DepthwiseSeparableConv2d's packed oneDNN
+    calls) = (depthwise(x), pointwise(mid)) may compute those halves, each returning None where
+    it does not apply."""
     op = "separable_conv2d"
     input, dw_weight, pw_weight, dw_bias, pw_bias = _autocast(input, dw_weight, pw_weight, dw_bias, pw_bias)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
@@ -369,11 +376,35 @@ def depthwise_separable_conv2d(input: torch.Tensor, dw_weight: torch.Tensor, pw_
                      conv_out_size(x.shape[3], kernel[1], stride[1], pad[1], dilation[1]))
         p = _problem(op, x, dw_weight, out_shape, stride, pad, dilation, c, k, *kernel,
                      (x, dw_weight, dw_bias, pw_weight, pw_bias), mid_channels=cm)
-        b = _backends.resolve(backend, p)
+        b = _backends._resolve(backend, p)
+        if b.name == "torch" and p.device == "cpu" and (backend or _backends._current) == "auto":
+            return _separable_halves(x, dw_weight, pw_weight, dw_bias, pw_bias, stride, pad,
+                                     dilation, c, mid_relu, out_relu, _halves)
+        if _backends.PICK_OBSERVERS:
+            _backends.observe_pick(b.name)
         return b.separable_conv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, list(stride), list(pad),
                                   list(dilation), bool(mid_relu), bool(out_relu))
 
     return _batched(run, input)
+
+
+def _separable_halves(x, dw_weight, pw_weight, dw_bias, pw_bias, stride, pad, dilation, c,
+                      mid_relu, out_relu, halves):
+    """The separable conv as two "auto" convs. On an AVX2 EPYC (DeepLabV3+'s decoder, 256 and
+    304 channels at 129x129, inference) the depthwise half runs dilconv's kernel and the
+    pointwise half oneDNN's, where torch's pair ran both on oneDNN. The arguments are passed as
+    a module's conv passes them (pairs of ints), so that `halves` finds "auto"'s picks."""
+    relu = (0.0, float("inf"))
+    dw_fn, pw_fn = halves if halves is not None else (None, None)
+    mid = dw_fn(x) if dw_fn is not None else None
+    if mid is None:
+        mid = _conv2d(x, dw_weight, dw_bias, tuple(stride), tuple(pad), tuple(dilation), c, "auto",
+                      relu if mid_relu else None)
+    y = pw_fn(mid) if pw_fn is not None else None
+    if y is None:
+        y = _conv2d(mid, pw_weight, pw_bias, (1, 1), (0, 0), (1, 1), 1, "auto",
+                    relu if out_relu else None)
+    return y
 
 
 def resize_bilinear(input: torch.Tensor, size: Sequence[int], align_corners: bool = False, *,

@@ -225,10 +225,13 @@ class DepthwiseSeparableConv2d(nn.Module):
         if self.mid_norm is not None:
             w, b = _folded(dw, self.mid_norm)
         pw_w, pw_b = (pw.weight, pw.bias) if out_norm is None else _folded(pw, out_norm)
-        return DF.depthwise_separable_conv2d(x, w, pw_w, b, pw_b, dw.stride, padding,
-                                             dw.dilation, mid_relu=self.mid_relu,
-                                             out_relu=self.out_relu or out_relu,
-                                             backend=self.backend)
+        relu = self.out_relu or out_relu
+        # where "auto" runs the two halves apart, each may be oneDNN's packed call
+        return DF.depthwise_separable_conv2d(
+            x, w, pw_w, b, pw_b, dw.stride, padding, dw.dilation, mid_relu=self.mid_relu,
+            out_relu=relu, backend=self.backend,
+            _halves=(lambda x: _onednn_fused(dw, w, b, _RELU if self.mid_relu else None, x),
+                     lambda mid: _onednn_fused(pw, pw_w, pw_b, _RELU if relu else None, mid)))
 
     def extra_repr(self):
         return (f"mid_relu={self.mid_relu}, out_relu={self.out_relu}"

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 import dilconv
@@ -459,3 +460,58 @@ def test_packed_onednn_falls_back_when_the_private_op_fails(monkeypatch):
     assert "onednn-packed" not in seen
     if seen[0] == "torch":  # the packed path was tried on the second call, failed, switched off
         assert M._ONEDNN_OK is False
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatch):
+    """Where "auto" does not fuse a CPU separable conv (undilated inference on a machine whose
+    GEMM paths lose to oneDNN's), it runs the depthwise and pointwise halves as two "auto" convs
+    (NCHW: the depthwise half on dilconv's kernel), and a module's halves in channels_last
+    inference as oneDNN's packed calls: the same values as torch.nn either way."""
+    from dilconv import registry
+    from dilconv.bench.ops import record_resolution
+
+    monkeypatch.setattr(registry, "_GEMM_WINS", False)
+    registry.AUTO_PICKS.clear()
+    sep = dilconv.DepthwiseSeparableConv2d(64, 48, 3, padding=1, bias=False, mid_norm=True,
+                                           mid_relu=True)
+    bn = _random_bn(48)
+    for m in (sep.mid_norm, bn):
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.25, 4)
+    fused = dilconv.modules.ConvNormActSequential(sep, bn, nn.ReLU()).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(1, 64, 17, 19) * 3).contiguous(memory_format=fmt)
+    with dilconv.use_backend("torch"), torch.no_grad():
+        ref = copy.deepcopy(fused).double()(x.double())
+    with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
+        ys = [fused(x) for _ in range(3)]
+    if channels_last:  # the first call settles "auto"'s picks, then both halves are packed
+        assert seen[:2] == ["torch", "torch"] and seen[2:] == ["onednn-packed"] * 4
+    else:
+        assert seen == ["cpu", "torch"] * 3
+    for y in ys:
+        assert y.is_contiguous(memory_format=fmt)
+        assert (y == 0).any() and (y > 0).any()
+        _close(y.double(), ref)
+
+    # the functional op, with gradients (float64 gradcheck through both halves)
+    g = torch.Generator().manual_seed(3)
+    xd = torch.randn(2, 5, 9, 8, dtype=torch.float64, generator=g).contiguous(memory_format=fmt)
+    dw = torch.randn(10, 1, 3, 3, dtype=torch.float64, generator=g)  # multiplier 2
+    pw = torch.randn(4, 10, 1, 1, dtype=torch.float64, generator=g)
+    db, pb = torch.randn(10, dtype=torch.float64, generator=g), torch.randn(4, dtype=torch.float64, generator=g)
+    args = [t.requires_grad_() for t in (xd, dw, pw, db, pb)]
+
+    def f(x, dw, pw, db, pb):
+        return dilconv.functional.depthwise_separable_conv2d(
+            x, dw, pw, db, pb, padding="same", mid_relu=True, out_relu=True, backend="auto")
+
+    def f_ref(x, dw, pw, db, pb):
+        return torch.relu(F.conv2d(torch.relu(F.conv2d(x, dw, db, 1, 1, 1, 5)), pw, pb))
+
+    with record_resolution() as seen:
+        y = f(*args)
+    assert len(seen) == 2  # two convs, not one separable op
+    _close(y, f_ref(*args), tol=1e-12)
+    assert torch.autograd.gradcheck(f, args, fast_mode=False)
