@@ -254,38 +254,50 @@ _ONEDNN_ACTS = {type(None): ("none", []), nn.ReLU: ("relu", []), nn.ReLU6: ("har
 _ONEDNN_OK = (torch.backends.mkldnn.is_available()
               and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
               and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+_ONEDNN_NCHW_OK = True  # the op keeps NCHW for NCHW input and plain weights
 
 
 def _onednn_fused(conv, w, b, act, x):
-    """conv(x) with (w, b) (folded or the module's own) and act, by oneDNN with packed weights,
-    where "auto" sends this conv to torch (oneDNN) anyway: channels_last float32 CPU inference
-    (grad mode off) of a zero-padded conv. Removes the weight reorder torch does per call and
-    the activation's pass. (In NCHW oneDNN's fused op returns channels_last outputs, so NCHW is
-    left to F.conv2d.) None where it does not apply."""
-    global _ONEDNN_OK
+    """conv(x) with (w, b) (folded or the module's own) and act, by oneDNN's inference
+    convolution where "auto" sends this conv to torch (oneDNN) anyway: float32 CPU inference
+    (grad mode off) of a zero-padded conv. channels_last: weights packed once, the activation
+    fused (removes the weight reorder torch does per call and the activation's pass). NCHW: only
+    with an activation, with plain weights (the call then keeps NCHW; packed weights would
+    return channels_last): the activation's pass removed (MobileNetV2's ReLU6 expansions on an
+    AVX2 EPYC 1.02-1.33x, without an activation 0.95-0.98x, so not taken). None where it does
+    not apply."""
+    global _ONEDNN_OK, _ONEDNN_NCHW_OK
     if not _ONEDNN_OK or torch.is_grad_enabled() or x.device.type != "cpu" \
-            or x.dtype != torch.float32 or x.dim() != 4 or x.is_contiguous() \
-            or not x.is_contiguous(memory_format=torch.channels_last) \
+            or x.dtype != torch.float32 or x.dim() != 4 \
             or conv.padding_mode != "zeros" or isinstance(conv.padding, str) \
             or _effective_backend(conv) != "auto" or torch.compiler.is_compiling() \
             or torch.is_autocast_enabled("cpu"):
         return None
+    nchw = x.is_contiguous()
+    if nchw:
+        if act is None or not _ONEDNN_NCHW_OK:
+            return None
+    elif not x.is_contiguous(memory_format=torch.channels_last):
+        return None
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
     if DF._auto_pick("conv2d", x, w, b, *conf) != "torch":
         return None  # "auto" runs this conv itself, or has not decided yet
-    key = (id(w), w._version, tuple(x.shape), *conf)
-    hit = _ONEDNN_PACKED.get(conv)
-    if hit is not None and hit[0] == key and hit[1] is w:
-        packed = hit[2]
+    if nchw:
+        packed = w
     else:
-        try:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
-                conv.groups, list(x.shape))
-        except RuntimeError:
-            _ONEDNN_OK = False  # this torch build cannot: F.conv2d from now on
-            return None
-        _ONEDNN_PACKED[conv] = (key, w, packed)
+        key = (id(w), w._version, tuple(x.shape), *conf)
+        hit = _ONEDNN_PACKED.get(conv)
+        if hit is not None and hit[0] == key and hit[1] is w:
+            packed = hit[2]
+        else:
+            try:
+                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    w.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
+                    conv.groups, list(x.shape))
+            except RuntimeError:
+                _ONEDNN_OK = False  # this torch build cannot: F.conv2d from now on
+                return None
+            _ONEDNN_PACKED[conv] = (key, w, packed)
     attr, scalars = _ONEDNN_ACTS[type(act)]
     try:
         y = torch.ops.mkldnn._convolution_pointwise(
@@ -294,8 +306,11 @@ def _onednn_fused(conv, w, b, act, x):
     except (RuntimeError, TypeError):  # a private op: a torch that changed it gets F.conv2d
         _ONEDNN_OK = False
         return None
+    if nchw and not y.is_contiguous():  # a torch whose op answers in another layout
+        _ONEDNN_NCHW_OK = False
+        y = y.contiguous()
     if _backends.PICK_OBSERVERS:
-        _backends.observe_pick("onednn-packed")
+        _backends.observe_pick("onednn-packed" if not nchw else "onednn-fused")
     return y
 
 

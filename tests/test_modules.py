@@ -414,6 +414,33 @@ def test_conv_norm_act_auto_channels_last_uses_packed_onednn(conv_kw, act):
     _close(y2.double(), plain(x.double()))
 
 
+@pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6], ids=["none", "relu", "relu6"])
+def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act):
+    """NCHW inference: where "auto" sends a folded conv followed by ReLU/ReLU6 to oneDNN, the
+    activation runs inside oneDNN's call (plain weights: the output stays NCHW); without an
+    activation the plain F.conv2d path."""
+    from dilconv.bench.ops import record_resolution
+
+    dilconv.registry.AUTO_PICKS.clear()
+    conv = dilconv.AtrousConv2d(16, 32, 3, stride=2, padding=1, bias=False)
+    layers = [conv, _random_bn(32)] + ([] if act is None else [act()])
+    fused = dilconv.modules.ConvNormActSequential(*layers).eval()
+    plain = copy.deepcopy(nn.Sequential(*layers)).eval()
+    plain[0].backend = "torch"
+    x = torch.randn(2, 16, 21, 26) * 20
+    ref = plain.double()(x.double())
+    with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
+        ys = [fused(x) for _ in range(3)]
+    if seen[0] != "torch":
+        pytest.skip(f"auto does not send this conv to torch here ({seen[0]})")
+    assert seen[1:] == (["torch"] if act is None else ["onednn-fused"]) * 2
+    for y in ys:
+        assert y.is_contiguous()
+        _close(y.double(), ref)
+    if act is nn.ReLU6:
+        assert (ys[-1] == 6).any() and (ys[-1] == 0).any()
+
+
 def test_plain_conv_auto_channels_last_inference_uses_packed_onednn():
     from dilconv.bench.ops import record_resolution
 
@@ -467,7 +494,8 @@ def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatc
     """Where "auto" does not fuse a CPU separable conv (undilated inference on a machine whose
     GEMM paths lose to oneDNN's), it runs the depthwise and pointwise halves as two "auto" convs
     (NCHW: the depthwise half on dilconv's kernel), and a module's halves in channels_last
-    inference as oneDNN's packed calls: the same values as torch.nn either way."""
+    inference as oneDNN's packed calls (NCHW: its pointwise half with the ReLU fused): the same
+    values as torch.nn either way."""
     from dilconv import registry
     from dilconv.bench.ops import record_resolution
 
@@ -488,8 +516,8 @@ def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatc
         ys = [fused(x) for _ in range(3)]
     if channels_last:  # the first call settles "auto"'s picks, then both halves are packed
         assert seen[:2] == ["torch", "torch"] and seen[2:] == ["onednn-packed"] * 4
-    else:
-        assert seen == ["cpu", "torch"] * 3
+    else:  # the pointwise half's ReLU inside oneDNN's call from the second call on
+        assert seen == ["cpu", "torch"] + ["cpu", "onednn-fused"] * 2
     for y in ys:
         assert y.is_contiguous(memory_format=fmt)
         assert (y == 0).any() and (y > 0).any()
