@@ -227,8 +227,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         @129^2); training 1.5-2.2x dilated, 0.74-0.98x undilated; on an AVX2 EPYC inference
         wins only where oneDNN's depthwise is slow (1.1-5.1x; 0.69-1.09x at rates 1-4),
         training 1.6-2.4x dilated; where it is not fused, dilconv.functional runs it as its two
-        convs, each picked by this policy (DeepLabV3+ 513^2 inference on the EPYC: 1.20 ->
-        1.30x NCHW, 1.27 -> 1.35x channels-last, its decoder's depthwise halves on dilconv);
+        convs, each picked by this policy (its decoder's two undilated separables: DeepLabV3+
+        513^2 inference on the EPYC 1.18 -> 1.22x NCHW, 1.27 -> 1.34x channels-last, paired in
+        one process);
       * 1x1 stride 1, NCHW (the pointwise path: GEMMs on the planes, bias and clamp per
         cached block): inference 1.03-1.9x on every MobileNetV2/DeepLabV3+ 1x1 at 513^2 from
         32->16 @257^2 to 960->320 @33^2 with bias (+ReLU6 1.1-2.0x), 1280->256 @33^2 0.98-1.0x

@@ -348,7 +348,7 @@ def test_conv_transpose2d_backward(backend, p):
 
 
 @pytest.mark.parametrize("p", SEP, ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)  # auto: fused or as its two convs, by the policy
 def test_separable_backward(backend, p):
     _grads_vs_reference(lambda *t: run_sep(p, backend, *t), lambda *t: ref_sep(p, *t),
                         sep_tensors(p, torch.float32, "contiguous"), torch.float32)
@@ -396,7 +396,7 @@ def test_conv_transpose2d_gradcheck(backend, p):
 
 
 @pytest.mark.parametrize("p", SEP[:4], ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_separable_gradcheck(backend, p):
     # gradgradcheck: the separable backward op has no autograd of its own (first order only)
     ts = sep_tensors(p, torch.float64, "contiguous")
