@@ -205,11 +205,16 @@ def conv2d_clamp(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                    (float(min), float(max)))
 
 
-def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, clamp):
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, clamp,
+            decide_only=False):
+    """decide_only: settle "auto"'s pick for this 4-D call (checks, policy, remembered) and return
+    None without computing (DF._auto_pick then answers; see modules._onednn_fused)."""
     name = backend or _backends._current
     key = _auto_key("conv2d", input, weight, bias, stride, padding, dilation, groups) \
         if name == "auto" else None
     hit = _backends.AUTO_PICKS.get(key) if key is not None else None
+    if decide_only and (hit is not None or key is None):
+        return None
     if name == "torch" or hit == "torch":
         # torch checks its own arguments (same exceptions) and casts under autocast itself: the
         # checks below would only add Python time to every call
@@ -261,8 +266,10 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, cla
                      conv_out_size(x.shape[3], kernel[1], stride[1], pad[1], dilation[1]))
         p = _problem(op, x, weight, out_shape, stride, pad, dilation, groups, k, *kernel,
                      (x, weight, bias))
-        b = _backends.resolve(backend, p)
+        b = (_backends._resolve if decide_only else _backends.resolve)(backend, p)
         _remember(key, b, (tuple(stride), tuple(pad), tuple(dilation), extra))
+        if decide_only:
+            return None
         if clamp is not None:
             return b.conv2d_clamp(x, weight, bias, list(stride), list(pad), list(dilation),
                                   groups, *clamp)

@@ -280,8 +280,12 @@ def _onednn_fused(conv, w, b, act, x):
     elif not x.is_contiguous(memory_format=torch.channels_last):
         return None
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    if DF._auto_pick("conv2d", x, w, b, *conf) != "torch":
-        return None  # "auto" runs this conv itself, or has not decided yet
+    pick = DF._auto_pick("conv2d", x, w, b, *conf)
+    if pick is None:  # decided here, so that a signature's first call takes this path too
+        DF._conv2d(x, w, b, *conf, "auto", None, decide_only=True)
+        pick = DF._auto_pick("conv2d", x, w, b, *conf)
+    if pick != "torch":
+        return None  # "auto" runs this conv itself (or the call cannot be remembered)
     if nchw:
         packed = w
     else:
