@@ -393,13 +393,15 @@ def test_opcheck(layout):
 
 
 @pytest.mark.parametrize("c,dtype", [(3, torch.float64), (19, torch.float64), (40, torch.float64),
-                                     (64, torch.float64), (256, torch.float64), (512, torch.float32)],
+                                     (64, torch.float64), (160, torch.float64), (256, torch.float64),
+                                     (300, torch.float32), (512, torch.float32)],
                          ids=str)
 def test_depthwise_channels_last(isa, c, dtype):
     """The channel-vectorised depthwise kernels: channel counts below, between and at multiples
     of the vector width (overlapping last vector), strides, dilation, padding beyond the kernel.
     Pixel strides of 2 KiB (256 doubles, 512 floats) take the channels-inner interior
-    (nhwc_row_channels_inner)."""
+    (nhwc_row_channels_inner); wide pixels (160 doubles, 300 floats: >= 1152 bytes) one row at a
+    time in the AVX-512 variant, four rows of a phase elsewhere."""
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for (ks, st, p, d, h, w) in [((3, 3), (1, 1), (2, 2), (2, 2), 9, 11), ((5, 3), (2, 3), (1, 4), (1, 2), 10, 13),
                                  ((1, 7), (1, 1), (0, 3), (1, 1), 4, 9), ((3, 3), (1, 1), (24, 24), (24, 24), 5, 6)]:

@@ -1148,8 +1148,15 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
     for (q = qb > qa ? qb : qa; q < g.Q; ++q) border(q);
   };
   // output rows step apart read input rows dh apart at stride 1: grouped by phase, up to four
-  // full rows at a time (728ch 65^2 d2: simulated L1 read misses -40%, 512 KiB L2 misses -40%)
+  // full rows at a time (728ch 65^2 d2: simulated L1 read misses -40%, 512 KiB L2 misses -40%).
+  // The AVX-512 variant takes rows of wide pixels (>= 1152 bytes) one at a time, still by phase:
+  // four rows keep twice as many input pixels, each about a page apart, in flight at once, and
+  // on a 2-core Xeon ran slower than one (torch/ours, 2 threads, interleaved: 960ch 33^2 d2
+  // 0.88 -> 1.08x, 728ch 65^2 d2 1.01 -> 1.25x, 576ch 33^2 1.02 -> 1.21x, 2048ch 17^2 d2 0.83 ->
+  // 0.89x); narrow pixels still gain from four (96ch 257^2 1.29 vs 1.16x, 144ch 129^2 0.97 vs
+  // 0.91x). AVX2 (EPYC) is as measured above.
   const int64_t step = blocked && g.R > 1 && g.sh == 1 ? g.dh : 0;
+  const int64_t max_rows = VB == 64 && g.C * int64_t(sizeof(T)) >= 1152 ? 1 : 4;
   if (!step) {
     for (int64_t p = p0; p < p1; ++p) row(p, false);
     return;
@@ -1160,7 +1167,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   for (int64_t phase = 0; phase < step && p0 + phase < p1; ++phase)
     for (int64_t p = p0 + phase; p < p1;) {
       int64_t nr = 0;
-      while (nr < 4 && p + nr * step < p1 && full(p + nr * step)) ++nr;
+      while (nr < max_rows && p + nr * step < p1 && full(p + nr * step)) ++nr;
       if (nr == 0) {
         row(p, false);
         p += step;
