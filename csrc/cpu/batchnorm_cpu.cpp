@@ -106,6 +106,15 @@ void two_passes(bool planar, int64_t N, int64_t C, int64_t HW, std::vector<doubl
   at::parallel_for(0, P, grain, [&](int64_t b, int64_t e) { apply(b * C, e - b, 0); });
 }
 
+// NCHW: the plane of channel c + 1 at the same batch index as the plane at off, which the
+// per-channel loop of two_passes reads next (its statistics pass): prefetched while channel c
+// is written, so that its reads from memory overlap these writes instead of following them
+// (nullptr for channels-last and the last channel).
+template <class T>
+const T* next_plane(bool planar, int64_t C, const T* base, int64_t off, int64_t c, int64_t HW) {
+  return planar && c + 1 < C ? base + off + HW : nullptr;
+}
+
 template <class T>
 void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& weight,
                  const std::optional<Tensor>& bias, double eps, double lo, double hi,
@@ -136,7 +145,7 @@ void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& 
       },
       [&](int64_t off, int64_t len, int64_t c) {
         K.bn_apply(xp + off, len, C, planar, sc.data() + c, sh.data() + c, T(lo), T(hi),
-                   yp + off);
+                   yp + off, next_plane(planar, C, xp, off, c, HW));
       },
       true);
   auto* mo = mean_out.data_ptr<T>();
@@ -212,7 +221,8 @@ void bn_bwd_impl(const Tensor& g, const Tensor& x, const Tensor& mean_t, const T
       [&](int64_t off, int64_t len, int64_t c) {
         K.bn_grad_apply(gp + off, xp + off, len, C, planar, mean.data() + c, sc.data() + c,
                         sh.data() + c, k1.data() + c, k2.data() + c, k3.data() + c, T(lo),
-                        T(hi), gxp + off);
+                        T(hi), gxp + off, next_plane(planar, C, gp, off, c, HW),
+                        next_plane(planar, C, xp, off, c, HW));
       },
       gxp != nullptr);
 }

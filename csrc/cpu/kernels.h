@@ -142,17 +142,18 @@ struct Kernels {
   // C <= 4096 channels. moments: s1/s2 += sums of (x - shift) and its square; apply:
   // y = clamp(x * scale + bias); grad_sums: s1/s2 += sums of gz and gz * (x - mean), gz = g
   // where lo < x * scale + bias < hi (the forward's pre-clamp value, recomputed bit for bit:
-  // the output is not read); grad_apply: gx = k1 * gz - k2 - k3 * (x - mean).
+  // the output is not read); grad_apply: gx = k1 * gz - k2 - k3 * (x - mean). The applies
+  // take the planes read next (nullable), prefetched while they write.
   void (*bn_moments)(const T* x, int64_t len, int64_t C, bool planar, const T* shift, double* s1,
                      double* s2);
   void (*bn_apply)(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
-                   T lo, T hi, T* y);
+                   T lo, T hi, T* y, const T* pf);
   void (*bn_grad_sums)(const T* g, const T* x, int64_t len, int64_t C, bool planar,
                        const T* mean, const T* scale, const T* bias, T lo, T hi, double* s1,
                        double* s2);
   void (*bn_grad_apply)(const T* g, const T* x, int64_t len, int64_t C, bool planar,
                         const T* mean, const T* scale, const T* bias, const T* k1, const T* k2,
-                        const T* k3, T lo, T hi, T* gx);
+                        const T* k3, T lo, T hi, T* gx, const T* pg, const T* px);
   const char* isa;
 };
 

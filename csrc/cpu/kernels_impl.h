@@ -1762,15 +1762,18 @@ DILCONV_INLINE U bn_pre(U x, U k, U b) {
   return x * k + b;
 }
 
-// y = clamp(x * scale[c] + bias[c], lo, hi)
+// y = clamp(x * scale[c] + bias[c], lo, hi); pf (planar, nullable): len values read next (the
+// next channel's plane), prefetched into the L2 a line per line written
 template <class T>
 void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
-              T lo, T hi, T* y) {
+              T lo, T hi, T* y, const T* pf) {
   if (planar) {
+    constexpr int64_t LINE = 64 / sizeof(T);
     const T k = scale[0], b = bias[0];
     const V<T> vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo), vhi = splat<T>(hi);
     int64_t j = 0;
     for (; j + NV<T> <= len; j += NV<T>) {
+      if (pf && j % LINE == 0) __builtin_prefetch(pf + j, 0, 2);
       const V<T> v = bn_pre<V<T>>(ld(x + j), vk, vb);
       st(y + j, v < vlo ? vlo : (v > vhi ? vhi : v));
     }
@@ -1857,19 +1860,25 @@ void bn_grad_sums(const T* g, const T* x, int64_t len, int64_t C, bool planar, c
   }
 }
 
-// gx = k1[c] * gz - k2[c] - k3[c] * (x - mean[c]) (gz as in bn_grad_sums)
+// gx = k1[c] * gz - k2[c] - k3[c] * (x - mean[c]) (gz as in bn_grad_sums); pg, px (planar,
+// nullable): the g and x values read next, prefetched as in bn_apply
 template <class T>
 void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, const T* mean,
                    const T* scale, const T* bias, const T* k1, const T* k2, const T* k3, T lo,
-                   T hi, T* gx) {
+                   T hi, T* gx, const T* pg, const T* px) {
   const bool all = lo == -__builtin_inf() && hi == __builtin_inf();
   if (planar) {
+    constexpr int64_t LINE = 64 / sizeof(T);
     const T m = mean[0], k = scale[0], b = bias[0], a = k1[0], b2 = k2[0], c3 = k3[0];
     const V<T> vm = splat<T>(m), vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo),
                vhi = splat<T>(hi), va = splat<T>(a), vb2 = splat<T>(b2), vc3 = splat<T>(c3),
                zero{};
     int64_t j = 0;
     for (; j + NV<T> <= len; j += NV<T>) {
+      if (pg && j % LINE == 0) {
+        __builtin_prefetch(pg + j, 0, 2);
+        __builtin_prefetch(px + j, 0, 2);
+      }
       const V<T> xv = ld(x + j), gv = ld(g + j);
       V<T> gz = gv;
       if (!all) {
