@@ -182,31 +182,43 @@ class CpuBackend(OpsBackend):
         return cpu_auto_policy(p)
 
 
-_GEMM_WINS: Optional[bool] = None
+_AVX512: Optional[bool] = None
+
+
+def _avx512() -> bool:
+    """Whether this CPU runs the AVX-512 variants (dilconv's kernels, and oneDNN's JIT kernels
+    with them): the machine fact the policy's measured differences below are keyed on (an
+    AVX-512 Xeon against an AVX2 EPYC, Zen 3; both 2 cores). Tests set _AVX512 to take either."""
+    global _AVX512
+    if _AVX512 is None:
+        try:
+            _AVX512 = torch.ops.dilconv.cpu_isa() == "avx512"
+        except (AttributeError, RuntimeError):
+            _AVX512 = False
+    return _AVX512
 
 
 def _cpu_gemm_paths_win() -> bool:
     """Whether the choices below that rest on torch's BLAS GEMM (the NCHW 1x1 path, the dense
     per-tap GEMMs) apply here. They were measured on an AVX-512 Xeon; on an AVX2 EPYC (Zen 3)
     the same 1x1 layers ran at 0.48-1.03x of oneDNN in inference (0.72x summed over
-    DeepLabV3+'s), 0.65-0.91x forward + backward, so there they stay with oneDNN. Keyed on the
-    instruction set of dilconv's own kernels, the one machine fact that told the two apart."""
-    global _GEMM_WINS
-    if _GEMM_WINS is None:
-        try:
-            _GEMM_WINS = torch.ops.dilconv.cpu_isa() == "avx512"
-        except (AttributeError, RuntimeError):
-            _GEMM_WINS = False
-    return _GEMM_WINS
+    DeepLabV3+'s), 0.65-0.91x forward + backward, so there they stay with oneDNN."""
+    return _avx512()
 
 
 def _onednn_dw_slow(p: Problem) -> bool:
     """Where oneDNN's depthwise convolution (torch 2.14, CPU) leaves its fast kernel: dilated with
-    a padding of 5 or more (3x3 'same' from rate 5, 5x5 from 3, 7x7 from 2). Channels-last 3x3,
-    64ch @65^2, 2 threads, AVX2 EPYC: 0.14-0.21 ms at rates 1-6 with padding <= 4 (and undilated
-    with padding 5), 2.9-3.1 ms dilated with padding 5; 256ch 0.36 -> 14.9 ms; NCHW 0.25 -> 0.8
-    ms (NCHW is erratic at every rate)."""
-    return max(p.dilation) > 1 and max(p.padding) >= 5
+    a padding of 5 or more with AVX2, 7 or more with AVX-512.
+    AVX2 EPYC (3x3 'same' from rate 5, 5x5 from 3, 7x7 from 2): channels-last 3x3, 64ch @65^2,
+    2 threads: 0.14-0.21 ms at rates 1-6 with padding <= 4 (and undilated with padding 5),
+    2.9-3.1 ms dilated with padding 5; 256ch 0.36 -> 14.9 ms; NCHW 0.25 -> 0.8 ms (NCHW is
+    erratic at every rate).
+    AVX-512 Xeon (3x3 from rate 7, 5x5 from 4, 7x7 from 3): channels-last 64ch @65^2 3x3 0.10 ms
+    at rate 6, 0.45-0.62 ms at rates 7-10; 5x5 0.14 ms at rate 3 (padding 6), 1.2 ms at rate 4;
+    7x7 0.19 ms at rate 2 (padding 6), 2.8 ms at rate 3; NCHW alike (0.2-0.3 -> 0.7-3.6 ms).
+    dilconv's kernels there: 3.7-9.8x from padding 7; at padding 5-6 0.88-1.15x 3x3 and
+    0.55-0.81x 5x5/7x7 channels-last, 0.68-1.11x 5x5/7x7 NCHW, so those stay with oneDNN."""
+    return max(p.dilation) > 1 and max(p.padding) >= (7 if _avx512() else 5)
 
 
 def cpu_auto_policy(p: Problem) -> bool:

@@ -458,12 +458,14 @@ def test_grouped_channels_last(isa, cg):
                 assert got["gx"].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("gemm_wins", [True, False])
-def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
+@pytest.mark.parametrize("avx512", [True, False])
+def test_auto_policy_routes_by_measured_wins(avx512, monkeypatch):
     from dilconv import registry
     from dilconv.registry import Problem, cpu_auto_policy
-    # the GEMM-based choices (1x1, dense per-tap) follow the machine (AVX-512 or not)
-    monkeypatch.setattr(registry, "_GEMM_WINS", gemm_wins)
+    # the GEMM-based choices (1x1, dense per-tap) and where oneDNN's depthwise is slow follow the
+    # machine (AVX-512 or not)
+    monkeypatch.setattr(registry, "_AVX512", avx512)
+    gemm_wins = avx512
 
     def prob(c, k, hw, d, groups, grad=False, cl=False, stride=1, dtype=torch.float32, n=1):
         return Problem("conv2d", "cpu", dtype, n, c, hw, hw, k, 3, 3, (stride, stride), (d, d), (d, d),
@@ -478,10 +480,19 @@ def test_auto_policy_routes_by_measured_wins(gemm_wins, monkeypatch):
     seven = dataclasses.replace(prob(96, 96, 65, 1, 96), r=7, s=7, padding=(3, 3))
     assert not cpu_auto_policy(seven)  # 7x7 forward: oneDNN, but not where it is slow
     assert cpu_auto_policy(dataclasses.replace(seven, dilation=(3, 3), padding=(9, 9)))
+    # 7x7 rate 2, 5x5 rate 3 (padding 6): oneDNN's slow kernel with AVX2, its fast one with AVX-512
+    assert cpu_auto_policy(dataclasses.replace(seven, dilation=(2, 2), padding=(6, 6))) != avx512
+    five = dataclasses.replace(seven, r=5, s=5, dilation=(3, 3), padding=(6, 6))
+    assert cpu_auto_policy(five) != avx512
+    assert cpu_auto_policy(dataclasses.replace(five, dilation=(4, 4), padding=(8, 8)))
     assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
     assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))
-    assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True))  # ... but not from rate 5 on
-    assert cpu_auto_policy(prob(64, 64, 65, 5, 64, cl=True, stride=2))  # (dilated, padding >= 5)
+    # ... but not where oneDNN's is slow: dilated with padding >= 5 (AVX2) or >= 7 (AVX-512)
+    assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True)) != avx512
+    assert cpu_auto_policy(prob(256, 256, 65, 6, 256, cl=True)) != avx512
+    assert cpu_auto_policy(prob(256, 256, 65, 7, 256, cl=True))
+    assert cpu_auto_policy(prob(64, 64, 65, 5, 64, cl=True, stride=2)) != avx512
+    assert cpu_auto_policy(prob(64, 64, 65, 7, 64, cl=True, stride=2))
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True, grad=True))  # its backward: ours
     assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True))  # undilated: oneDNN
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, grad=True, n=2))  # ... at batch 1

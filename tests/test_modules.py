@@ -499,7 +499,7 @@ def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatc
     from dilconv import registry
     from dilconv.bench.ops import record_resolution
 
-    monkeypatch.setattr(registry, "_GEMM_WINS", False)
+    monkeypatch.setattr(registry, "_AVX512", False)
     registry.AUTO_PICKS.clear()
     sep = dilconv.DepthwiseSeparableConv2d(64, 48, 3, padding=1, bias=False, mid_norm=True,
                                            mid_relu=True)
