@@ -311,7 +311,9 @@ DILCONV_INLINE void zero_row(T* d, int64_t len) {
 }
 
 constexpr int64_t DW_FLAT_MAX_TAPS = 9;
-constexpr int DW_FLAT_U = 4;  // vectors per block
+// vectors per block: 32 floats with AVX2 and AVX-512 (AVX-512 with 4: NCHW depthwise forward
+// 3-5% slower, three interleaved process pairs on a 2-core Xeon, 7 MobileNetV2/Xception shapes)
+constexpr int DW_FLAT_U = VB == 64 ? 2 : 4;
 
 template <class T>
 inline int64_t dw_flat_pitch(const Geo& g) { return g.Q + (g.S - 1) * g.dw; }
