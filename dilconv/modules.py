@@ -255,6 +255,19 @@ _ONEDNN_OK = (torch.backends.mkldnn.is_available()
               and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
               and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
 _ONEDNN_NCHW_OK = True  # the op keeps NCHW for NCHW input and plain weights
+# NCHW outputs smaller than this keep F.conv2d + the activation: with plain weights oneDNN's
+# call costs ~50 us more than F.conv2d (2-core AVX-512 Xeon), which the saved activation pass
+# repays only on large outputs (96->576 1x1: 7^2 0.43x, 13^2 0.57x, 25^2 1.00x, 33^2 (2.5 MiB)
+# 1.02x; 32->192 1x1 65^2 (3.2 MiB) 1.08x; 16->96 1x1 257^2 1.20x)
+_ONEDNN_NCHW_MIN_BYTES = 2 << 20
+
+
+def _out_bytes(conv, w, x) -> int:
+    """Bytes of conv's output for input x (zero padding, int padding)."""
+    n, _, h, wd = x.shape
+    size = [(i + 2 * p - d * (k - 1) - 1) // s + 1
+            for i, p, d, k, s in zip((h, wd), conv.padding, conv.dilation, w.shape[2:], conv.stride)]
+    return n * w.shape[0] * max(size[0], 0) * max(size[1], 0) * x.element_size()
 
 
 def _onednn_fused(conv, w, b, act, x):
@@ -264,8 +277,8 @@ def _onednn_fused(conv, w, b, act, x):
     fused (removes the weight reorder torch does per call and the activation's pass). NCHW: only
     with an activation, with plain weights (the call then keeps NCHW; packed weights would
     return channels_last): the activation's pass removed (MobileNetV2's ReLU6 expansions on an
-    AVX2 EPYC 1.02-1.33x, without an activation 0.95-0.98x, so not taken). None where it does
-    not apply."""
+    AVX2 EPYC 1.02-1.33x, without an activation 0.95-0.98x, so not taken), on outputs of
+    _ONEDNN_NCHW_MIN_BYTES or more. None where it does not apply."""
     global _ONEDNN_OK, _ONEDNN_NCHW_OK
     if not _ONEDNN_OK or torch.is_grad_enabled() or x.device.type != "cpu" \
             or x.dtype != torch.float32 or x.dim() != 4 \
@@ -275,7 +288,7 @@ def _onednn_fused(conv, w, b, act, x):
         return None
     nchw = x.is_contiguous()
     if nchw:
-        if act is None or not _ONEDNN_NCHW_OK:
+        if act is None or not _ONEDNN_NCHW_OK or _out_bytes(conv, w, x) < _ONEDNN_NCHW_MIN_BYTES:
             return None
     elif not x.is_contiguous(memory_format=torch.channels_last):
         return None

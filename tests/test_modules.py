@@ -415,13 +415,15 @@ def test_conv_norm_act_auto_channels_last_uses_packed_onednn(conv_kw, act):
 
 
 @pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6], ids=["none", "relu", "relu6"])
-def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act):
+def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act, monkeypatch):
     """NCHW inference: where "auto" sends a folded conv followed by ReLU/ReLU6 to oneDNN, the
-    activation runs inside oneDNN's call (plain weights: the output stays NCHW); without an
-    activation the plain F.conv2d path."""
+    activation runs inside oneDNN's call (plain weights: the output stays NCHW) if the output is
+    large enough (here a small one, with the threshold lowered); without an activation, or below
+    the threshold, the plain F.conv2d path."""
     from dilconv.bench.ops import record_resolution
 
     dilconv.registry.AUTO_PICKS.clear()
+    monkeypatch.setattr(dilconv.modules, "_ONEDNN_NCHW_MIN_BYTES", 0)
     conv = dilconv.AtrousConv2d(16, 32, 3, stride=2, padding=1, bias=False)
     layers = [conv, _random_bn(32)] + ([] if act is None else [act()])
     fused = dilconv.modules.ConvNormActSequential(*layers).eval()
@@ -439,6 +441,12 @@ def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act):
         _close(y.double(), ref)
     if act is nn.ReLU6:
         assert (ys[-1] == 6).any() and (ys[-1] == 0).any()
+    # an output under the threshold (2 x 32 x 11 x 13 floats): F.conv2d + the activation
+    monkeypatch.setattr(dilconv.modules, "_ONEDNN_NCHW_MIN_BYTES", 2 * 32 * 11 * 13 * 4 + 1)
+    with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
+        y = fused(x)
+    assert seen == ["torch"]
+    _close(y.double(), ref)
 
 
 def test_plain_conv_auto_channels_last_inference_uses_packed_onednn():
@@ -500,6 +508,7 @@ def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatc
     from dilconv.bench.ops import record_resolution
 
     monkeypatch.setattr(registry, "_AVX512", False)
+    monkeypatch.setattr(dilconv.modules, "_ONEDNN_NCHW_MIN_BYTES", 0)  # (a small map here)
     registry.AUTO_PICKS.clear()
     sep = dilconv.DepthwiseSeparableConv2d(64, 48, 3, padding=1, bias=False, mid_norm=True,
                                            mid_relu=True)
