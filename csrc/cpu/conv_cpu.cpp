@@ -119,8 +119,10 @@ bool use_dw_flat(const Geo& g, int64_t vec) {
   // vectors plus a per-row cost worth about four vectors: with the planar kernel wherever it
   // computed fewer values, the flat one was still 1.1-1.8x faster (forward and forward +
   // backward) at 33^2 d4-d16 and 65^2 d4-d16, 0.95x at 65^2 d36 and 129^2 d24, and about even
-  // at 65^2 d24 and 33^2 d18 (3x3, 256ch, AVX2 EPYC, 2 threads; AVX-512's 16-lane vectors make
-  // the allowance 64 columns, unmeasured there)
+  // at 65^2 d24 and 33^2 d18 (3x3, 256ch, AVX2 EPYC, 2 threads). AVX-512's 16-lane vectors
+  // make the allowance 64 columns: there flat ran 1.5-6.5x of torch, planar 1.0-6.3x, on 16
+  // MobileNetV2/Xception/ASPP shapes (33^2 d2-d18, 65^2 d2-d12, 129^2, 257^2), flat the faster
+  // on all but 256ch 33^2 d18 (3.3x against 3.5x), which this rule also sends to flat
   return dw_flat_ok(g) && g.Q + (g.S - 1) * g.dw <= ((g.Q + vec - 1) / vec + 4) * vec;
 }
 
