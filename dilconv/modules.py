@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dilconv import registry as _backends
 from dilconv import functional as DF
+from dilconv._ops import conv_out_size
 
 
 def _check_backend_name(backend: Optional[str]) -> Optional[str]:
@@ -263,11 +264,10 @@ _ONEDNN_NCHW_MIN_BYTES = 2 << 20
 
 
 def _out_bytes(conv, w, x) -> int:
-    """Bytes of conv's output for input x (zero padding, int padding)."""
-    n, _, h, wd = x.shape
-    size = [(i + 2 * p - d * (k - 1) - 1) // s + 1
-            for i, p, d, k, s in zip((h, wd), conv.padding, conv.dilation, w.shape[2:], conv.stride)]
-    return n * w.shape[0] * max(size[0], 0) * max(size[1], 0) * x.element_size()
+    """Bytes of conv's output for input x (int padding)."""
+    p, q = (max(0, conv_out_size(x.shape[i + 2], w.shape[i + 2], conv.stride[i], conv.padding[i],
+                                 conv.dilation[i])) for i in (0, 1))
+    return x.shape[0] * w.shape[0] * p * q * x.element_size()
 
 
 def _onednn_fused(conv, w, b, act, x):

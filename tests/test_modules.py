@@ -441,8 +441,9 @@ def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act, monkeypat
         _close(y.double(), ref)
     if act is nn.ReLU6:
         assert (ys[-1] == 6).any() and (ys[-1] == 0).any()
-    # an output under the threshold (2 x 32 x 11 x 13 floats): F.conv2d + the activation
-    monkeypatch.setattr(dilconv.modules, "_ONEDNN_NCHW_MIN_BYTES", 2 * 32 * 11 * 13 * 4 + 1)
+    # an output one byte under the threshold: F.conv2d + the activation
+    monkeypatch.setattr(dilconv.modules, "_ONEDNN_NCHW_MIN_BYTES",
+                        ys[-1].numel() * ys[-1].element_size() + 1)
     with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
         y = fused(x)
     assert seen == ["torch"]

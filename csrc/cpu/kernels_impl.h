@@ -1877,9 +1877,9 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
                zero{};
     int64_t j = 0;
     for (; j + NV<T> <= len; j += NV<T>) {
-      if (pg && j % LINE == 0) {
-        __builtin_prefetch(pg + j, 0, 2);
-        __builtin_prefetch(px + j, 0, 2);
+      if (j % LINE == 0) {
+        if (pg) __builtin_prefetch(pg + j, 0, 2);
+        if (px) __builtin_prefetch(px + j, 0, 2);
       }
       const V<T> xv = ld(x + j), gv = ld(g + j);
       V<T> gz = gv;
