@@ -167,6 +167,52 @@ def test_network_breakdown_records_every_conv(monkeypatch, mode):
     assert b["conv_share"] == pytest.approx(b["conv_ms"]["torch"] / net)
     md = "\n".join(breakdown.markdown(res["id"], mode, b))
     assert "Amdahl" in md and "w=4x6x1x1" in md
+    # in the network: each backend's ops timed by category, the three convs in their kinds
+    inside = res["in_network"]
+    assert set(inside) == {"torch", "cpu"}
+    want = {"1x1 conv", "depthwise conv", "other conv"}
+    for r in inside.values():
+        cats = set(r["ms"])
+        assert {f"{k} fwd" for k in want} <= cats, cats
+        if mode == "train step":
+            assert {f"{k} bwd" for k in want} <= cats, cats
+        else:
+            assert not any(c.endswith(" bwd") for c in cats), cats
+        assert all(v > 0 for v in r["ms"].values())
+        assert r["ops_ms"] == pytest.approx(sum(r["ms"].values()))
+        assert 0 < r["ops_ms"] <= r["step_ms"] and r["ops_per_step"] >= 3
+    net_ms = {k: v["time"]["median"] * 1e3 for k, v in res["results"].items()}
+    md = "\n".join(breakdown.markdown_in_network(res["id"], mode, inside, net_ms))
+    assert "| 1x1 conv fwd |" in md and "| all ops |" in md and "step without it" in md
+
+
+def test_in_network_categories():
+    """The op categories of the in-network breakdown, on the ops a TorchDispatchMode sees."""
+    from dilconv.bench.breakdown import categorise
+    aten, dc = torch.ops.aten, torch.ops.dilconv
+    x, w1, wdw, w3 = (torch.randn(1, 8, 5, 5), torch.randn(4, 8, 1, 1), torch.randn(8, 1, 3, 3),
+                      torch.randn(4, 8, 3, 3))
+    conv = aten.convolution.default
+    assert categorise(conv, (x, w1, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)) == "1x1 conv fwd"
+    assert categorise(conv, (x, wdw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 8)) == "depthwise conv fwd"
+    assert categorise(conv, (x, w3, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)) == "other conv fwd"
+    assert categorise(conv, (x, w3, None, [1, 1], [1, 1], [1, 1], True, [0, 0], 1)) == "other conv fwd"
+    gy = torch.randn(1, 4, 5, 5)
+    assert categorise(aten.convolution_backward.default, (gy, x, w1)) == "1x1 conv bwd"
+    assert categorise(dc.conv2d_backward.default, (gy, x, wdw)) == "depthwise conv bwd"
+    assert categorise(dc.conv2d_clamp.default, (x, w1)) == "1x1 conv fwd"
+    assert categorise(dc.conv2d_weight_grad.default, (gy, x, [8, 1, 3, 3])) == "depthwise conv bwd"
+    assert categorise(dc.conv2d_input_grad.default, (gy, w3, [1, 8, 5, 5])) == "other conv bwd"
+    assert categorise(dc.separable_conv2d.default, (x, wdw)) == "separable conv fwd"
+    assert categorise(dc.batch_norm_act.default, (x,)) == "batch norm fwd"
+    assert categorise(aten.native_batch_norm_backward.default, (x,)) == "batch norm bwd"
+    assert categorise(dc.resize_bilinear_backward.default, (x,)) == "resize bwd"
+    assert categorise(aten.upsample_bilinear2d.default, (x,)) == "resize fwd"
+    assert categorise(aten.relu_.default, (x,)) == "activation"
+    assert categorise(aten.hardtanh_backward.default, (x,)) == "activation"
+    assert categorise(aten._log_softmax.default, (x,)) == "loss"
+    assert categorise(aten.nll_loss2d_backward.default, (x,)) == "loss"
+    assert categorise(aten.add_.Tensor, (x,)) == "other ops"
 
 
 def test_cli_writes_report(tmp_path):

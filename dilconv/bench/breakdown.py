@@ -13,14 +13,19 @@ backward for a training step). With the network's own time under torch this give
 
 Isolated timings leave out what the network adds around a layer (a cold cache after another
 layer, the allocator), so the sums are estimates; the network rows of the report are the
-measurements."""
+measurements. `in_network` measures inside the network instead: every op of a few steps timed
+where it runs (a TorchDispatchMode around each aten/dilconv op, below autograd), summed by
+category (1x1 / depthwise / other convolutions, forward and backward, batch norm, resize, loss,
+the rest), per backend. On the CPU only: a GPU op's host time is its launch."""
 from __future__ import annotations
 
 import collections
 import contextlib
 import dataclasses
+import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dilconv.functional as DF
 from dilconv._ops import output_memory_format
@@ -175,4 +180,103 @@ def markdown(net_id: str, mode: str, s: dict) -> list[str]:
         lines.append(f"| {r['call']} | {r['count']} | "
                      + " | ".join(str(r["ms"].get(k, "–")) for k in ["torch", *b])
                      + f" | {r['fastest']} |")
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------
+# in the network: every op of a step timed where it runs
+
+CATEGORIES = ("1x1 conv fwd", "1x1 conv bwd", "depthwise conv fwd", "depthwise conv bwd",
+              "separable conv fwd", "separable conv bwd", "other conv fwd", "other conv bwd",
+              "batch norm fwd", "batch norm bwd", "activation", "resize fwd", "resize bwd", "loss",
+              "other ops")
+_ACTIVATIONS = {"relu", "hardtanh", "clamp", "clamp_min", "clamp_max", "threshold_backward",
+                "hardtanh_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "gelu"}
+
+
+def _conv_weight_shape(base: str, args) -> tuple | None:
+    # the weight (or the weight gradient's size) is the 2nd argument of the forward ops and
+    # conv2d_input_grad, the 3rd of the backward ops and conv2d_weight_grad
+    idx = 2 if base.endswith("backward") or base == "conv2d_weight_grad" else 1
+    w = args[idx] if len(args) > idx else None
+    if isinstance(w, torch.Tensor) and w.dim() == 4:
+        return tuple(w.shape)
+    if isinstance(w, (list, tuple)) and len(w) == 4:
+        return tuple(int(v) for v in w)
+    return None
+
+
+def categorise(func, args) -> str:
+    """The category of one op as a TorchDispatchMode sees it (aten.*, dilconv.*, mkldnn.*)."""
+    base = str(func).split(".")[1]
+    bwd = "backward" in base or base.endswith("_grad")
+    d = " bwd" if bwd else " fwd"
+    if "conv" in base:
+        if "separable" in base:
+            return "separable conv" + d
+        shape = _conv_weight_shape(base, args)
+        transposed = "transpose" in base or (base == "convolution" and len(args) > 6 and args[6] is True)
+        if shape is None or transposed:
+            return "other conv" + d
+        if shape[2] * shape[3] == 1:
+            return "1x1 conv" + d
+        return ("depthwise conv" if shape[1] == 1 else "other conv") + d
+    if "batch_norm" in base:
+        return "batch norm" + d
+    if base.rstrip("_") in _ACTIVATIONS:
+        return "activation"
+    if "upsample" in base or "resize" in base:
+        return "resize" + d
+    if "softmax" in base or "nll_loss" in base or "cross_entropy" in base:
+        return "loss"
+    return "other ops"
+
+
+class _OpTimer(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seconds = collections.Counter()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds[categorise(func, args)] += time.perf_counter() - t0
+        self.ops += 1
+        return out
+
+
+def in_network(fns: dict, reps: int = 3) -> dict:
+    """Per backend: ms per step by category (CATEGORIES order), the ops' sum, the number of ops a
+    step and the step's time under the timer. fns: backend -> fn(i) running one step
+    (after one untimed step, so per-call caches are settled)."""
+    out = {}
+    for b, fn in fns.items():
+        fn(0)
+        timer, steps = _OpTimer(), []
+        for i in range(reps):
+            t0 = time.perf_counter()
+            with timer:
+                fn(i)
+            steps.append(time.perf_counter() - t0)
+        ms = {c: timer.seconds[c] / reps * 1e3 for c in CATEGORIES if timer.seconds[c]}
+        out[b] = {"ms": ms, "ops_ms": sum(ms.values()), "ops_per_step": timer.ops // reps,
+                  "step_ms": sum(steps) / reps * 1e3}
+    return out
+
+
+def markdown_in_network(net_id: str, mode: str, d: dict, network_ms: dict) -> list[str]:
+    """network_ms: backend -> the network row's median (timed without the op timer)."""
+    b = list(d)
+    lines = [f"### {net_id} ({mode}): time by op category, in the network", "",
+             "| op category | " + " | ".join(f"{k} ms" for k in b) + " |",
+             "|---|" + "---|" * len(b)]
+    for c in CATEGORIES:
+        if any(c in d[k]["ms"] for k in b):
+            lines.append(f"| {c} | " + " | ".join(f"{d[k]['ms'].get(c, 0.0):.1f}" for k in b) + " |")
+    lines.append("| all ops | " + " | ".join(f"{d[k]['ops_ms']:.1f}" for k in b) + " |")
+    lines.append("| step under the op timer | " + " | ".join(f"{d[k]['step_ms']:.1f}" for k in b) + " |")
+    lines.append("| step without it (network row) | "
+                 + " | ".join(f"{network_ms[k]:.1f}" if k in network_ms else "–" for k in b) + " |")
+    lines.append("| ops a step | " + " | ".join(str(d[k]["ops_per_step"]) for k in b) + " |")
     return lines + [""]

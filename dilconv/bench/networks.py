@@ -216,9 +216,11 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
             res["results"][b]["time"] = vars(st)
             if base is not None and b != "torch":
                 res["results"][b]["speedup"] = vars(paired_speedup(base[1], samples))
-        if breakdown and base is not None:
+        if breakdown:
             from dilconv.bench import breakdown as bd
-
+        if breakdown and device == "cpu":  # a GPU op's host time is its launch
+            res["in_network"] = bd.in_network(fns)
+        if breakdown and base is not None:
             # the calls of one pass under torch (the same calls every backend makes)
             with bd.record_calls() as calls, _using("torch"), torch.set_grad_enabled(train):
                 step(model, x, target)

@@ -126,6 +126,21 @@ def markdown(run: dict) -> str:
                 "[-> ReLU/ReLU6] after a conv runs as dilconv's batch_norm_act (batch "
                 "statistics, running statistics updated as torch.nn does) where torch runs "
                 "BatchNorm and the activation as separate passes.", ""] + net_table(run["networks"])
+        inside = [n for n in run["networks"] if n.get("in_network")]
+        if inside:
+            from dilconv.bench.breakdown import markdown_in_network
+
+            out += ["", "## Where the network time goes (in the network, by op category)", "",
+                    "Each op of a step (aten, dilconv and mkldnn ops as a TorchDispatchMode sees "
+                    "them, below autograd) timed where it runs, 3 steps a backend after one "
+                    "untimed, summed by category and divided by the steps; a convolution's kind "
+                    "is its weight's shape (1x1, depthwise: one input channel a group). The "
+                    "step under the timer includes the timer's own cost (a Python call per op); "
+                    "step minus all ops is Python, autograd's bookkeeping and that cost.", ""]
+            for n in inside:
+                net_ms = {b: r["time"]["median"] * 1e3 for b, r in n["results"].items()
+                          if r.get("time")}
+                out += markdown_in_network(n["id"], n["mode"], n["in_network"], net_ms)
         parts = [n for n in run["networks"] if n.get("breakdown")]
         if parts:
             from dilconv.bench.breakdown import markdown
