@@ -226,6 +226,15 @@ TORCH_LIBRARY(dilconv, m) {
   m.def("batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
         "Tensor mean, Tensor invstd, float min, float max, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
+  // pixel-wise cross-entropy of (N, C, H, W) logits against (N, H, W) integer targets (no class
+  // weights, no label smoothing): (loss, lse), each (N, H, W) in the compute dtype: loss =
+  // log-sum-exp over the classes minus the target's logit (0 where target == ignore_index),
+  // lse the log-sum-exp the backward reuses. The caller reduces. CPU only. Plain names only.
+  m.def("cross_entropy(Tensor logits, Tensor target, int ignore_index) -> (Tensor, Tensor)");
+  // the logits' gradient for a per-pixel loss gradient `grad` ((N, H, W)): grad * (softmax -
+  // one-hot), 0 where target == ignore_index; the logits' dtype and memory format
+  m.def("cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lse, "
+        "int ignore_index) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {

@@ -141,6 +141,26 @@ def _fake_batch_norm_act_backward(grad_output, input, weight, bias, mean, invstd
     )
 
 
+def _fake_cross_entropy(logits, target, ignore_index):
+    torch._check(logits.dim() == 4, lambda: f"dilconv::cross_entropy: expected 4-D logits, got {logits.shape}")
+    shape = (logits.shape[0], *logits.shape[2:])
+    dt = _compute_dtype(logits.dtype)
+    return logits.new_empty(shape, dtype=dt), logits.new_empty(shape, dtype=dt)
+
+
+def _fake_cross_entropy_backward(grad, logits, target, lse, ignore_index):
+    return _empty(logits, logits.shape, output_memory_format(logits))
+
+
+def cross_entropy_grad_reference(grad, logits, target, ignore_index):
+    """cross_entropy's logits gradient in differentiable torch ops (double backward, tests):
+    grad * (softmax - one-hot) per pixel, 0 where target == ignore_index."""
+    valid = target != ignore_index
+    p = torch.softmax(logits.to(grad.dtype), 1)
+    onehot = torch.nn.functional.one_hot(torch.where(valid, target, 0).long(), logits.shape[1])
+    return ((p - onehot.permute(0, 3, 1, 2).to(p.dtype)) * (grad * valid).unsqueeze(1)).to(logits.dtype)
+
+
 def _compute_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -401,7 +421,25 @@ def _autograd_formulas(suffix: str):
         return (gx if need[0] else None, gw if ctx.has_weight and need[1] else None,
                 gb if ctx.has_bias and need[2] else None, None, None, None)
 
+    # cross_entropy(logits, target, ignore_index) -> (loss, lse): lse is saved for the backward,
+    # not differentiated; under create_graph the gradient is built from torch ops
+    def ce_setup(ctx, inputs, output):
+        logits, target, ignore_index = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, target, output[1])
+        ctx.ignore_index = ignore_index
+
+    def ce_backward(ctx, grad, _):
+        if grad is None:
+            return None, None, None
+        logits, target, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return cross_entropy_grad_reference(grad, logits, target, ctx.ignore_index), None, None
+        return _op("cross_entropy_backward", "")(grad, logits, target, lse, ctx.ignore_index), None, None
+
     if fused is not None:
+        formulas["cross_entropy"] = (ce_backward, ce_setup)
         formulas["batch_norm_act"] = (bn_backward, bn_setup)
         formulas["conv2d_backward"] = (bwd_backward, bwd_setup)
         formulas["conv2d_clamp"] = (clamp_backward, clamp_setup)
@@ -425,6 +463,9 @@ def register_variant(suffix: str, *, fake: bool = True) -> None:
             torch.library.register_fake("dilconv::batch_norm_act")(_fake_batch_norm_act)
             torch.library.register_fake("dilconv::batch_norm_act_backward")(
                 _fake_batch_norm_act_backward)
+            torch.library.register_fake("dilconv::cross_entropy")(_fake_cross_entropy)
+            torch.library.register_fake("dilconv::cross_entropy_backward")(
+                _fake_cross_entropy_backward)
     for name, (backward, setup) in _autograd_formulas(suffix).items():
         torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
 

@@ -11,10 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dilconv import _ext
+from dilconv import registry as _backends
+
 IGNORE_INDEX = 255
 
 
-def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
+           values: bool = True) -> None:
     if logits.dim() != 4:
         raise ValueError(f"expected logits of shape (N, C, H, W), got {tuple(logits.shape)}")
     if target.dim() != 3 or target.shape[0] != logits.shape[0] or target.shape[1:] != logits.shape[2:]:
@@ -23,6 +27,8 @@ def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> Non
                          f"{(logits.shape[0], *logits.shape[2:])}")
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class labels, got {target.dtype}")
+    if not values:  # the caller's kernel checks the labels itself
+        return
     valid = target[target != ignore_index]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= logits.shape[1]):
         raise ValueError(f"target labels must be in [0, {logits.shape[1]}) or ignore_index "
@@ -34,16 +40,39 @@ def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> Non
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+                  label_smoothing: float = 0.0, *, backend: Optional[str] = None) -> torch.Tensor:
     """Pixel-wise cross-entropy; the mean runs over the non-ignored pixels (class-weighted when
     `weight` is given, as in torch). A batch with no valid pixel gives 0 (not NaN), so a crop that
-    is all void does not poison training."""
-    _check(logits, target, ignore_index)
+    is all void does not poison training.
+
+    Under a dilconv backend (`backend`, else dilconv's current one) CPU logits (float32/64,
+    fp16/bf16 computed in float32) without class weights or label smoothing run
+    `dilconv::cross_entropy`: one pass over the logits forward (log-sum-exp and the target's term
+    per pixel) and one backward, where torch makes four (log_softmax, nll_loss, a zero-filled
+    gradient, log_softmax's backward); channels-last logits are read through a contiguous copy.
+    Backend "torch", other devices, CPU autocast and the other options run F.cross_entropy."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    name = backend or _backends._current
+    if name != "torch":
+        _backends.get_backend(name)  # unknown name -> ValueError
+    fused = (name != "torch" and _ext.loaded and logits.device.type == "cpu"
+             and logits.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+             and weight is None and label_smoothing == 0.0 and not torch.is_autocast_enabled("cpu"))
+    _check(logits, target, ignore_index, values=not fused)
     target = target.long()
     if reduction == "mean" and not bool((target != ignore_index).any()):
         return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
-    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
-                           reduction=reduction, label_smoothing=label_smoothing)
+    if not fused:
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
+                               reduction=reduction, label_smoothing=label_smoothing)
+    loss, _ = torch.ops.dilconv.cross_entropy(logits, target, ignore_index)
+    loss = loss.to(logits.dtype)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (target != ignore_index).sum()
 
 
 class CrossEntropyLoss(nn.Module):

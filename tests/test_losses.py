@@ -2,6 +2,7 @@
 pixel accuracy, distributed all-reduce) against hand-computed values and float64 references."""
 import math
 import socket
+import types
 
 import numpy as np
 import pytest
@@ -282,3 +283,179 @@ def test_confusion_matrix_all_reduce_two_processes():
         pred = torch.randint(0, 3, (2, 4, 4), generator=g)
         expected += metrics.confusion_matrix(pred, target, 3)
     assert results[0] == results[1] == expected.tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-entropy under a dilconv backend: dilconv::cross_entropy (CPU kernels, one pass each way)
+
+from dilconv import _ext  # noqa: E402
+
+needs_ext = pytest.mark.skipif(not _ext.loaded, reason="dilconv's C++ extension is not built")
+
+
+@pytest.fixture(params=["native", "avx2", "base"])
+def isa(request, monkeypatch):
+    if request.param != "native":
+        monkeypatch.setenv("DILCONV_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture
+def fused_only(monkeypatch):
+    """Fails a test whose cross-entropy falls back to torch's (so it cannot pass vacuously)."""
+    def no_fallback(*a, **k):
+        raise AssertionError("F.cross_entropy ran: the fused path was expected")
+    proxy = types.SimpleNamespace(**{**vars(F), "cross_entropy": no_fallback})
+    monkeypatch.setattr(losses, "F", proxy)  # losses' F only: the references still use torch's
+
+
+def _ce_case(n, c, h, w, dtype, layout, scale=3.0, ignore_frac=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w + (3 if layout == "slice" else 0), generator=g,
+                    dtype=torch.float64) * scale
+    if layout == "slice":  # a view: no stride is the plain one
+        x = x[..., 3:]
+    x = x.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.randint(0, c, (n, h, w), generator=g)
+    t[torch.rand(n, h, w, generator=g) < ignore_frac] = IGN
+    return x, t
+
+
+_TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def _close(got, ref, tol):
+    err = (got.double() - ref).abs().max().item() if ref.numel() else 0.0
+    scale = max(ref.abs().max().item(), 1e-300) if ref.numel() else 1.0
+    assert err <= tol * scale, (err, scale)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
+@pytest.mark.parametrize("shape", [(2, 21, 33, 35), (1, 1, 5, 7), (2, 3, 1, 17), (3, 40, 9, 16),
+                                   (1, 5, 4, 4), (0, 4, 3, 3)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_cross_entropy_matches_float64(isa, fused_only, dtype, layout, shape, reduction):
+    """Loss and logits gradient against torch's float64 cross-entropy: every kernel variant,
+    both layouts and a strided view, one class (the gradient is 0), pixel counts that are not a
+    vector multiple (the scalar tail), an empty batch, ignored pixels, all three reductions."""
+    x, t = _ce_case(*shape, dtype, layout)
+    xr = x.detach().double().requires_grad_()
+    ref = F.cross_entropy(xr, t, ignore_index=IGN, reduction=reduction)
+    xf = x.detach().requires_grad_()
+    got = losses.cross_entropy(xf, t, reduction=reduction, backend="cpu")
+    assert got.dtype == dtype and got.shape == ref.shape
+    if reduction == "mean" and not (t != IGN).any():
+        ref = ref.new_zeros(())  # the all-void / empty batch gives 0 (see above)
+    _close(got, ref.detach(), _TOL[dtype])
+    if not xf.requires_grad or got.numel() == 0:
+        return
+    gout = torch.randn(ref.shape, dtype=torch.float64)
+    if ref.requires_grad:
+        ref.backward(gout)
+    got.backward(gout.to(dtype))
+    assert xf.grad.dtype == dtype
+    if layout == "channels_last":  # the gradient keeps the logits' layout
+        assert xf.grad.is_contiguous(memory_format=torch.channels_last)
+    _close(xf.grad, xr.grad if xr.grad is not None else torch.zeros_like(xr), _TOL[dtype])
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_cross_entropy_half_precision(fused_only, dtype):
+    x, t = _ce_case(2, 7, 9, 21, dtype, "nchw")
+    xr = x.detach().double().requires_grad_()
+    ref = F.cross_entropy(xr, t, ignore_index=IGN)
+    xf = x.detach().requires_grad_()
+    got = losses.cross_entropy(xf, t, backend="auto")
+    assert got.dtype == dtype
+    _close(got, ref.detach(), _TOL[dtype])
+    ref.backward()
+    got.backward()
+    _close(xf.grad, xr.grad, _TOL[dtype])
+
+
+@needs_ext
+def test_fused_cross_entropy_extreme_logits(fused_only):
+    """Large logits (the log-sum-exp subtracts the max), -inf logits (a class ruled out) and
+    logit gaps beyond exp's range: as torch's float64."""
+    x, t = _ce_case(2, 6, 5, 19, torch.float64, "nchw", scale=300.0)
+    x[:, 2] = -float("inf")
+    t[t == 2] = 0
+    for dtype in (torch.float32, torch.float64):
+        xf = x.to(dtype).clone().requires_grad_()
+        xr = x.clone().requires_grad_()
+        ref = F.cross_entropy(xr, t, ignore_index=IGN, reduction="sum")
+        got = losses.cross_entropy(xf, t, reduction="sum", backend="cpu")
+        _close(got, ref.detach(), _TOL[dtype])
+        ref.backward()
+        got.backward()
+        _close(xf.grad, xr.grad, _TOL[dtype])
+
+
+@needs_ext
+def test_fused_cross_entropy_gradcheck_and_opcheck(fused_only):
+    x, t = _ce_case(2, 4, 3, 18, torch.float64, "nchw")
+    x.requires_grad_()
+    for red in ("mean", "sum", "none"):
+        torch.autograd.gradcheck(lambda v: losses.cross_entropy(v, t, reduction=red, backend="cpu"),
+                                 (x,))
+    torch.autograd.gradgradcheck(lambda v: losses.cross_entropy(v, t, reduction="sum", backend="cpu"),
+                                 (x,))
+    xd = x.detach()
+    torch.library.opcheck(torch.ops.dilconv.cross_entropy.default, (x, t, IGN))
+    torch.library.opcheck(torch.ops.dilconv.cross_entropy.default, (xd.float(), t, IGN))
+    _, lse = torch.ops.dilconv.cross_entropy(xd, t, IGN)
+    g = torch.randn(t.shape, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.dilconv.cross_entropy_backward.default, (g, xd, t, lse, IGN))
+
+
+@needs_ext
+def test_fused_cross_entropy_all_ignored_and_fallbacks():
+    x, t = _ce_case(2, 4, 5, 6, torch.float32, "nchw")
+    xf = x.clone().requires_grad_()
+    loss = losses.cross_entropy(xf, torch.full_like(t, IGN), backend="cpu")
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(xf.grad, torch.zeros_like(xf))
+    # class weights, label smoothing and backend "torch" run torch's loss (same values)
+    w = torch.rand(4) + 0.5
+    for kw in ({"weight": w}, {"label_smoothing": 0.1}, {"backend": "torch"}):
+        ref = F.cross_entropy(x.double(), t, ignore_index=IGN,
+                              weight=w.double() if "weight" in kw else None,
+                              label_smoothing=kw.get("label_smoothing", 0.0))
+        _close(losses.cross_entropy(x, t, backend=kw.pop("backend", "cpu"), **kw), ref, 1e-5)
+
+
+@needs_ext
+def test_fused_cross_entropy_bad_input():
+    x, t = _ce_case(1, 4, 5, 6, torch.float32, "nchw")
+    for bad in (7, 4, -1):
+        tb = t.clone()
+        tb[0, 2, 3] = bad
+        with pytest.raises(ValueError, match="target labels must be in"):
+            losses.cross_entropy(x, tb, backend="cpu")
+        # the backward op called directly with the same targets: an error, no write out of bounds
+        _, lse = torch.ops.dilconv.cross_entropy(x, t, IGN)
+        with pytest.raises(ValueError, match="target labels must be in"):
+            torch.ops.dilconv.cross_entropy_backward(torch.ones(t.shape), x, tb, lse, IGN)
+    with pytest.raises(ValueError, match="does not match"):
+        losses.cross_entropy(x, t[:, :4], backend="cpu")
+    with pytest.raises(ValueError, match="integer"):
+        losses.cross_entropy(x, t.float(), backend="cpu")
+    with pytest.raises(ValueError, match="reduction"):
+        losses.cross_entropy(x, t, reduction="max", backend="cpu")
+    with pytest.raises(ValueError, match="unknown backend|backend"):
+        losses.cross_entropy(x, t, backend="nope")
+    with pytest.raises(RuntimeError, match="does not match"):
+        torch.ops.dilconv.cross_entropy(x, t[:, :4], IGN)
+    with pytest.raises(RuntimeError, match="at least one class"):
+        torch.ops.dilconv.cross_entropy(x[:, :0], t, IGN)
+    with pytest.raises(RuntimeError, match="integer class labels"):
+        torch.ops.dilconv.cross_entropy(x, t.float(), IGN)
+    _, lse = torch.ops.dilconv.cross_entropy(x, t, IGN)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.dilconv.cross_entropy_backward(torch.ones(1, 5, 5), x, t, lse, IGN)

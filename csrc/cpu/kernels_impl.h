@@ -1911,6 +1911,171 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// cross-entropy (kernels.h): vectors along the pixels, the classes a loop; exp and log as
+// polynomials (no libm vector calls without -ffast-math), accurate to a few ulp of T.
+
+// s - (+0) is s for every s (-0 included), so this broadcasts without an add (splat's V{} + s
+// is one: -0 + 0 is +0)
+template <class T>
+DILCONV_INLINE V<T> bcast(T s) {
+  return s - V<T>{};
+}
+
+template <class T>
+DILCONV_INLINE V<T> vmax(V<T> a, V<T> b) {
+  return a > b ? a : b;
+}
+
+// exp(r) for r <= ~0 (the argument here is x - max or x - lse): 2^n exp(f), n = round(r / ln2),
+// f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
+// double, 8 for float: the next term is below half an ulp); 0 below the smallest normal's log,
+// the argument capped above at the largest finite result's (never reached from x - max)
+template <class T>
+DILCONV_INLINE V<T> vexp_neg(V<T> r) {
+  using I = typename Vec<T>::mask;
+  constexpr bool dbl = sizeof(T) == 8;
+  constexpr int terms = dbl ? 13 : 7;
+  const V<T> lo = bcast<T>(dbl ? T(-708.0) : T(-87.0)), hi = bcast<T>(dbl ? T(709.0) : T(88.0));
+  V<T> rc = r < lo ? lo : r;
+  rc = rc > hi ? hi : rc;
+  const V<T> magic = bcast<T>(dbl ? T(6755399441055744.0) : T(12582912.0));  // 1.5 * 2^52, 2^23
+  const V<T> n = (rc * bcast<T>(T(1.4426950408889634)) + magic) - magic;
+  const V<T> f = (rc - n * bcast<T>(T(0.693145751953125))) - n * bcast<T>(T(1.4286068203094173e-06));
+  // Horner on the coefficients 1 / k!: one FMA a term
+  T inv_fact[terms + 1] = {T(1)};
+  for (int k = 1; k <= terms; ++k) inv_fact[k] = inv_fact[k - 1] / T(k);
+  V<T> p = bcast<T>(inv_fact[terms]);
+  for (int k = terms - 1; k >= 0; --k) p = p * f + bcast<T>(inv_fact[k]);
+  const I e = (__builtin_convertvector(n, I) + I{} + (dbl ? 1023 : 127)) << (dbl ? 52 : 23);
+  V<T> two_n;
+  __builtin_memcpy(&two_n, &e, sizeof e);
+  const V<T> out = p * two_n;
+  return r < lo ? V<T>{} : out;
+}
+
+// log(s) for s >= 1 (a sum of exp(x_c - max) over the classes): s = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1) <= 0.1716, by its series
+template <class T>
+DILCONV_INLINE V<T> vlog_ge1(V<T> s) {
+  using I = typename Vec<T>::mask;
+  constexpr bool dbl = sizeof(T) == 8;
+  constexpr int mbits = dbl ? 52 : 23, bias = dbl ? 1023 : 127, terms = dbl ? 12 : 6;
+  I bits;
+  __builtin_memcpy(&bits, &s, sizeof s);
+  const I one = (I{} + bias) << mbits;
+  const I mant = (I{} + 1) << mbits;
+  I e = (bits >> mbits) - bias;
+  I mb = (bits & (mant - 1)) | one;
+  V<T> m;
+  __builtin_memcpy(&m, &mb, sizeof m);
+  const auto big = m > bcast<T>(T(1.4142135623730951));
+  m = big ? m * bcast<T>(T(0.5)) : m;
+  e = e + (big ? I{} + 1 : I{});
+  const V<T> u = (m - bcast<T>(T(1))) / (m + bcast<T>(T(1))), u2 = u * u;
+  V<T> p = bcast<T>(T(1) / T(2 * terms + 1));
+  for (int k = terms - 1; k >= 0; --k) p = p * u2 + bcast<T>(T(1) / T(2 * k + 1));
+  return __builtin_convertvector(e, V<T>) * bcast<T>(T(0.6931471805599453)) + bcast<T>(T(2)) * u * p;
+}
+
+// the logits of pixels [p, p + L) as C rows of L values, rows `rs` apart: in place where the
+// pixels are contiguous (ps == 1), else gathered into scratch (channels-last: a pixel's classes
+// are the contiguous ones)
+template <class T>
+DILCONV_INLINE const T* ce_rows(const T* x, int64_t cs, int64_t ps, int64_t C, int64_t p,
+                                T* scratch, int64_t& rs) {
+  constexpr int64_t L = NV<T>;
+  if (ps == 1) {
+    rs = cs;
+    return x + p;
+  }
+  for (int64_t i = 0; i < L; ++i) {
+    const T* src = x + (p + i) * ps;
+    for (int64_t c = 0; c < C; ++c) scratch[c * L + i] = src[c * cs];
+  }
+  rs = L;
+  return scratch;
+}
+
+template <class T>
+int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, int64_t m,
+               int64_t ignore, T* loss, T* lse, T* scratch) {
+  constexpr int64_t L = NV<T>;
+  int64_t bad = 0;
+  int64_t p = 0;
+  for (; p + L <= m; p += L) {
+    int64_t rs;
+    const T* xb = ce_rows(x, cs, ps, C, p, scratch, rs);
+    V<T> mx = ld(xb);
+    for (int64_t c = 1; c < C; ++c) mx = vmax<T>(mx, ld(xb + c * rs));
+    V<T> sum{};
+    for (int64_t c = 0; c < C; ++c) sum += vexp_neg<T>(ld(xb + c * rs) - mx);
+    const V<T> l = mx + vlog_ge1<T>(sum);
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t k = t[p + i];
+      const bool ok = k >= 0 && k < C;
+      bad += !ok && k != ignore;
+      loss[p + i] = ok && k != ignore ? l[i] - xb[k * rs + i] : T(0);
+      lse[p + i] = l[i];
+    }
+  }
+  for (; p < m; ++p) {  // the last pixels, one at a time (libm)
+    const T* xp = x + p * ps;
+    T mx = xp[0];
+    for (int64_t c = 1; c < C; ++c) mx = xp[c * cs] > mx ? xp[c * cs] : mx;
+    double sum = 0;
+    for (int64_t c = 0; c < C; ++c) sum += __builtin_exp(double(xp[c * cs] - mx));
+    const T l = mx + T(__builtin_log(sum));
+    const int64_t k = t[p];
+    const bool ok = k >= 0 && k < C;
+    bad += !ok && k != ignore;
+    loss[p] = ok && k != ignore ? l - xp[k * cs] : T(0);
+    lse[p] = l;
+  }
+  return bad;
+}
+
+template <class T>
+int64_t ce_bwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, const T* g,
+               const T* lse, int64_t m, int64_t ignore, T* gx, int64_t gcs, int64_t gps,
+               T* scratch) {
+  constexpr int64_t L = NV<T>;
+  int64_t bad = 0;
+  int64_t p = 0;
+  for (; p + L <= m; p += L) {
+    V<T> gv = ld(g + p);
+    for (int64_t i = 0; i < L; ++i)
+      if (t[p + i] == ignore) gv[i] = T(0);
+    const V<T> l = ld(lse + p);
+    int64_t rs;
+    const T* xb = ce_rows(x, cs, ps, C, p, scratch, rs);
+    // the gradient rows: in place where its pixels are contiguous, else in scratch, then spread
+    T* gb = gps == 1 ? gx + p : scratch + C * L;
+    const int64_t grs = gps == 1 ? gcs : L;
+    for (int64_t c = 0; c < C; ++c) st(gb + c * grs, gv * vexp_neg<T>(ld(xb + c * rs) - l));
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t k = t[p + i];
+      if (k >= 0 && k < C) gb[k * grs + i] -= gv[i];
+      else bad += k != ignore;
+    }
+    if (gps != 1)
+      for (int64_t i = 0; i < L; ++i) {
+        T* dst = gx + (p + i) * gps;
+        for (int64_t c = 0; c < C; ++c) dst[c * gcs] = gb[c * L + i];
+      }
+  }
+  for (; p < m; ++p) {
+    const T* xp = x + p * ps;
+    T* gp_ = gx + p * gps;
+    const bool ign = t[p] == ignore;
+    const T gp = ign ? T(0) : g[p];
+    for (int64_t c = 0; c < C; ++c) gp_[c * gcs] = gp * T(__builtin_exp(double(xp[c * cs] - lse[p])));
+    if (t[p] >= 0 && t[p] < C) gp_[t[p] * gcs] -= gp;
+    else bad += !ign;
+  }
+  return bad;
+}
+
 template <class T>
 Kernels<T> make(const char* isa) {
   Kernels<T> k;
@@ -1942,6 +2107,8 @@ Kernels<T> make(const char* isa) {
   k.bn_apply = &bn_apply<T>;
   k.bn_grad_sums = &bn_grad_sums<T>;
   k.bn_grad_apply = &bn_grad_apply<T>;
+  k.ce_fwd = &ce_fwd<T>;
+  k.ce_bwd = &ce_bwd<T>;
   k.isa = isa;
   return k;
 }

@@ -1,7 +1,9 @@
 """The network suite: each network of dilconv.models end to end, inference and a training step,
 every backend against torch. One model serves all backends (its convs follow
 `dilconv.use_backend`, so the weights are identical); the "torch" row runs the same dilconv
-modules on backend "torch" (torch.nn.functional behind dilconv's argument checks)."""
+modules on backend "torch" (torch.nn.functional behind dilconv's argument checks). A training
+step's loss is dilconv.losses.cross_entropy, which follows the backend the same way (torch's
+F.cross_entropy under "torch")."""
 from __future__ import annotations
 
 import contextlib
@@ -10,10 +12,9 @@ import gc
 import importlib
 
 import torch
-import torch.nn.functional as F
 
 import dilconv
-from dilconv import registry
+from dilconv import losses, registry
 from dilconv.bench import ops
 from dilconv.bench.suite import DTYPES
 from dilconv.bench.timing import measure, paired_speedup
@@ -148,7 +149,7 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
         y = _out(m(x))
         if not train:
             return [y]
-        loss = F.cross_entropy(y.float(), target)
+        loss = losses.cross_entropy(y.float(), target)
         grads = torch.autograd.grad(loss, [p for p in m.parameters() if p.requires_grad])
         return [loss.detach(), *grads]
 
@@ -171,7 +172,7 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
                     with torch.no_grad():
                         return [_out(model(x))]
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(_out(model(x)).float(), target)
+                loss = losses.cross_entropy(_out(model(x)).float(), target)
                 loss.backward()
                 opt.step()
                 return loss

@@ -125,7 +125,10 @@ def markdown(run: dict) -> str:
                 "`torch`), in inference and training, and in training each BatchNorm "
                 "[-> ReLU/ReLU6] after a conv runs as dilconv's batch_norm_act (batch "
                 "statistics, running statistics updated as torch.nn does) where torch runs "
-                "BatchNorm and the activation as separate passes.", ""] + net_table(run["networks"])
+                "BatchNorm and the activation as separate passes. A training step's loss is "
+                "dilconv.losses.cross_entropy on the full-size output: dilconv's cross-entropy "
+                "op under a dilconv backend (one pass over the logits forward, one backward), "
+                "torch's F.cross_entropy under `torch`.", ""] + net_table(run["networks"])
         inside = [n for n in run["networks"] if n.get("in_network")]
         if inside:
             from dilconv.bench.breakdown import markdown_in_network
