@@ -38,6 +38,9 @@ def make_input(shape, dtype, layout):
     elif layout == "noncontiguous":  # every other column of a wider tensor
         n, c, h, w = shape
         x = torch.randn(n, c, h, 2 * w, dtype=torch.float64)[..., ::2]
+    elif layout == "channel_slice":  # channels of a wider NCHW tensor: planes read in place
+        n, c, h, w = shape
+        x = torch.randn(n, c + 3, h, w, dtype=torch.float64)[:, 2:2 + c]
     return x.to(dtype)
 
 
@@ -48,7 +51,7 @@ def rel_err(got, ref):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
                          ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous", "channel_slice"])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}->{c[1]}")
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -65,6 +68,8 @@ def test_resize_matches_float64(backend, case, align_corners, layout, dtype):
     gy = torch.randn(ref.shape, dtype=torch.float64)
     if layout == "channels_last":
         gy = gy.contiguous(memory_format=torch.channels_last)
+    elif layout == "channel_slice":  # the gradient a channel slice too (DeepLabV3+'s concat)
+        gy = make_input(ref.shape, torch.float64, layout).copy_(gy)
     (gx,) = torch.autograd.grad(y, x, gy.to(dtype))
     (want,) = torch.autograd.grad(ref, xr, gy.to(dtype).double())
     assert gx.shape == x.shape
@@ -113,21 +118,25 @@ def test_resize_opcheck(layout):
                           (g, [2, 3, 4, 5], True))
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("backend", ["cpu", "auto"])
-def test_resize_gradient_from_a_channel_slice(backend):
-    # DeepLabV3+ concatenates the upsampled ASPP output with the low-level features: in
-    # channels-last the resize's gradient is a channel slice of the concat's, neither layout
-    x = make_input((2, 6, 5, 7), torch.float32, "channels_last").requires_grad_()
-    other = make_input((2, 3, 11, 13), torch.float32, "channels_last")
+def test_resize_gradient_from_a_channel_slice(backend, layout):
+    # DeepLabV3+ concatenates the upsampled ASPP output with the low-level features: the
+    # resize's gradient is a channel slice of the concat's (in channels-last neither layout, in
+    # NCHW contiguous planes the kernel reads in place)
+    x = make_input((2, 6, 5, 7), torch.float32, layout).requires_grad_()
+    other = make_input((2, 3, 11, 13), torch.float32, layout)
     y = DF.resize_bilinear(x, (11, 13), backend=backend)
     z = torch.cat([y, other], dim=1)
-    assert z.is_contiguous(memory_format=torch.channels_last)
+    assert z.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                           else torch.contiguous_format)
     g = torch.randn(z.shape, dtype=torch.float64)
     (gx,) = torch.autograd.grad(z, x, g.float())
     xr = x.detach().double().requires_grad_()
     (want,) = torch.autograd.grad(F.interpolate(xr, (11, 13), mode="bilinear"), xr, g[:, :6])
     assert (gx.double() - want).abs().max() <= 1e-5 * want.abs().max()
-    assert gx.is_contiguous(memory_format=torch.channels_last)
+    assert gx.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                            else torch.contiguous_format)
 
 
 def test_resize_bad_input():

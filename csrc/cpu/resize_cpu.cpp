@@ -93,16 +93,25 @@ void over_rows(int64_t images, int64_t rows, int64_t scratch_len, F&& f) {
   });
 }
 
+// where image/plane img of t starts: channels-last images are contiguous; NCHW planes are
+// addressed through the batch and channel strides (in_compute_type keeps a channel slice of a
+// bigger tensor as it is)
+int64_t image_offset(const Tensor& t, int64_t img, bool nhwc) {
+  if (nhwc) return img * t.stride(0);
+  return img / t.size(1) * t.stride(0) + img % t.size(1) * t.stride(1);
+}
+
 template <class T>
 void resize_fwd_impl(const Tensor& x, const Tensor& y, bool align_corners, bool nhwc) {
   const Coefs<T> k(x, y, align_corners, nhwc);
-  const int64_t H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3), cc = k.cc;
+  const int64_t W = x.size(3), OH = y.size(2), OW = y.size(3), cc = k.cc;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const auto& K = kern<T>();
   over_rows<T>(k.images, OH, 2 * OW * cc, [&](int64_t img, int64_t r0, int64_t r1, T* scratch) {
-    K.resize_fwd(xp + img * H * W * cc, W * cc, cc, k.xo.data(), k.xl.data(), OW,
-                 k.ay.idx.data(), k.yl.data(), yp + img * OH * OW * cc, OW * cc, r0, r1, scratch);
+    K.resize_fwd(xp + image_offset(x, img, nhwc), W * cc, cc, k.xo.data(), k.xl.data(), OW,
+                 k.ay.idx.data(), k.yl.data(), yp + image_offset(y, img, nhwc), OW * cc, r0, r1,
+                 scratch);
   });
 }
 
@@ -123,9 +132,9 @@ void resize_bwd_impl(const Tensor& g, const Tensor& gx, bool align_corners, bool
   T* gxp = gx.data_ptr<T>();
   const auto& K = kern<T>();
   over_rows<T>(k.images, H, OW * cc, [&](int64_t img, int64_t i0, int64_t i1, T* scratch) {
-    K.resize_bwd(gp + img * OH * OW * cc, OW * cc, cc, k.xo.data(), k.xl.data(), OW,
-                 k.ay.idx.data(), k.yl.data(), olo.data(), ohi.data(), gxp + img * H * W * cc,
-                 W * cc, W, i0, i1, scratch);
+    K.resize_bwd(gp + image_offset(g, img, nhwc), OW * cc, cc, k.xo.data(), k.xl.data(), OW,
+                 k.ay.idx.data(), k.yl.data(), olo.data(), ohi.data(),
+                 gxp + image_offset(gx, img, nhwc), W * cc, W, i0, i1, scratch);
   });
 }
 
@@ -134,7 +143,12 @@ template <class Body>
 Tensor in_compute_type(const Tensor& src, IntArrayRef out_size, at::MemoryFormat fmt, Body&& body) {
   const auto st = src.scalar_type();
   const auto ct = compute_type(st);
-  const Tensor s = src.to(ct).contiguous(fmt);
+  Tensor s = src.to(ct);
+  // NCHW planes that are each contiguous are read in place (the gradient of DeepLabV3+'s
+  // upsampled branch is a channel slice of the concat's: copying it cost a third of the op)
+  const bool planes = fmt == at::MemoryFormat::Contiguous && s.stride(3) == 1 &&
+                      s.stride(2) == s.size(3);
+  if (!planes) s = s.contiguous(fmt);
   Tensor d = at::empty(out_size, s.options().memory_format(fmt));
   if (d.numel() > 0 && s.numel() > 0) {
     if (ct == at::kFloat) body(s, d, float{});
