@@ -49,8 +49,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
     fp16/bf16 computed in float32) without class weights or label smoothing run
     `dilconv::cross_entropy`: one pass over the logits forward (log-sum-exp and the target's term
     per pixel) and one backward, where torch makes four (log_softmax, nll_loss, a zero-filled
-    gradient, log_softmax's backward); channels-last logits are read through a contiguous copy.
-    Backend "torch", other devices, CPU autocast and the other options run F.cross_entropy."""
+    gradient, log_softmax's backward), in NCHW and channels-last alike; the sums run in float32
+    for fp16/bf16. Backend "torch", other devices, CPU autocast and the other options run
+    F.cross_entropy."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     name = backend or _backends._current
@@ -61,18 +62,18 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
              and weight is None and label_smoothing == 0.0 and not torch.is_autocast_enabled("cpu"))
     _check(logits, target, ignore_index, values=not fused)
     target = target.long()
-    if reduction == "mean" and not bool((target != ignore_index).any()):
+    valid = (target != ignore_index).sum() if reduction == "mean" else None
+    if valid is not None and int(valid) == 0:
         return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
     if not fused:
         return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing)
-    loss, _ = torch.ops.dilconv.cross_entropy(logits, target, ignore_index)
-    loss = loss.to(logits.dtype)
-    if reduction == "none":
-        return loss
+    loss, _ = torch.ops.dilconv.cross_entropy(logits, target, ignore_index)  # float32/64
     if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / (target != ignore_index).sum()
+        loss = loss.sum()
+    elif reduction == "mean":
+        loss = loss.sum() / valid
+    return loss.to(logits.dtype)
 
 
 class CrossEntropyLoss(nn.Module):

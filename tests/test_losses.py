@@ -363,19 +363,24 @@ def test_fused_cross_entropy_matches_float64(isa, fused_only, dtype, layout, sha
     _close(xf.grad, xr.grad if xr.grad is not None else torch.zeros_like(xr), _TOL[dtype])
 
 
+def _loss_and_grad_vs_float64(x, t, reduction="mean", backend="cpu"):
+    """losses.cross_entropy's value and logits gradient against torch's in float64."""
+    xr = x.detach().double().requires_grad_()
+    ref = F.cross_entropy(xr, t, ignore_index=IGN, reduction=reduction)
+    xf = x.detach().clone().requires_grad_()
+    got = losses.cross_entropy(xf, t, reduction=reduction, backend=backend)
+    assert got.dtype == x.dtype
+    _close(got, ref.detach(), _TOL[x.dtype])
+    ref.backward()
+    got.backward()
+    _close(xf.grad, xr.grad, _TOL[x.dtype])
+
+
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_cross_entropy_half_precision(fused_only, dtype):
     x, t = _ce_case(2, 7, 9, 21, dtype, "nchw")
-    xr = x.detach().double().requires_grad_()
-    ref = F.cross_entropy(xr, t, ignore_index=IGN)
-    xf = x.detach().requires_grad_()
-    got = losses.cross_entropy(xf, t, backend="auto")
-    assert got.dtype == dtype
-    _close(got, ref.detach(), _TOL[dtype])
-    ref.backward()
-    got.backward()
-    _close(xf.grad, xr.grad, _TOL[dtype])
+    _loss_and_grad_vs_float64(x, t, backend="auto")
 
 
 @needs_ext
@@ -386,14 +391,7 @@ def test_fused_cross_entropy_extreme_logits(fused_only):
     x[:, 2] = -float("inf")
     t[t == 2] = 0
     for dtype in (torch.float32, torch.float64):
-        xf = x.to(dtype).clone().requires_grad_()
-        xr = x.clone().requires_grad_()
-        ref = F.cross_entropy(xr, t, ignore_index=IGN, reduction="sum")
-        got = losses.cross_entropy(xf, t, reduction="sum", backend="cpu")
-        _close(got, ref.detach(), _TOL[dtype])
-        ref.backward()
-        got.backward()
-        _close(xf.grad, xr.grad, _TOL[dtype])
+        _loss_and_grad_vs_float64(x.to(dtype), t, reduction="sum")
 
 
 @needs_ext
