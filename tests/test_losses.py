@@ -395,6 +395,28 @@ def test_fused_cross_entropy_extreme_logits(fused_only):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_cross_entropy_nan_logit_gives_nan(fused_only, dtype):
+    """A NaN logit makes its pixel's loss NaN, as torch's (not a finite number), and leaves the
+    other pixels exact; its gradient is NaN where torch's is."""
+    x, t = _ce_case(1, 5, 3, 21, dtype, "nchw", ignore_frac=0.0)
+    x[0, 1, 1, 4] = float("nan")  # a pixel in the vector part
+    x[0, 3, 2, 20] = float("nan")  # and one in the scalar tail (63 pixels: 3 vectors + tail)
+    t[0, 1, 4] = t[0, 2, 20] = 0  # not the NaN class: the loss is NaN through the log-sum-exp
+    xr = x.detach().double().requires_grad_()
+    ref = F.cross_entropy(xr, t, ignore_index=IGN, reduction="none")
+    xf = x.detach().clone().requires_grad_()
+    got = losses.cross_entropy(xf, t, reduction="none", backend="cpu")
+    assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().sum() == 2
+    ok = ~ref.isnan()
+    _close(got[ok], ref[ok].detach(), _TOL[dtype])
+    g = torch.rand(ref.shape, dtype=torch.float64)
+    ref.backward(g)
+    got.backward(g.to(dtype))
+    assert torch.equal(xf.grad.isnan(), xr.grad.isnan())
+
+
+@needs_ext
 def test_fused_cross_entropy_gradcheck_and_opcheck(fused_only):
     x, t = _ce_case(2, 4, 3, 18, torch.float64, "nchw")
     x.requires_grad_()

@@ -1929,7 +1929,7 @@ DILCONV_INLINE V<T> vmax(V<T> a, V<T> b) {
 
 // exp(r) for r <= ~0 (the argument here is x - max or x - lse): 2^n exp(f), n = round(r / ln2),
 // f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
-// double, 8 for float: the next term is below half an ulp); 0 below the smallest normal's log,
+// double, 7 for float: the next term is below half an ulp); 0 below the smallest normal's log,
 // the argument capped above at the largest finite result's (never reached from x - max)
 template <class T>
 DILCONV_INLINE V<T> vexp_neg(V<T> r) {
@@ -1955,7 +1955,8 @@ DILCONV_INLINE V<T> vexp_neg(V<T> r) {
 }
 
 // log(s) for s >= 1 (a sum of exp(x_c - max) over the classes): s = m 2^e with m in
-// [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1) <= 0.1716, by its series
+// [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1) <= 0.1716, by its series.
+// NaN (a NaN logit) stays NaN (its bits would read as a finite number)
 template <class T>
 DILCONV_INLINE V<T> vlog_ge1(V<T> s) {
   using I = typename Vec<T>::mask;
@@ -1975,7 +1976,9 @@ DILCONV_INLINE V<T> vlog_ge1(V<T> s) {
   const V<T> u = (m - bcast<T>(T(1))) / (m + bcast<T>(T(1))), u2 = u * u;
   V<T> p = bcast<T>(T(1) / T(2 * terms + 1));
   for (int k = terms - 1; k >= 0; --k) p = p * u2 + bcast<T>(T(1) / T(2 * k + 1));
-  return __builtin_convertvector(e, V<T>) * bcast<T>(T(0.6931471805599453)) + bcast<T>(T(2)) * u * p;
+  const V<T> out = __builtin_convertvector(e, V<T>) * bcast<T>(T(0.6931471805599453)) +
+                   bcast<T>(T(2)) * u * p;
+  return s == s ? out : s;
 }
 
 // the logits of pixels [p, p + L) as C rows of L values, rows `rs` apart: in place where the
