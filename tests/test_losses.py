@@ -431,6 +431,10 @@ def test_fused_cross_entropy_gradcheck_and_opcheck(fused_only):
     _, lse = torch.ops.dilconv.cross_entropy(xd, t, IGN)
     g = torch.randn(t.shape, dtype=torch.float64)
     torch.library.opcheck(torch.ops.dilconv.cross_entropy_backward.default, (g, xd, t, lse, IGN))
+    xcl = xd.contiguous(memory_format=torch.channels_last)  # the gradient follows the layout
+    torch.library.opcheck(torch.ops.dilconv.cross_entropy.default, (xcl.requires_grad_(), t, IGN))
+    torch.library.opcheck(torch.ops.dilconv.cross_entropy_backward.default,
+                          (g, xcl.detach(), t, lse, IGN))
 
 
 @needs_ext
