@@ -153,7 +153,7 @@ def _fake_cross_entropy_backward(grad, logits, target, lse, ignore_index):
 
 
 def cross_entropy_grad_reference(grad, logits, target, ignore_index):
-    """cross_entropy's logits gradient in differentiable torch ops (double backward, tests):
+    """cross_entropy's logits gradient in differentiable torch ops (its double backward):
     grad * (softmax - one-hot) per pixel, 0 where target == ignore_index."""
     valid = target != ignore_index
     p = torch.softmax(logits.to(grad.dtype), 1)

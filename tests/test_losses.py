@@ -351,7 +351,7 @@ def test_fused_cross_entropy_matches_float64(isa, fused_only, dtype, layout, sha
     if reduction == "mean" and not (t != IGN).any():
         ref = ref.new_zeros(())  # the all-void / empty batch gives 0 (see above)
     _close(got, ref.detach(), _TOL[dtype])
-    if not xf.requires_grad or got.numel() == 0:
+    if got.numel() == 0:
         return
     gout = torch.randn(ref.shape, dtype=torch.float64)
     if ref.requires_grad:

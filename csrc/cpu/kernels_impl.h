@@ -1915,18 +1915,6 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
 // cross-entropy (kernels.h): vectors along the pixels, the classes a loop; exp and log as
 // polynomials (no libm vector calls without -ffast-math), accurate to a few ulp of T.
 
-// s - (+0) is s for every s (-0 included), so this broadcasts without an add (splat's V{} + s
-// is one: -0 + 0 is +0)
-template <class T>
-DILCONV_INLINE V<T> bcast(T s) {
-  return s - V<T>{};
-}
-
-template <class T>
-DILCONV_INLINE V<T> vmax(V<T> a, V<T> b) {
-  return a > b ? a : b;
-}
-
 // exp(r) for r <= ~0 (the argument here is x - max or x - lse): 2^n exp(f), n = round(r / ln2),
 // f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
 // double, 7 for float: the next term is below half an ulp); 0 below the smallest normal's log,
@@ -1936,17 +1924,17 @@ DILCONV_INLINE V<T> vexp_neg(V<T> r) {
   using I = typename Vec<T>::mask;
   constexpr bool dbl = sizeof(T) == 8;
   constexpr int terms = dbl ? 13 : 7;
-  const V<T> lo = bcast<T>(dbl ? T(-708.0) : T(-87.0)), hi = bcast<T>(dbl ? T(709.0) : T(88.0));
+  const V<T> lo = splat<T>(dbl ? T(-708.0) : T(-87.0)), hi = splat<T>(dbl ? T(709.0) : T(88.0));
   V<T> rc = r < lo ? lo : r;
   rc = rc > hi ? hi : rc;
-  const V<T> magic = bcast<T>(dbl ? T(6755399441055744.0) : T(12582912.0));  // 1.5 * 2^52, 2^23
-  const V<T> n = (rc * bcast<T>(T(1.4426950408889634)) + magic) - magic;
-  const V<T> f = (rc - n * bcast<T>(T(0.693145751953125))) - n * bcast<T>(T(1.4286068203094173e-06));
+  const V<T> magic = splat<T>(dbl ? T(6755399441055744.0) : T(12582912.0));  // 1.5 * 2^52, 2^23
+  const V<T> n = (rc * splat<T>(T(1.4426950408889634)) + magic) - magic;
+  const V<T> f = (rc - n * splat<T>(T(0.693145751953125))) - n * splat<T>(T(1.4286068203094173e-06));
   // Horner on the coefficients 1 / k!: one FMA a term
   T inv_fact[terms + 1] = {T(1)};
   for (int k = 1; k <= terms; ++k) inv_fact[k] = inv_fact[k - 1] / T(k);
-  V<T> p = bcast<T>(inv_fact[terms]);
-  for (int k = terms - 1; k >= 0; --k) p = p * f + bcast<T>(inv_fact[k]);
+  V<T> p = splat<T>(inv_fact[terms]);
+  for (int k = terms - 1; k >= 0; --k) p = p * f + splat<T>(inv_fact[k]);
   const I e = (__builtin_convertvector(n, I) + I{} + (dbl ? 1023 : 127)) << (dbl ? 52 : 23);
   V<T> two_n;
   __builtin_memcpy(&two_n, &e, sizeof e);
@@ -1970,14 +1958,14 @@ DILCONV_INLINE V<T> vlog_ge1(V<T> s) {
   I mb = (bits & (mant - 1)) | one;
   V<T> m;
   __builtin_memcpy(&m, &mb, sizeof m);
-  const auto big = m > bcast<T>(T(1.4142135623730951));
-  m = big ? m * bcast<T>(T(0.5)) : m;
+  const auto big = m > splat<T>(T(1.4142135623730951));
+  m = big ? m * splat<T>(T(0.5)) : m;
   e = e + (big ? I{} + 1 : I{});
-  const V<T> u = (m - bcast<T>(T(1))) / (m + bcast<T>(T(1))), u2 = u * u;
-  V<T> p = bcast<T>(T(1) / T(2 * terms + 1));
-  for (int k = terms - 1; k >= 0; --k) p = p * u2 + bcast<T>(T(1) / T(2 * k + 1));
-  const V<T> out = __builtin_convertvector(e, V<T>) * bcast<T>(T(0.6931471805599453)) +
-                   bcast<T>(T(2)) * u * p;
+  const V<T> u = (m - splat<T>(T(1))) / (m + splat<T>(T(1))), u2 = u * u;
+  V<T> p = splat<T>(T(1) / T(2 * terms + 1));
+  for (int k = terms - 1; k >= 0; --k) p = p * u2 + splat<T>(T(1) / T(2 * k + 1));
+  const V<T> out = __builtin_convertvector(e, V<T>) * splat<T>(T(0.6931471805599453)) +
+                   splat<T>(T(2)) * u * p;
   return s == s ? out : s;
 }
 
@@ -2010,7 +1998,10 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     int64_t rs;
     const T* xb = ce_rows(x, cs, ps, C, p, scratch, rs);
     V<T> mx = ld(xb);
-    for (int64_t c = 1; c < C; ++c) mx = vmax<T>(mx, ld(xb + c * rs));
+    for (int64_t c = 1; c < C; ++c) {
+      const V<T> v = ld(xb + c * rs);
+      mx = mx > v ? mx : v;
+    }
     V<T> sum{};
     for (int64_t c = 0; c < C; ++c) sum += vexp_neg<T>(ld(xb + c * rs) - mx);
     const V<T> l = mx + vlog_ge1<T>(sum);
