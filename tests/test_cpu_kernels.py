@@ -165,7 +165,8 @@ def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
     gradient as a forward with flipped weights, and the weight gradient) where they compute fewer
     values than the general planar kernel; flat and planar force one or the other. Shapes: rows narrower and wider than a vector, 1xN and Nx1,
     multipliers, padding beyond what the taps need (negative padding in the input gradient),
-    batch 2, planes split into several row units (P > L1 budget), NCHW and strided views."""
+    batch 2, planes split into several row units (P > L1 budget), 3x3 row bands (whole, partial, none),
+    NCHW and strided views."""
     if path_env:
         monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -178,6 +179,11 @@ def test_depthwise_stride1_flat(isa, path_env, dtype, monkeypatch):
         (2, 1, (3, 2), (0, 0), (3, 4), 20, 19, "strided"),
         (1, 1, (3, 3), (1, 1), (1, 1), 160, 70, "nchw"),  # several row units per plane
         (6, 1, (2, 2), (1, 0), (1, 1), 1, 2, "nchw"),
+        # 3x3 taps run bands of 4 * dilation output rows first: whole bands only, bands and
+        # multiplier 2, fewer rows than a band
+        (3, 1, (3, 3), (1, 1), (1, 1), 8, 21, "nchw"),
+        (4, 2, (3, 3), (2, 2), (2, 2), 16, 19, "nchw"),
+        (2, 1, (3, 3), (3, 3), (3, 3), 11, 10, "strided"),
         # channels-last, multiplier 1: the channel-vectorised kernels (register-blocked interior,
         # channel counts that are not a multiple of the vector, overlapping last vector)
         (19, 1, (3, 3), (2, 2), (2, 2), 11, 13, "nhwc"),
