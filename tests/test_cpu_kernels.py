@@ -631,3 +631,42 @@ def test_stride2_column_phases(s, dw, pw, groups, dtype):
         _close(ops.conv2d(xd, wd, None, *conf), y.detach(), tol)
         _close(ops.conv2d_input_grad(gyd, wd, list(x.shape), *conf), xr.grad, tol)
         _close(ops.conv2d_weight_grad(gyd, xd, list(w.shape), *conf), wr.grad, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_depthwise_stride2_input_grad_gather(isa, dtype):
+    """The depthwise stride-2 input gradient by gathering (multiplier 1, dilation 1, taps up to
+    3x3: each output phase a stencil of up to 2 x 2 taps, interleaved into gx): kernel sizes 1-3
+    each way (1xN, Nx1), paddings 0-3 each way, odd and even sizes below and above a vector,
+    gy and gx strided, against float64 autograd; the multiplier-2 and dilated cases beside it
+    take the scatter path."""
+    ops = torch.ops.dilconv
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    rng = random.Random(7)
+    cases = [(r, s, ph, pw, h, w, mult, d)
+             for r, s in [(3, 3), (1, 3), (3, 1), (2, 2), (1, 1), (3, 2)]
+             for ph, pw in [(1, 1), (0, 0), (2, 3), (3, 0)]
+             for h, w, mult, d in [rng.choice([(7, 33, 1, 1), (20, 37, 1, 1), (2, 1, 1, 1),
+                                                (5, 18, 1, 1), (9, 64, 1, 1)]),
+                                   rng.choice([(8, 21, 2, 1), (9, 19, 1, 2)])]]
+    skipped = 0
+    for r, s, ph, pw, h, w, mult, d in cases:
+        layout = rng.choice(["nchw", "strided"])
+        c = 3
+        x = torch.randn(2, c, h, w, dtype=torch.float64)
+        wt = torch.randn(c * mult, 1, r, s, dtype=torch.float64)
+        xr = x.clone().requires_grad_()
+        try:
+            y = F.conv2d(xr, wt, None, 2, (ph, pw), d, c)
+        except RuntimeError:  # no output
+            skipped += 1
+            continue
+        gy = torch.randn_like(y)
+        y.backward(gy)
+        conf = ([2, 2], [ph, pw], [d, d], c)
+        gx = ops.conv2d_input_grad(_layout(gy.to(dtype), layout), wt.to(dtype), list(x.shape), *conf)
+        try:
+            _close(gx, xr.grad, tol)
+        except AssertionError as e:
+            raise AssertionError(f"{(r, s, ph, pw, h, w, mult, d, layout)}: {e}") from None
+    assert skipped < len(cases) // 4, skipped

@@ -556,6 +556,17 @@ void dgrad_direct(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor&
     fwd_direct<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
     return;
   }
+  if (dw_s2_dgrad_ok(g) && gx.stride(3) == 1) {
+    const T *gyp = ptr<T>(gy), *wp = ptr<T>(w);
+    T* gxp = ptr<T>(gx);
+    const Strides gys = strides(gy), gxs = strides(gx);
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t b, int64_t e) {
+      Scratch s;
+      T* scratch = s.get<T>(K.dw_s2_dgrad_scratch(g));
+      for (int64_t u = b; u < e; ++u) K.dw_s2_dgrad(g, gyp, gys, wp, gxp, gxs, u / g.C, u % g.C, scratch);
+    });
+    return;
+  }
   const int64_t cc = std::max<int64_t>(1, std::min<int64_t>(g.Cg, (g.N * g.G >= 2 * threads()) ? g.Cg : 1));
   const int64_t ncu = (g.Cg + cc - 1) / cc;
   const T *gyp = ptr<T>(gy), *wp = ptr<T>(w);

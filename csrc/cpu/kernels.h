@@ -39,6 +39,13 @@ inline bool dw_flat_bwd_ok(const Geo& g) {
   return dw_flat_ok(g) && g.Kg == 1 && g.P == g.H && g.Q == g.W && g.ph >= 0 && g.pw >= 0;
 }
 
+// depthwise input gradient by gathering (dw_s2_dgrad): stride 2, dilation 1, multiplier 1, taps
+// <= 3x3 (at most 2 x 2 of them per output phase)
+inline bool dw_s2_dgrad_ok(const Geo& g) {
+  return g.Cg == 1 && g.Kg == 1 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1 &&
+         g.R <= 3 && g.S <= 3 && g.ph >= 0 && g.pw >= 0;
+}
+
 // grouped channels-last kernels: as many inputs as outputs a group, a group size that divides
 // the vector (vec elements) and at least one vector of channels
 inline bool g_nhwc_ok(const Geo& g, int64_t vec) {
@@ -87,6 +94,11 @@ struct Kernels {
   void (*dgrad_scatter)(const Geo&, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,
                         int64_t n, int64_t grp, int64_t c0, int64_t c1, T* scratch);
   int64_t (*dgrad_scatter_scratch)(const Geo&, int64_t channels);
+  // Depthwise input gradient by gathering (dw_s2_dgrad_ok: stride 2, dilation 1, multiplier 1,
+  // taps <= 3x3; gx rows contiguous): channel c of batch n of gx written completely.
+  void (*dw_s2_dgrad)(const Geo&, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,
+                      int64_t n, int64_t c, T* scratch);
+  int64_t (*dw_s2_dgrad_scratch)(const Geo&);
   // Weight gradient of group grp, output channels [k0, k1) of the group, summed over the batch;
   // writes gw (contiguous [K, Cg, R, S]) rows of those channels.
   void (*wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* gw, int64_t grp,

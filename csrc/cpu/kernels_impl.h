@@ -835,6 +835,125 @@ void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, St
 }
 
 // ------------------------------------------------------------------------------------------
+// Depthwise input gradient, stride 2, dilation 1, multiplier 1, taps <= 3x3 (dw_s2_dgrad_ok),
+// gx rows contiguous (gxs.w == 1), by gathering: gx row i takes the taps r with i + ph - r even (gy row (i + ph - r) / 2), its
+// even / odd columns j = 2m + f the taps s with f + pw - s even (gy column m + (f + pw - s) / 2),
+// so each column phase is a stencil of at most 2 x 2 taps along m, computed a vector at a time
+// and interleaved into gx. gx is written once, no zeroing, no packed window of gx (the scatter's
+// memset, nine read-modify-write passes and unpacking). gy's plane is packed first with zero
+// columns on both sides, so the stencil needs no column bounds.
+
+struct DwS2Cols {
+  int64_t padl, pitch, m[2];  // zero columns before gy's, packed row pitch, columns per phase
+  int64_t nt[2], s[2][2], o[2][2];  // per phase: taps, their s and gy column offset
+};
+
+template <class T>
+DwS2Cols dw_s2_cols(const Geo& g) {
+  DwS2Cols c{};
+  int64_t omin = 0, hi = 0;
+  for (int64_t f = 0; f < 2; ++f) {
+    c.m[f] = (g.W - f + 1) / 2;
+    for (int64_t s = 0; s < g.S; ++s) {
+      if ((f + g.pw - s) & 1) continue;
+      const int64_t o = (f + g.pw - s) / 2;
+      c.s[f][c.nt[f]] = s;
+      c.o[f][c.nt[f]++] = o;
+      omin = o < omin ? o : omin;
+      if (c.m[f] - 1 + o > hi) hi = c.m[f] - 1 + o;
+    }
+  }
+  c.padl = -omin;
+  // the last vector of a phase reads up to NV - 1 columns past its last one
+  const int64_t padr = (hi > g.Q - 1 ? hi - (g.Q - 1) : 0) + NV<T>;
+  c.pitch = c.padl + g.Q + padr;
+  return c;
+}
+
+template <class T>
+int64_t dw_s2_dgrad_scratch(const Geo& g) {
+  const DwS2Cols c = dw_s2_cols<T>(g);
+  // packed gy plane, then the two phase rows (rounded up to whole vectors)
+  return g.P * c.pitch + 2 * (c.m[0] + NV<T>);
+}
+
+// v[m] = sum over the taps (rows x columns) of w * row[m + o], m < n (whole vectors)
+template <class T, int NR, int NC>
+DILCONV_INLINE void dw_s2_phase(const T* const* rows, const T* const* wr, const int64_t* s,
+                                const int64_t* o, int64_t n, T* v) {
+  constexpr int64_t L = NV<T>;
+  V<T> wv[NR][NC];
+  for (int a = 0; a < NR; ++a)
+    for (int b = 0; b < NC; ++b) wv[a][b] = splat<T>(wr[a][s[b]]);
+  for (int64_t m = 0; m < n; m += L) {
+    V<T> acc = V<T>{};
+    for (int a = 0; a < NR; ++a)
+      for (int b = 0; b < NC; ++b) acc += wv[a][b] * ld(rows[a] + m + o[b]);
+    st(v + m, acc);
+  }
+}
+
+template <class T>
+void dw_s2_dgrad(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, Strides gxs,
+                 int64_t n, int64_t c, T* scratch) {
+  const DwS2Cols cols = dw_s2_cols<T>(g);
+  const int64_t RS = g.R * g.S;
+  T* buf = scratch;
+  T* ph[2] = {buf + g.P * cols.pitch, buf + g.P * cols.pitch + cols.m[0] + NV<T>};
+  const T* src = gy + n * gys.n + c * gys.c;
+  for (int64_t p = 0; p < g.P; ++p) {
+    T* d = buf + p * cols.pitch;
+    const T* sr = src + p * gys.h;
+    for (int64_t q = 0; q < cols.padl; ++q) d[q] = 0;
+    d += cols.padl;
+    if (gys.w == 1) {
+      int64_t q = 0;
+      for (; q + NV<T> <= g.Q; q += NV<T>) st(d + q, ld(sr + q));
+      for (; q < g.Q; ++q) d[q] = sr[q];
+    } else {
+      for (int64_t q = 0; q < g.Q; ++q) d[q] = sr[q * gys.w];
+    }
+    zero_row(d + g.Q, cols.pitch - cols.padl - g.Q);
+  }
+  const T* wk = w + c * RS;
+  for (int64_t i = 0; i < g.H; ++i) {
+    const T* rows[2];
+    const T* wr[2];
+    int nr = 0;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t t = i + g.ph - r;
+      if ((t & 1) || t < 0 || t / 2 >= g.P) continue;
+      rows[nr] = buf + (t / 2) * cols.pitch + cols.padl;
+      wr[nr++] = wk + r * g.S;
+    }
+    T* d = gx + n * gxs.n + c * gxs.c + i * gxs.h;
+    for (int64_t f = 0; f < 2; ++f) {
+      const int nc = static_cast<int>(cols.nt[f]);
+      const int64_t m = cols.m[f];
+      if (nr == 0 || nc == 0) {
+        zero_row(ph[f], m);
+      } else if (nr == 1) {
+        if (nc == 1) dw_s2_phase<T, 1, 1>(rows, wr, cols.s[f], cols.o[f], m, ph[f]);
+        else dw_s2_phase<T, 1, 2>(rows, wr, cols.s[f], cols.o[f], m, ph[f]);
+      } else {
+        if (nc == 1) dw_s2_phase<T, 2, 1>(rows, wr, cols.s[f], cols.o[f], m, ph[f]);
+        else dw_s2_phase<T, 2, 2>(rows, wr, cols.s[f], cols.o[f], m, ph[f]);
+      }
+    }
+    // interleave the phases: a grouped store the compiler vectorises with shuffles
+    const T* __restrict ev = ph[0];
+    const T* __restrict od = ph[1];
+    T* __restrict dr = d;
+    const int64_t npair = cols.m[1];
+    for (int64_t k = 0; k < npair; ++k) {
+      dr[2 * k] = ev[k];
+      dr[2 * k + 1] = od[k];
+    }
+    if (cols.m[0] > npair) dr[2 * npair] = ev[npair];
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // weight gradient: dot products of gy rows with shifted packed x rows; the gy vector is loaded
 // once for a run of up to 4 horizontal taps.
 
@@ -2195,6 +2314,8 @@ Kernels<T> make(const char* isa) {
   k.dw_flat_bwd = &dw_flat_bwd<T>;
   k.dw_flat_bwd_scratch = &dw_flat_bwd_scratch<T>;
   k.dgrad_scatter = &dgrad_scatter<T>;
+  k.dw_s2_dgrad = &dw_s2_dgrad<T>;
+  k.dw_s2_dgrad_scratch = &dw_s2_dgrad_scratch<T>;
   k.dgrad_scatter_scratch = &dgrad_scatter_scratch<T>;
   k.wgrad = &wgrad<T>;
   k.wgrad_scratch = &wgrad_scratch<T>;
