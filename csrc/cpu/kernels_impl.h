@@ -223,10 +223,13 @@ DILCONV_INLINE void fwd_cols(const T* base, const int64_t* off, int64_t ntap, co
 template <class T, int KB>
 void fwd_rows(const Geo& g, const T* buf, int64_t rowstep, const int64_t* off, int64_t ntap,
               const T* const* wk, T* const* yrow0, int64_t ysh, int64_t ysw, int64_t p0, int64_t p1,
-              const T* bias, Act act) {
+              const T* bias, Act act, const T* pf = nullptr, int64_t pf_row = 0) {
   constexpr int UM = KB >= 4 ? 2 : 4;
   constexpr int64_t L = NV<T>;
   for (int64_t p = p0; p < p1; ++p) {
+    if (pf)  // pf_row values of what is read next, into the L2, per output row
+      for (int64_t l = 0; l < pf_row; l += 64 / sizeof(T))
+        __builtin_prefetch(pf + (p - p0) * pf_row + l, 0, 2);
     const T* base = buf + (p - p0) * rowstep;
     T* yrow[KB];
     for (int kb = 0; kb < KB; ++kb) yrow[kb] = yrow0[kb] + p * ysh;
@@ -275,6 +278,15 @@ void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, Act ac
   }
   const int64_t rowstep = g.sh * rowlen;
   const int64_t kbase = grp * g.Kg;
+  // one input channel in dense planes: the source rows right after the ones packed here (the
+  // next unit's, or the next plane's) are prefetched while this unit computes, as dw_flat_fwd
+  // does (packing waited on memory: half of a stride-2 depthwise forward)
+  const T* pf = nullptr;
+  if (g.Cg == 1 && xs.w == 1 && xs.h == g.W && xs.c == g.H * g.W) {
+    int64_t last = p0 * g.sh - g.ph + nr;
+    last = last < 0 ? 0 : last > g.H ? g.H : last;
+    pf = x + n * xs.n + grp * xs.c + last * xs.h;
+  }
   int64_t k = k0;
   auto run = [&](auto kb_tag) {
     constexpr int KB = decltype(kb_tag)::value;
@@ -287,7 +299,7 @@ void fwd(const Geo& g, const T* x, Strides xs, const T* w, const T* bias, Act ac
       if (bias) bb[kb] = bias[kbase + k + kb];
     }
     fwd_rows<T, KB>(g, buf, rowstep, off, ntap, wk, yrow, ys.h, ys.w, p0, p1, bias ? bb : nullptr,
-                    act);
+                    act, k == k0 ? pf : nullptr, g.sh * g.W);
     k += KB;
   };
   while (k1 - k >= 4) run(Int<4>{});
