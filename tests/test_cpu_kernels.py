@@ -269,6 +269,9 @@ def test_conv2d_backward(isa, path_env, dtype, monkeypatch):
     (4, 8, 2, (3, 5), (3, 2), (2, 1), (2, 1), (1, 1), 3, 5),
     (3, 2, 1, (3, 3), (1, 1), (0, 0), (1, 1), (2, 2), 4, 4),  # output_padding >= stride
     (2, 4, 2, (1, 7), (1, 1), (0, 3), (0, 0), (1, 1), 5, 9),
+    # depthwise stride 2 (the input gradient by gathering), with and without output padding
+    (6, 6, 6, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 6, 5),
+    (4, 4, 4, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 5, 6),
 ])
 def test_conv_transpose(path, case):
     c, k, g, ks, st, p, op, d, h, w = case

@@ -848,10 +848,10 @@ void dgrad_scatter(const Geo& g, const T* gy, Strides gys, const T* w, T* gx, St
 
 // ------------------------------------------------------------------------------------------
 // Depthwise input gradient, stride 2, dilation 1, multiplier 1, taps <= 3x3 (dw_s2_dgrad_ok),
-// gx rows contiguous (gxs.w == 1), by gathering: gx row i takes the taps r with i + ph - r even (gy row (i + ph - r) / 2), its
-// even / odd columns j = 2m + f the taps s with f + pw - s even (gy column m + (f + pw - s) / 2),
-// so each column phase is a stencil of at most 2 x 2 taps along m, computed a vector at a time
-// and interleaved into gx. gx is written once, no zeroing, no packed window of gx (the scatter's
+// gx rows contiguous (gxs.w == 1), by gathering: gx row i takes the taps r with i + ph - r even
+// (gy row (i + ph - r) / 2), its even / odd columns j = 2m + f the taps s with f + pw - s even
+// (gy column m + (f + pw - s) / 2), so each column phase is a stencil of at most 2 x 2 taps
+// along m, computed a vector at a time and interleaved into gx. gx is written once, no zeroing, no packed window of gx (the scatter's
 // memset, nine read-modify-write passes and unpacking). gy's plane is packed first with zero
 // columns on both sides, so the stencil needs no column bounds.
 
