@@ -422,7 +422,9 @@ def observe_pick(name: str) -> None:
 
 # "auto"'s pick per call signature (dilconv.functional fills it): a call that "auto" sends to torch
 # costs torch's own time, not dilconv's argument checks on top (tens of microseconds, which is
-# 10-20% of a small layer). Keys are built from shapes, strides, dtypes and arguments only.
+# 10-20% of a small layer). Keys are built from shapes, strides, dtypes and arguments only. A
+# named backend's conv2d calls are remembered here too (their keys carry the backend object), so
+# that a signature which passed the checks once skips them.
 AUTO_PICKS: dict = {}
 
 

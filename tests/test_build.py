@@ -109,3 +109,37 @@ def test_auto_remembers_its_pick_per_signature():
                                        F.conv2d(xd[0], wd, None, 1, "same", 2, 8))
     registry.register_backend(registry.get_backend("torch"))
     assert registry.AUTO_PICKS == {}
+
+
+def test_named_backend_skips_the_checks_a_signature_passed(monkeypatch):
+    """A named backend's conv2d remembers each signature that passed the argument checks (keyed
+    by the backend object too, apart from "auto"'s picks) and skips them on the next call of
+    that signature, with the same result ('same' padding replayed normalised); another signature
+    is checked afresh, bad arguments are never remembered (they raise every time), and a backend
+    object put in the name's place is checked afresh (tests/test_bench.py swaps one in)."""
+    import torch
+    import torch.nn.functional as F
+
+    registry.AUTO_PICKS.clear()
+    x, w = torch.randn(1, 8, 20, 20), torch.randn(8, 1, 3, 3)
+    ref = F.conv2d(x, w, None, 1, "same", 2, 8)
+    y1 = dilconv.functional.conv2d(x, w, None, 1, "same", 2, 8, backend="cpu")
+    assert [k[0] for k in registry.AUTO_PICKS] == [("conv2d", registry.get_backend("cpu"))]
+    calls = []
+    real = dilconv.functional._check_common
+    monkeypatch.setattr(dilconv.functional, "_check_common",
+                        lambda *a: (calls.append(a), real(*a))[1])
+    y2 = dilconv.functional.conv2d(x, w, None, 1, "same", 2, 8, backend="cpu")
+    assert calls == []  # remembered: no checks
+    torch.testing.assert_close(y1, ref)
+    torch.testing.assert_close(y2, ref)
+    dilconv.functional.conv2d(x, w, None, 1, "same", 2, 8, backend="auto")  # its own entry
+    dilconv.functional.conv2d(x, w, None, 2, 1, 2, 8, backend="cpu")  # another signature
+    assert len(calls) == 2 and len(registry.AUTO_PICKS) == 3
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="groups"):
+            dilconv.functional.conv2d(x, w, None, 1, 1, 1, 3, backend="cpu")
+    assert len(calls) == 4 and len(registry.AUTO_PICKS) == 3
+    monkeypatch.setitem(registry._BACKENDS, "cpu", type(registry.get_backend("cpu"))())
+    dilconv.functional.conv2d(x, w, None, 1, "same", 2, 8, backend="cpu")
+    assert len(calls) == 5
