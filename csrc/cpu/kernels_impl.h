@@ -407,7 +407,7 @@ DILCONV_INLINE void band_3x3(const T* at, int64_t D, int64_t dw, F&& f) {
 // Returns how many outputs (a multiple of A * D) it has computed.
 template <class T>
 int64_t dw_flat_block_3x3(const T* buf, int64_t D, int64_t dw, const T* wk, int64_t len, T* out,
-                          const T* pf = nullptr, T* pw = nullptr) {
+                          const T* pf, T* pw) {
   constexpr int64_t L = NV<T>;
   constexpr int64_t LINE = 64 / sizeof(T);
   constexpr int A = 4;
@@ -586,7 +586,7 @@ void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* 
 // band's D values. Returns how many values (a multiple of A * D) it has summed.
 template <class T, bool GB = false>
 int64_t dw_flat_dot_3x3(const T* gb, const T* buf, int64_t D, int64_t dw, int64_t len, T* sum,
-                        T* gsum = nullptr, const T* pf = nullptr) {
+                        T* gsum, const T* pf) {
   constexpr int64_t L = NV<T>;
   constexpr int64_t LINE = 64 / sizeof(T);
   constexpr int A = 4;
