@@ -269,3 +269,35 @@ def test_batch_norm_act_wide_channels_last():
     (want,) = torch.autograd.grad(ref, xr, g)
     assert gx.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(gx, want) <= 1e-5
+
+
+# From 16 MiB on the CPU kernels write the output (forward) and the input gradient (backward) by
+# streaming stores, each NCHW plane after a scalar head up to its vector alignment (these planes'
+# odd sizes give every plane another head), channels-last rows in whole vectors where the channel
+# count is a multiple of the vector (16 here; 17 keeps the plain stores), per instruction set.
+@pytest.mark.parametrize("isa", ["native", "avx2", "base"])
+@pytest.mark.parametrize("dtype, shape", [(torch.float32, (2, 16, 363, 365)),
+                                          (torch.float32, (2, 17, 351, 353)),
+                                          (torch.float64, (1, 16, 363, 363))], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_act_large_outputs(layout, dtype, shape, isa, monkeypatch):
+    if isa != "native":
+        monkeypatch.setenv("DILCONV_CPU_ISA", isa)
+    assert torch.Size(shape).numel() * dtype.itemsize >= 16 << 20  # the streamed sizes
+    c = shape[1]
+    x = make_input(shape, dtype, layout).requires_grad_()
+    w = (torch.rand(c, dtype=dtype) + 0.5).requires_grad_()
+    b = torch.randn(c, dtype=dtype).requires_grad_()
+    y = DF.batch_norm_act(x, None, None, w, b, min=0.0, max=6.0, backend="cpu")
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True).clamp(0.0, 6.0)
+    assert rel_err(y, ref) <= TOL[dtype]
+    assert (y == 0).any() and (y == 6).any() and ((y > 0) & (y < 6)).any()
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        g = g.contiguous(memory_format=torch.channels_last)
+    got = torch.autograd.grad(y, [x, w, b], g.to(dtype))
+    want = torch.autograd.grad(ref, leaves, g)
+    for name, gg, r in zip(("input", "weight", "bias"), got, want):
+        assert rel_err(gg, r) <= TOL[dtype], name

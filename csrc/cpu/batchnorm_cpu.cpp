@@ -115,6 +115,13 @@ const T* next_plane(bool planar, int64_t C, const T* base, int64_t off, int64_t 
   return planar && c + 1 < C ? base + off + HW : nullptr;
 }
 
+// Outputs from this size on are written with streaming stores (kernels_impl.h st_stream):
+// they do not stay in the caches for the next op anyway, and plain stores would read each line
+// before writing it and evict the planes the pass reads again. Measured (2 threads, 2x96x257^2
+// float32): forward 6.3 -> 4.2 ms, backward 10.9 -> 6.6 ms; 2x960x33^2 (8 MiB, which the next op
+// finds in the cache) was slower streamed: 0.49 -> 0.67 ms.
+constexpr double kStreamBytes = 16.0 * (1 << 20);
+
 template <class T>
 void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& weight,
                  const std::optional<Tensor>& bias, double eps, double lo, double hi,
@@ -125,6 +132,7 @@ void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& 
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const auto& K = kern<T>();
+  const bool stream = double(x.numel()) * sizeof(T) >= kStreamBytes;
   // shift: one value of each channel (the first pixel of the first image)
   std::vector<T> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = planar ? xp[c * HW] : xp[c];
@@ -145,7 +153,7 @@ void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& 
       },
       [&](int64_t off, int64_t len, int64_t c) {
         K.bn_apply(xp + off, len, C, planar, sc.data() + c, sh.data() + c, T(lo), T(hi),
-                   yp + off, next_plane(planar, C, xp, off, c, HW));
+                   yp + off, next_plane(planar, C, xp, off, c, HW), stream);
       },
       true);
   auto* mo = mean_out.data_ptr<T>();
@@ -199,6 +207,7 @@ void bn_bwd_impl(const Tensor& g, const Tensor& x, const Tensor& mean_t, const T
   const double M = double(N * HW);
   const T *gp = g.data_ptr<T>(), *xp = x.data_ptr<T>();
   const auto& K = kern<T>();
+  const bool stream = double(x.numel()) * sizeof(T) >= kStreamBytes;
   const std::vector<T> mean(mean_t.data_ptr<T>(), mean_t.data_ptr<T>() + C);
   const std::vector<double> w = channel_values(weight, C, 1.0), bb = channel_values(bias, C, 0.0);
   const T* is = invstd_t.data_ptr<T>();
@@ -222,7 +231,7 @@ void bn_bwd_impl(const Tensor& g, const Tensor& x, const Tensor& mean_t, const T
         K.bn_grad_apply(gp + off, xp + off, len, C, planar, mean.data() + c, sc.data() + c,
                         sh.data() + c, k1.data() + c, k2.data() + c, k3.data() + c, T(lo),
                         T(hi), gxp + off, next_plane(planar, C, gp, off, c, HW),
-                        next_plane(planar, C, xp, off, c, HW));
+                        next_plane(planar, C, xp, off, c, HW), stream);
       },
       gxp != nullptr);
 }

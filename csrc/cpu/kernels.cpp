@@ -5,6 +5,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // streaming stores (kernels_impl.h: st_stream)
+#endif
+
 namespace dilconv::cpu {
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -159,13 +159,14 @@ struct Kernels {
   void (*bn_moments)(const T* x, int64_t len, int64_t C, bool planar, const T* shift, double* s1,
                      double* s2);
   void (*bn_apply)(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
-                   T lo, T hi, T* y, const T* pf);
+                   T lo, T hi, T* y, const T* pf, bool stream);
   void (*bn_grad_sums)(const T* g, const T* x, int64_t len, int64_t C, bool planar,
                        const T* mean, const T* scale, const T* bias, T lo, T hi, double* s1,
                        double* s2);
   void (*bn_grad_apply)(const T* g, const T* x, int64_t len, int64_t C, bool planar,
                         const T* mean, const T* scale, const T* bias, const T* k1, const T* k2,
-                        const T* k3, T lo, T hi, T* gx, const T* pg, const T* px);
+                        const T* k3, T lo, T hi, T* gx, const T* pg, const T* px,
+                        bool stream);
   // Cross-entropy over C classes of m pixels: x the logits (class c of pixel p at
   // x[p * ps + c * cs]: plain NCHW ps = 1, channels-last cs = 1), t the int64 targets.
   // Forward: per pixel lse = log(sum_c exp(x_c)) and loss = lse - x_t (0 where t == ignore);

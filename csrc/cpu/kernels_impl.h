@@ -75,6 +75,31 @@ template <class T>
 inline void st(T* p, V<T> v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
+// A store that bypasses the caches (p aligned to the vector): for outputs larger than the
+// caches, whose lines would otherwise be read before being written (the write-allocate) and
+// would evict the inputs the same pass still reads. Plain store where there is no such
+// instruction.
+template <class T>
+inline void st_stream(T* p, V<T> v) {
+#if (defined(__x86_64__) || defined(__i386__)) && DILCONV_VBYTES == 64
+  if constexpr (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(p), (__m512)v);
+  else _mm512_stream_pd(reinterpret_cast<double*>(p), (__m512d)v);
+#elif (defined(__x86_64__) || defined(__i386__)) && DILCONV_VBYTES == 32
+  if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(p), (__m256)v);
+  else _mm256_stream_pd(reinterpret_cast<double*>(p), (__m256d)v);
+#elif (defined(__x86_64__) || defined(__i386__)) && DILCONV_VBYTES == 16
+  if constexpr (sizeof(T) == 4) _mm_stream_ps(reinterpret_cast<float*>(p), (__m128)v);
+  else _mm_stream_pd(reinterpret_cast<double*>(p), (__m128d)v);
+#else
+  st(p, v);
+#endif
+}
+// orders the streaming stores before whatever the caller does next (another thread may read)
+inline void stream_fence() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
 template <class T>
 inline V<T> splat(T s) {
   return V<T>{} + s;
@@ -2021,24 +2046,41 @@ DILCONV_INLINE U bn_pre(U x, U k, U b) {
 }
 
 // y = clamp(x * scale[c] + bias[c], lo, hi); pf (planar, nullable): len values read next (the
-// next channel's plane), prefetched into the L2 a line per line written
+// next channel's plane), prefetched into the L2 a line per line written; stream: y by
+// streaming stores (st_stream) where its rows are vector-aligned, fenced before returning
 template <class T>
 void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
-              T lo, T hi, T* y, const T* pf) {
+              T lo, T hi, T* y, const T* pf, bool stream) {
+  const V<T> vlo = splat<T>(lo), vhi = splat<T>(hi);
   if (planar) {
     constexpr int64_t LINE = 64 / sizeof(T);
     const T k = scale[0], b = bias[0];
-    const V<T> vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo), vhi = splat<T>(hi);
-    int64_t j = 0;
-    for (; j + NV<T> <= len; j += NV<T>) {
-      if (pf && j % LINE == 0) __builtin_prefetch(pf + j, 0, 2);
-      const V<T> v = bn_pre<V<T>>(ld(x + j), vk, vb);
-      st(y + j, v < vlo ? vlo : (v > vhi ? vhi : v));
-    }
-    for (; j < len; ++j) {
+    const V<T> vk = splat<T>(k), vb = splat<T>(b);
+    const auto one = [&](int64_t j) {
       const T v = bn_pre<T>(x[j], k, b);
       y[j] = v < lo ? lo : (v > hi ? hi : v);
+    };
+    const auto vec = [&](int64_t j) {
+      if (pf && j % LINE == 0) __builtin_prefetch(pf + j, 0, 2);
+      return clamp_v<T>(bn_pre<V<T>>(ld(x + j), vk, vb), vlo, vhi);
+    };
+    int64_t j = 0;
+    if (stream) {  // a scalar head up to y's vector alignment
+      for (; j < len && reinterpret_cast<uintptr_t>(y + j) % VB; ++j) one(j);
+      for (; j + NV<T> <= len; j += NV<T>) st_stream(y + j, vec(j));
+      stream_fence();
     }
+    for (; j + NV<T> <= len; j += NV<T>) st(y + j, vec(j));
+    for (; j < len; ++j) one(j);
+    return;
+  }
+  if (stream && C % NV<T> == 0 && reinterpret_cast<uintptr_t>(y) % VB == 0) {
+    for (int64_t p = 0; p < len; ++p)
+      for (int64_t c = 0; c < C; c += NV<T>) {
+        const V<T> v = bn_pre<V<T>>(ld(x + p * C + c), ld(scale + c), ld(bias + c));
+        st_stream(y + p * C + c, clamp_v<T>(v, vlo, vhi));
+      }
+    stream_fence();
     return;
   }
   for (int64_t p = 0; p < len; ++p) {
@@ -2119,11 +2161,11 @@ void bn_grad_sums(const T* g, const T* x, int64_t len, int64_t C, bool planar, c
 }
 
 // gx = k1[c] * gz - k2[c] - k3[c] * (x - mean[c]) (gz as in bn_grad_sums); pg, px (planar,
-// nullable): the g and x values read next, prefetched as in bn_apply
+// nullable): the g and x values read next, prefetched as in bn_apply; stream as in bn_apply
 template <class T>
 void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, const T* mean,
                    const T* scale, const T* bias, const T* k1, const T* k2, const T* k3, T lo,
-                   T hi, T* gx, const T* pg, const T* px) {
+                   T hi, T* gx, const T* pg, const T* px, bool stream) {
   const bool all = lo == -__builtin_inf() && hi == __builtin_inf();
   if (planar) {
     constexpr int64_t LINE = 64 / sizeof(T);
@@ -2131,8 +2173,12 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
     const V<T> vm = splat<T>(m), vk = splat<T>(k), vb = splat<T>(b), vlo = splat<T>(lo),
                vhi = splat<T>(hi), va = splat<T>(a), vb2 = splat<T>(b2), vc3 = splat<T>(c3),
                zero{};
-    int64_t j = 0;
-    for (; j + NV<T> <= len; j += NV<T>) {
+    const auto one = [&](int64_t j) {
+      const T v = bn_pre<T>(x[j], k, b);
+      const T gz = (all || (v > lo && v < hi)) ? g[j] : T(0);
+      gx[j] = a * gz - b2 - c3 * (x[j] - m);
+    };
+    const auto vec = [&](int64_t j) {
       if (j % LINE == 0) {
         if (pg) __builtin_prefetch(pg + j, 0, 2);
         if (px) __builtin_prefetch(px + j, 0, 2);
@@ -2143,13 +2189,28 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
         const V<T> v = bn_pre<V<T>>(xv, vk, vb);
         gz = ((v > vlo) & (v < vhi)) ? gv : zero;
       }
-      st(gx + j, va * gz - vb2 - vc3 * (xv - vm));
+      return va * gz - vb2 - vc3 * (xv - vm);
+    };
+    int64_t j = 0;
+    if (stream) {
+      for (; j < len && reinterpret_cast<uintptr_t>(gx + j) % VB; ++j) one(j);
+      for (; j + NV<T> <= len; j += NV<T>) st_stream(gx + j, vec(j));
+      stream_fence();
     }
-    for (; j < len; ++j) {
-      const T v = bn_pre<T>(x[j], k, b);
-      const T gz = (all || (v > lo && v < hi)) ? g[j] : T(0);
-      gx[j] = a * gz - b2 - c3 * (x[j] - m);
-    }
+    for (; j + NV<T> <= len; j += NV<T>) st(gx + j, vec(j));
+    for (; j < len; ++j) one(j);
+    return;
+  }
+  if (stream && C % NV<T> == 0 && reinterpret_cast<uintptr_t>(gx) % VB == 0) {
+    const V<T> vlo = splat<T>(lo), vhi = splat<T>(hi), zero{};
+    for (int64_t p = 0; p < len; ++p)
+      for (int64_t c = 0; c < C; c += NV<T>) {
+        const V<T> xv = ld(x + p * C + c), gv = ld(g + p * C + c);
+        const V<T> v = bn_pre<V<T>>(xv, ld(scale + c), ld(bias + c));
+        const V<T> gz = all ? gv : (((v > vlo) & (v < vhi)) ? gv : zero);
+        st_stream(gx + p * C + c, ld(k1 + c) * gz - ld(k2 + c) - ld(k3 + c) * (xv - ld(mean + c)));
+      }
+    stream_fence();
     return;
   }
   for (int64_t p = 0; p < len; ++p) {
