@@ -235,6 +235,14 @@ TORCH_LIBRARY(dilconv, m) {
   // one-hot), 0 where target == ignore_index; the logits' dtype and memory format
   m.def("cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lse, "
         "int ignore_index) -> Tensor");
+  // cross_entropy of the logits bilinearly resized to the target's (H, W) (F.interpolate with
+  // align_corners, then the loss) without the resized logits in memory: (loss, lse) of the
+  // target's size; and the low-resolution logits' gradient (their dtype and memory format).
+  // CPU only. Plain names only.
+  m.def("resize_cross_entropy(Tensor logits, Tensor target, bool align_corners, "
+        "int ignore_index) -> (Tensor, Tensor)");
+  m.def("resize_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lse, "
+        "bool align_corners, int ignore_index) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dilconv, CompositeExplicitAutograd, m) {

@@ -152,6 +152,28 @@ def _fake_cross_entropy_backward(grad, logits, target, lse, ignore_index):
     return _empty(logits, logits.shape, output_memory_format(logits))
 
 
+def _fake_resize_cross_entropy(logits, target, align_corners, ignore_index):
+    torch._check(logits.dim() == 4, lambda: f"dilconv::resize_cross_entropy: expected 4-D logits, got {logits.shape}")
+    dt = _compute_dtype(logits.dtype)
+    return logits.new_empty(target.shape, dtype=dt), logits.new_empty(target.shape, dtype=dt)
+
+
+def _fake_resize_cross_entropy_backward(grad, logits, target, lse, align_corners, ignore_index):
+    return _empty(logits, logits.shape, output_memory_format(logits))
+
+
+def resize_cross_entropy_grad_reference(grad, logits, target, align_corners, ignore_index):
+    """resize_cross_entropy's logits gradient in differentiable torch ops (its double backward):
+    the cross-entropy gradient of the resized logits, resized back (upsample_bilinear2d's
+    backward)."""
+    size = list(target.shape[-2:])
+    up = torch.nn.functional.interpolate(logits.to(grad.dtype), size=size, mode="bilinear",
+                                         align_corners=align_corners)
+    gup = cross_entropy_grad_reference(grad, up, target, ignore_index)
+    return torch.ops.aten.upsample_bilinear2d_backward(gup, size, list(logits.shape),
+                                                       align_corners).to(logits.dtype)
+
+
 def cross_entropy_grad_reference(grad, logits, target, ignore_index):
     """cross_entropy's logits gradient in differentiable torch ops (its double backward):
     grad * (softmax - one-hot) per pixel, 0 where target == ignore_index."""
@@ -438,8 +460,28 @@ def _autograd_formulas(suffix: str):
             return cross_entropy_grad_reference(grad, logits, target, ctx.ignore_index), None, None
         return _op("cross_entropy_backward", "")(grad, logits, target, lse, ctx.ignore_index), None, None
 
+    # resize_cross_entropy(logits, target, align_corners, ignore_index) -> (loss, lse): as
+    # cross_entropy
+    def rce_setup(ctx, inputs, output):
+        logits, target, align_corners, ignore_index = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, target, output[1])
+        ctx.conf = (align_corners, ignore_index)
+
+    def rce_backward(ctx, grad, _):
+        if grad is None:
+            return None, None, None, None
+        logits, target, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            gx = resize_cross_entropy_grad_reference(grad, logits, target, *ctx.conf)
+        else:
+            gx = _op("resize_cross_entropy_backward", "")(grad, logits, target, lse, *ctx.conf)
+        return gx, None, None, None
+
     if fused is not None:
         formulas["cross_entropy"] = (ce_backward, ce_setup)
+        formulas["resize_cross_entropy"] = (rce_backward, rce_setup)
         formulas["batch_norm_act"] = (bn_backward, bn_setup)
         formulas["conv2d_backward"] = (bwd_backward, bwd_setup)
         formulas["conv2d_clamp"] = (clamp_backward, clamp_setup)
@@ -466,6 +508,10 @@ def register_variant(suffix: str, *, fake: bool = True) -> None:
             torch.library.register_fake("dilconv::cross_entropy")(_fake_cross_entropy)
             torch.library.register_fake("dilconv::cross_entropy_backward")(
                 _fake_cross_entropy_backward)
+            torch.library.register_fake("dilconv::resize_cross_entropy")(
+                _fake_resize_cross_entropy)
+            torch.library.register_fake("dilconv::resize_cross_entropy_backward")(
+                _fake_resize_cross_entropy_backward)
     for name, (backward, setup) in _autograd_formulas(suffix).items():
         torch.library.register_autograd(f"dilconv::{name}{suffix}", backward, setup_context=setup)
 

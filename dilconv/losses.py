@@ -12,16 +12,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dilconv import _ext
+from dilconv import functional as DF
 from dilconv import registry as _backends
 
 IGNORE_INDEX = 255
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
-           values: bool = True) -> None:
+           values: bool = True, resized: bool = False) -> None:
+    """resized: the logits are resized to the target's (H, W) (only the batch sizes must agree)"""
     if logits.dim() != 4:
         raise ValueError(f"expected logits of shape (N, C, H, W), got {tuple(logits.shape)}")
-    if target.dim() != 3 or target.shape[0] != logits.shape[0] or target.shape[1:] != logits.shape[2:]:
+    if resized and (target.dim() != 3 or target.shape[0] != logits.shape[0]):
+        raise ValueError(f"target of shape {tuple(target.shape)} does not match logits "
+                         f"{tuple(logits.shape)}: expected (N, H, W) with the batch size "
+                         f"N = {logits.shape[0]}")
+    if not resized and (target.dim() != 3 or target.shape[0] != logits.shape[0]
+                        or target.shape[1:] != logits.shape[2:]):
         raise ValueError(f"target of shape {tuple(target.shape)} does not match logits "
                          f"{tuple(logits.shape)}: expected (N, H, W) = "
                          f"{(logits.shape[0], *logits.shape[2:])}")
@@ -40,7 +47,8 @@ def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
-                  label_smoothing: float = 0.0, *, backend: Optional[str] = None) -> torch.Tensor:
+                  label_smoothing: float = 0.0, *, upsample: Optional[str] = None,
+                  align_corners: bool = False, backend: Optional[str] = None) -> torch.Tensor:
     """Pixel-wise cross-entropy; the mean runs over the non-ignored pixels (class-weighted when
     `weight` is given, as in torch). A batch with no valid pixel gives 0 (not NaN), so a crop that
     is all void does not poison training.
@@ -51,16 +59,35 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
     per pixel) and one backward, where torch makes four (log_softmax, nll_loss, a zero-filled
     gradient, log_softmax's backward), in NCHW and channels-last alike; the sums run in float32
     for fp16/bf16. Backend "torch", other devices, CPU autocast and the other options run
-    F.cross_entropy."""
+    F.cross_entropy.
+
+    upsample="bilinear": logits smaller (or larger) than the target are first resized to its
+    (H, W) as F.interpolate(mode="bilinear", align_corners=align_corners) does: a segmentation
+    network's final upsampling moved into the loss (the models' `resize_output = False` hands
+    over the logits before it). Where `dilconv::cross_entropy` would run, `dilconv::
+    resize_cross_entropy` does both without the full-size logits in memory: per block of output
+    rows it resizes the logits into a scratch in cache and takes the loss there; the backward
+    recomputes each block, turns it into its gradient and resizes that back. Otherwise
+    dilconv.functional.resize_bilinear (F.interpolate under "torch"), then the loss as above."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if upsample not in (None, "bilinear"):
+        raise ValueError(f"upsample must be None or 'bilinear', got {upsample!r}")
     name = backend or _backends._current
     if name != "torch":
         _backends.get_backend(name)  # unknown name -> ValueError
     fused = (name != "torch" and _ext.loaded and logits.device.type == "cpu"
              and logits.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
              and weight is None and label_smoothing == 0.0 and not torch.is_autocast_enabled("cpu"))
-    _check(logits, target, ignore_index, values=not fused)
+    resize = (upsample is not None and logits.dim() == 4 and target.dim() == 3
+              and tuple(logits.shape[2:]) != tuple(target.shape[1:]))
+    if resize and not fused:
+        if target.shape[0] != logits.shape[0]:
+            raise ValueError(f"target of shape {tuple(target.shape)} and logits "
+                             f"{tuple(logits.shape)} differ in the batch size")
+        logits = DF.resize_bilinear(logits, tuple(target.shape[1:]), align_corners, backend=name)
+        resize = False
+    _check(logits, target, ignore_index, values=not fused, resized=resize)
     target = target.long()
     valid = (target != ignore_index).sum() if reduction == "mean" else None
     if valid is not None and int(valid) == 0:
@@ -68,7 +95,11 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
     if not fused:
         return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing)
-    loss, _ = torch.ops.dilconv.cross_entropy(logits, target, ignore_index)  # float32/64
+    if resize:
+        loss, _ = torch.ops.dilconv.resize_cross_entropy(logits, target, align_corners,
+                                                         ignore_index)
+    else:
+        loss, _ = torch.ops.dilconv.cross_entropy(logits, target, ignore_index)  # float32/64
     if reduction == "sum":
         loss = loss.sum()
     elif reduction == "mean":

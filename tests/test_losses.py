@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dilconv
 from dilconv import losses, metrics
 
 IGN = 255
@@ -483,3 +484,175 @@ def test_fused_cross_entropy_bad_input():
     _, lse = torch.ops.dilconv.cross_entropy(x, t, IGN)
     with pytest.raises(RuntimeError, match="grad"):
         torch.ops.dilconv.cross_entropy_backward(torch.ones(1, 5, 5), x, t, lse, IGN)
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-entropy of logits upsampled in the loss (upsample="bilinear"): dilconv::resize_cross_entropy
+# under a dilconv backend, F.interpolate + the loss otherwise
+
+# (logits shape, target size): ~4x up across several units each way (the backward's units share
+# output rows), a downsampling (input rows no output row reads: zero gradient), other factors, a
+# one-row map, one class, an empty batch
+_RESIZED = [((2, 21, 33, 35), (129, 137)), ((1, 21, 40, 41), (160, 163)),
+            ((1, 5, 17, 19), (6, 7)), ((2, 3, 5, 7), (13, 9)), ((1, 4, 1, 9), (5, 20)),
+            ((1, 1, 4, 4), (9, 9)), ((0, 4, 3, 3), (5, 5))]
+
+
+def _resized_reference(x, t, align_corners, reduction="mean"):
+    xr = x.detach().double().requires_grad_()
+    up = F.interpolate(xr, size=tuple(t.shape[1:]), mode="bilinear", align_corners=align_corners)
+    return xr, F.cross_entropy(up, t, ignore_index=IGN, reduction=reduction)
+
+
+@needs_ext
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
+@pytest.mark.parametrize("case", _RESIZED, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_resized_cross_entropy_matches_float64(isa, fused_only, dtype, layout, case, reduction,
+                                               align_corners):
+    (n, c, h, w), (oh, ow) = case
+    x, _ = _ce_case(n, c, h, w, dtype, layout)
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, c, (n, oh, ow), generator=g)
+    t[torch.rand(n, oh, ow, generator=g) < 0.2] = IGN
+    xr, ref = _resized_reference(x, t, align_corners, reduction)
+    xf = x.detach().requires_grad_()
+    got = losses.cross_entropy(xf, t, reduction=reduction, upsample="bilinear",
+                               align_corners=align_corners, backend="cpu")
+    assert got.dtype == dtype and got.shape == ref.shape
+    if reduction == "mean" and not (t != IGN).any():
+        ref = ref.new_zeros(())
+    _close(got, ref.detach(), _TOL[dtype])
+    if got.numel() == 0:
+        return
+    gout = torch.randn(ref.shape, dtype=torch.float64)
+    if ref.requires_grad:
+        ref.backward(gout)
+    got.backward(gout.to(dtype))
+    assert xf.grad.dtype == dtype and xf.grad.shape == x.shape
+    if layout == "channels_last":
+        assert xf.grad.is_contiguous(memory_format=torch.channels_last)
+    _close(xf.grad, xr.grad if xr.grad is not None else torch.zeros_like(xr), _TOL[dtype])
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_resized_cross_entropy_half_precision(fused_only, dtype):
+    x, _ = _ce_case(2, 7, 9, 11, dtype, "nchw")
+    t = torch.randint(0, 7, (2, 36, 44))
+    xr, ref = _resized_reference(x, t, False)
+    xf = x.detach().clone().requires_grad_()
+    got = losses.cross_entropy(xf, t, upsample="bilinear", backend="auto")
+    assert got.dtype == dtype
+    _close(got, ref.detach(), _TOL[dtype])
+    ref.backward()
+    got.backward()
+    _close(xf.grad, xr.grad, _TOL[dtype])
+
+
+@needs_ext
+def test_resized_cross_entropy_gradcheck_and_opcheck(fused_only):
+    x, _ = _ce_case(2, 4, 3, 5, torch.float64, "nchw")
+    t = torch.randint(0, 4, (2, 7, 11))
+    t[0, 0, :4] = IGN
+    x.requires_grad_()
+    for ac in (False, True):
+        fn = lambda v: losses.cross_entropy(v, t, reduction="sum", upsample="bilinear",  # noqa: E731
+                                            align_corners=ac, backend="cpu")
+        torch.autograd.gradcheck(fn, (x,))
+        torch.autograd.gradgradcheck(fn, (x,))
+    xd = x.detach()
+    op, bwd = torch.ops.dilconv.resize_cross_entropy.default, torch.ops.dilconv.resize_cross_entropy_backward.default
+    torch.library.opcheck(op, (x, t, False, IGN))
+    torch.library.opcheck(op, (xd.float(), t, True, IGN))
+    _, lse = torch.ops.dilconv.resize_cross_entropy(xd, t, False, IGN)
+    g = torch.randn(t.shape, dtype=torch.float64)
+    torch.library.opcheck(bwd, (g, xd, t, lse, False, IGN))
+    xcl = xd.contiguous(memory_format=torch.channels_last)  # the gradient follows the layout
+    torch.library.opcheck(op, (xcl.requires_grad_(), t, False, IGN))
+    torch.library.opcheck(bwd, (g, xcl.detach(), t, lse, False, IGN))
+
+
+@needs_ext
+def test_resized_cross_entropy_fallbacks():
+    """Class weights, label smoothing and backend "torch" resize first, then torch's loss: the
+    same values; logits already of the target's size are not resized."""
+    x, _ = _ce_case(2, 4, 5, 6, torch.float32, "nchw")
+    t = torch.randint(0, 4, (2, 10, 12))
+    w = torch.rand(4) + 0.5
+    up = F.interpolate(x.double(), size=(10, 12), mode="bilinear", align_corners=False)
+    for kw in ({"weight": w}, {"label_smoothing": 0.1}, {"backend": "torch"}):
+        ref = F.cross_entropy(up, t, ignore_index=IGN, weight=w.double() if "weight" in kw else None,
+                              label_smoothing=kw.get("label_smoothing", 0.0))
+        got = losses.cross_entropy(x, t, upsample="bilinear", backend=kw.pop("backend", "cpu"), **kw)
+        _close(got, ref, 1e-5)
+    ts = torch.randint(0, 4, (2, 5, 6))
+    _close(losses.cross_entropy(x, ts, upsample="bilinear", backend="cpu"),
+           F.cross_entropy(x.double(), ts, ignore_index=IGN), 1e-5)
+
+
+@needs_ext
+def test_resized_cross_entropy_bad_input():
+    x, _ = _ce_case(1, 4, 5, 6, torch.float32, "nchw")
+    t = torch.randint(0, 4, (1, 11, 13))
+    _, lse = torch.ops.dilconv.resize_cross_entropy(x, t, False, IGN)
+    for bad in (7, 4, -1):
+        tb = t.clone()
+        tb[0, 2, 3] = bad
+        with pytest.raises(ValueError, match="target labels must be in"):
+            losses.cross_entropy(x, tb, upsample="bilinear", backend="cpu")
+        with pytest.raises(ValueError, match="target labels must be in"):
+            torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(t.shape), x, tb, lse, False, IGN)
+    with pytest.raises(ValueError, match="upsample"):
+        losses.cross_entropy(x, t, upsample="nearest", backend="cpu")
+    for backend in ("cpu", "torch"):
+        with pytest.raises(ValueError, match="batch"):
+            losses.cross_entropy(x, t.expand(2, -1, -1), upsample="bilinear", backend=backend)
+    with pytest.raises(ValueError, match="integer"):
+        losses.cross_entropy(x, t.float(), upsample="bilinear", backend="cpu")
+    with pytest.raises(RuntimeError, match="batch size"):
+        torch.ops.dilconv.resize_cross_entropy(x, t.expand(2, -1, -1), False, IGN)
+    with pytest.raises(RuntimeError, match="at least one class"):
+        torch.ops.dilconv.resize_cross_entropy(x[:, :0], t, False, IGN)
+    with pytest.raises(RuntimeError, match="integer class labels"):
+        torch.ops.dilconv.resize_cross_entropy(x, t.float(), False, IGN)
+    with pytest.raises(RuntimeError, match="empty"):
+        torch.ops.dilconv.resize_cross_entropy(x[:, :, :0], t, False, IGN)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(1, 11, 12), x, t, lse, False, IGN)
+    with pytest.raises(RuntimeError, match="lse"):
+        torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(t.shape), x, t, lse[:, :3], False, IGN)
+
+
+@needs_ext
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_models_hand_the_loss_their_logits_before_the_last_resize(backend):
+    """resize_output = False: DeepLabV3+ and a DeepLabV3 return the classifier's logits, and the
+    loss that upsamples them equals the loss of the full-size output (values and gradients)."""
+    import copy
+
+    from dilconv import models
+    torch.manual_seed(0)
+    for net in (models.deeplabv3plus(backbone="mobilenet_v2", num_classes=5, width_mult=0.35),
+                models.deeplabv3(backbone="mobilenet_v2", num_classes=5, aux_loss=True,
+                                 width_mult=0.35)):
+        net = net.double().eval()  # float64: the two paths differ by rounding only
+        x = torch.randn(2, 3, 33, 45, dtype=torch.float64)
+        t = torch.randint(0, 5, (2, 33, 45))
+        low = copy.deepcopy(net)
+        low.resize_output = False
+        with dilconv.use_backend(backend):
+            full, lowres = net(x), low(x)
+            assert full["out"].shape[2:] == (33, 45) and lowres["out"].shape[2:] != (33, 45)
+            assert set(full) == set(lowres)
+            a = losses.cross_entropy(full["out"], t)
+            b = losses.cross_entropy(lowres["out"], t, upsample="bilinear")
+            ga = torch.autograd.grad(a, list(net.parameters()), allow_unused=True)
+            gb = torch.autograd.grad(b, list(low.parameters()), allow_unused=True)
+        _close(b, a.detach(), 1e-12)
+        assert [u is None for u in gb] == [v is None for v in ga]  # (the aux head: unused)
+        for u, v in zip(gb, ga):
+            if u is not None:
+                _close(u, v, 1e-10)

@@ -145,11 +145,182 @@ Tensor cross_entropy_backward(const Tensor& grad, const Tensor& logits, const Te
   return gx.scalar_type() == logits.scalar_type() ? gx : gx.to(logits.scalar_type()).contiguous(fmt);
 }
 
+// ------------------------------------------------------------------------------------------
+// resize_cross_entropy: the cross-entropy of the logits bilinearly resized to the target's size
+// (F.interpolate then F.cross_entropy) without the resized logits in memory. Both directions
+// work on blocks of output rows: the block's resized logits are made in a scratch of C planes
+// (resize_fwd per class, from the low-resolution planes that stay in cache), then the
+// cross-entropy kernels run on it as on plain NCHW logits. The backward recomputes a block,
+// turns it into its gradient in place (ce_bwd) and resizes that back (resize_bwd): its blocks are
+// ranges of input rows, each with every output row that reads them (the output rows between two
+// blocks are computed by both), so that each input-gradient row is written by one unit.
+
+// output pixels a unit aims at: C planes of them fit the L2 (21 classes: ~0.7 MiB)
+constexpr int64_t kResizeBlock = 8192;
+
+struct ResizeCE {
+  int64_t N, C, h, w, OH, OW;
+  ResizeAxis ax, ay;
+  ResizeCE(const Tensor& logits, const Tensor& target, bool align_corners)
+      : N(logits.size(0)), C(logits.size(1)), h(logits.size(2)), w(logits.size(3)),
+        OH(target.size(1)), OW(target.size(2)), ax(resize_axis(w, OW, align_corners)),
+        ay(resize_axis(h, OH, align_corners)) {}
+
+  // the resized logits of output rows [o0, o1) of image n into up (C planes of (o1 - o0) * OW)
+  template <class T>
+  void logits_block(const Kernels<T>& K, const T* x, const T* xl, const T* yl, int64_t n,
+                    int64_t o0, int64_t o1, T* up, T* slots) const {
+    const int64_t m = (o1 - o0) * OW;
+    for (int64_t c = 0; c < C; ++c)  // rows o0.. as rows 0.. of the block (coefficients offset)
+      K.resize_fwd(x + (n * C + c) * h * w, w, 1, ax.idx.data(), xl, OW, ay.idx.data() + 2 * o0,
+                   yl + 2 * o0, up + c * m, OW, 0, o1 - o0, slots);
+  }
+};
+
+void check_resize_target(const char* op, const Tensor& logits, const Tensor& target) {
+  check_dim(op, logits, "logits", 4);
+  check_dtype(op, logits);
+  check_dim(op, target, "target", 3);
+  TORCH_CHECK(target.device().is_cpu(), op, ": expected CPU tensors, got ", target.device());
+  TORCH_CHECK(at::isIntegralType(target.scalar_type(), /*includeBool=*/false), op,
+              ": target must hold integer class labels, got ", target.scalar_type());
+  TORCH_CHECK(target.size(0) == logits.size(0), op, ": target ", target.sizes(),
+              " and logits ", logits.sizes(), " differ in the batch size");
+  TORCH_CHECK(logits.size(1) >= 1, op, ": logits need at least one class, got ", logits.sizes());
+  TORCH_CHECK(logits.numel() > 0 || target.numel() == 0, op, ": logits ", logits.sizes(),
+              " are empty but the target ", target.sizes(), " is not");
+}
+
+std::tuple<Tensor, Tensor> resize_cross_entropy(const Tensor& logits, const Tensor& target,
+                                                bool align_corners, int64_t ignore_index) {
+  const char* op = "dilconv::resize_cross_entropy";
+  check_resize_target(op, logits, target);
+  const auto ct = compute_type(logits.scalar_type());
+  const Tensor x = logits.to(ct).contiguous();
+  const Tensor t = target.to(at::kLong).contiguous();
+  const auto opts = logits.options().dtype(ct);
+  Tensor loss = at::empty(target.sizes(), opts), lse = at::empty(target.sizes(), opts);
+  if (target.numel() == 0) return {loss, lse};
+  const ResizeCE r(x, t, align_corners);
+  const int64_t rows = std::max<int64_t>(1, kResizeBlock / r.OW);
+  const int64_t nb = (r.OH + rows - 1) / rows, hw = r.OH * r.OW;
+  std::atomic<int64_t> bad{0};
+  auto body = [&](auto tag) {
+    using T = decltype(tag);
+    const auto& K = kern<T>();
+    const std::vector<T> xl(r.ax.lam.begin(), r.ax.lam.end()), yl(r.ay.lam.begin(), r.ay.lam.end());
+    const T* xp = x.data_ptr<T>();
+    const int64_t* tp = t.data_ptr<int64_t>();
+    T *lp = loss.data_ptr<T>(), *sp = lse.data_ptr<T>();
+    at::parallel_for(0, r.N * nb, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> up(r.C * rows * r.OW), slots(2 * r.OW);
+      int64_t local = 0;
+      for (int64_t u = b; u < e; ++u) {
+        const int64_t n = u / nb, o0 = u % nb * rows, o1 = std::min(r.OH, o0 + rows);
+        const int64_t m = (o1 - o0) * r.OW, p0 = n * hw + o0 * r.OW;
+        r.logits_block(K, xp, xl.data(), yl.data(), n, o0, o1, up.data(), slots.data());
+        local += K.ce_fwd(up.data(), m, 1, r.C, tp + p0, m, ignore_index, lp + p0, sp + p0,
+                          nullptr);
+      }
+      bad += local;
+    });
+  };
+  if (ct == at::kDouble) body(double{});
+  else body(float{});
+  TORCH_CHECK_VALUE(bad.load() == 0, op, ": target labels must be in [0, ", r.C,
+                    ") or ignore_index ", ignore_index, "; ", bad.load(), " are not");
+  return {loss, lse};
+}
+
+Tensor resize_cross_entropy_backward(const Tensor& grad, const Tensor& logits,
+                                     const Tensor& target, const Tensor& lse,
+                                     bool align_corners, int64_t ignore_index) {
+  const char* op = "dilconv::resize_cross_entropy_backward";
+  check_resize_target(op, logits, target);
+  for (const auto& [v, name] : {std::pair{&grad, "grad"}, std::pair{&lse, "lse"}}) {
+    check_dim(op, *v, name, 3);
+    check_dtype(op, *v);
+    TORCH_CHECK(v->sizes() == target.sizes(), op, ": ", name, " ", v->sizes(),
+                " does not match target ", target.sizes());
+  }
+  const auto ct = compute_type(logits.scalar_type());
+  const Tensor x = logits.to(ct).contiguous();
+  const Tensor t = target.to(at::kLong).contiguous();
+  const Tensor g = grad.to(ct).contiguous(), l = lse.to(ct).contiguous();
+  Tensor gx = at::empty(x.sizes(), x.options());
+  if (target.numel() == 0) {
+    gx.zero_();
+  } else if (gx.numel() > 0) {
+    const ResizeCE r(x, t, align_corners);
+    std::vector<int64_t> olo, ohi;  // the output rows reading each input row
+    r.ay.readers(r.h, olo, ohi);
+    // input rows a unit: about kResizeBlock output pixels with their readers
+    const int64_t rows =
+        std::max<int64_t>(1, kResizeBlock * r.h / (std::max<int64_t>(r.OH, r.h) * r.OW));
+    const int64_t nb = (r.h + rows - 1) / rows, hw = r.OH * r.OW;
+    int64_t span = 0;  // the most output rows a unit reads
+    for (int64_t i0 = 0; i0 < r.h; i0 += rows) {
+      int64_t lo = r.OH, hi = 0;
+      for (int64_t i = i0; i < std::min(r.h, i0 + rows); ++i)
+        if (olo[i] < ohi[i]) lo = std::min(lo, olo[i]), hi = std::max(hi, ohi[i]);
+      span = std::max(span, hi - lo);
+    }
+    std::atomic<int64_t> bad{0};
+    auto body = [&](auto tag) {
+      using T = decltype(tag);
+      const auto& K = kern<T>();
+      const std::vector<T> xl(r.ax.lam.begin(), r.ax.lam.end()),
+          yl(r.ay.lam.begin(), r.ay.lam.end());
+      const T *xp = x.data_ptr<T>(), *gp = g.data_ptr<T>(), *lp = l.data_ptr<T>();
+      const int64_t* tp = t.data_ptr<int64_t>();
+      T* gxp = gx.data_ptr<T>();
+      at::parallel_for(0, r.N * nb, 1, [&](int64_t b, int64_t e) {
+        std::vector<T> up(r.C * std::max<int64_t>(span, 1) * r.OW), slots(2 * r.OW);
+        std::vector<int64_t> lo_l(r.h), hi_l(r.h);  // olo/ohi relative to the unit's first row
+        int64_t local = 0;
+        for (int64_t u = b; u < e; ++u) {
+          const int64_t n = u / nb, i0 = u % nb * rows, i1 = std::min(r.h, i0 + rows);
+          int64_t o0 = r.OH, o1 = 0;
+          for (int64_t i = i0; i < i1; ++i)
+            if (olo[i] < ohi[i]) o0 = std::min(o0, olo[i]), o1 = std::max(o1, ohi[i]);
+          if (o0 >= o1) {  // no output row reads these rows (a downsampling): zero gradient
+            for (int64_t c = 0; c < r.C; ++c)
+              std::fill_n(gxp + ((n * r.C + c) * r.h + i0) * r.w, (i1 - i0) * r.w, T(0));
+            continue;
+          }
+          const int64_t m = (o1 - o0) * r.OW, p0 = n * hw + o0 * r.OW;
+          r.logits_block(K, xp, xl.data(), yl.data(), n, o0, o1, up.data(), slots.data());
+          // the block's logits gradient, in place
+          local += K.ce_bwd(up.data(), m, 1, r.C, tp + p0, gp + p0, lp + p0, m, ignore_index,
+                            up.data(), m, 1, nullptr);
+          for (int64_t i = i0; i < i1; ++i) {
+            lo_l[i] = olo[i] - o0;
+            hi_l[i] = ohi[i] - o0;
+          }
+          for (int64_t c = 0; c < r.C; ++c)
+            K.resize_bwd(up.data() + c * m, r.OW, 1, r.ax.idx.data(), xl.data(), r.OW,
+                         r.ay.idx.data() + 2 * o0, yl.data() + 2 * o0, lo_l.data(), hi_l.data(),
+                         gxp + (n * r.C + c) * r.h * r.w, r.w, r.w, i0, i1, slots.data());
+        }
+        bad += local;
+      });
+    };
+    if (ct == at::kDouble) body(double{});
+    else body(float{});
+    TORCH_CHECK_VALUE(bad.load() == 0, op, ": target labels must be in [0, ", r.C,
+                      ") or ignore_index ", ignore_index, "; ", bad.load(), " are not");
+  }
+  // the logits' dtype and layout (dilconv._ops.output_memory_format)
+  return gx.to(logits.scalar_type()).contiguous(out_format(logits));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dilconv, CPU, m) {
   m.impl("cross_entropy", &cross_entropy);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("resize_cross_entropy", &resize_cross_entropy);
+  m.impl("resize_cross_entropy_backward", &resize_cross_entropy_backward);
 }
 
 }  // namespace dilconv::cpu

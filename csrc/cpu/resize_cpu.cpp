@@ -20,49 +20,17 @@ namespace {
 using at::IntArrayRef;
 using at::Tensor;
 
-// torch's coefficients (aten/src/ATen/native/UpSample.h: area_pixel_compute_scale,
-// area_pixel_compute_source_index, guard_index_and_lambda) for `out` positions read from `in`:
-// per position the two source indices and their weights, computed in double.
-struct Axis {
-  std::vector<int64_t> idx;  // 2 per output position
-  std::vector<double> lam;   // 2 per output position
-};
-
-Axis axis(int64_t in, int64_t out, bool align_corners) {
-  Axis a;
-  a.idx.resize(2 * out);
-  a.lam.resize(2 * out);
-  const double scale = align_corners ? (out > 1 ? double(in - 1) / double(out - 1) : 0.0)
-                                     : double(in) / double(out);
-  for (int64_t o = 0; o < out; ++o) {
-    int64_t i0 = o, i1 = o;
-    double l1 = 0.0;
-    if (in != out) {
-      double real = align_corners ? scale * o : scale * (o + 0.5) - 0.5;
-      if (real < 0) real = 0;
-      i0 = std::min(static_cast<int64_t>(std::floor(real)), in - 1);
-      l1 = std::min(std::max(real - i0, 0.0), 1.0);
-      i1 = i0 + (i0 < in - 1 ? 1 : 0);
-    }
-    a.idx[2 * o] = i0;
-    a.idx[2 * o + 1] = i1;
-    a.lam[2 * o] = 1.0 - l1;
-    a.lam[2 * o + 1] = l1;
-  }
-  return a;
-}
-
 // The coefficients of a resize from `in` to `out` (either layout): images = planes (NCHW) or
 // images (channels-last), cc = values a pixel, xo = the column indices as value offsets.
 template <class T>
 struct Coefs {
-  Axis ax, ay;
+  ResizeAxis ax, ay;
   int64_t cc, images;
   std::vector<int64_t> xo;
   std::vector<T> xl, yl;
   Coefs(const Tensor& in, const Tensor& out, bool align_corners, bool nhwc)
-      : ax(axis(in.size(3), out.size(3), align_corners)),
-        ay(axis(in.size(2), out.size(2), align_corners)),
+      : ax(resize_axis(in.size(3), out.size(3), align_corners)),
+        ay(resize_axis(in.size(2), out.size(2), align_corners)),
         cc(nhwc ? in.size(1) : 1),
         images(nhwc ? in.size(0) : in.size(0) * in.size(1)),
         xo(ax.idx),
@@ -118,16 +86,9 @@ void resize_fwd_impl(const Tensor& x, const Tensor& y, bool align_corners, bool 
 template <class T>
 void resize_bwd_impl(const Tensor& g, const Tensor& gx, bool align_corners, bool nhwc) {
   const Coefs<T> k(gx, g, align_corners, nhwc);
-  const int64_t H = gx.size(2), W = gx.size(3), OH = g.size(2), OW = g.size(3), cc = k.cc;
-  // output rows reading each input row: a contiguous range, since the source rows of the
-  // output rows never decrease
-  std::vector<int64_t> olo(H, OH), ohi(H, 0);
-  for (int64_t oh = 0; oh < OH; ++oh)
-    for (int j = 0; j < 2; ++j) {
-      const int64_t i = k.ay.idx[2 * oh + j];
-      olo[i] = std::min(olo[i], oh);
-      ohi[i] = std::max(ohi[i], oh + 1);
-    }
+  const int64_t H = gx.size(2), W = gx.size(3), OW = g.size(3), cc = k.cc;
+  std::vector<int64_t> olo, ohi;  // the output rows reading each input row
+  k.ay.readers(H, olo, ohi);
   const T* gp = g.data_ptr<T>();
   T* gxp = gx.data_ptr<T>();
   const auto& K = kern<T>();

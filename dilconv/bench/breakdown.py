@@ -225,10 +225,10 @@ def categorise(func, args) -> str:
         return "batch norm" + d
     if base.rstrip("_") in _ACTIVATIONS:
         return "activation"
+    if "softmax" in base or "nll_loss" in base or "cross_entropy" in base:
+        return "loss"  # (resize_cross_entropy too: the loss that upsamples its logits)
     if "upsample" in base or "resize" in base:
         return "resize" + d
-    if "softmax" in base or "nll_loss" in base or "cross_entropy" in base:
-        return "loss"
     return "other ops"
 
 

@@ -3,7 +3,8 @@ every backend against torch. One model serves all backends (its convs follow
 `dilconv.use_backend`, so the weights are identical); the "torch" row runs the same dilconv
 modules on backend "torch" (torch.nn.functional behind dilconv's argument checks). A training
 step's loss is dilconv.losses.cross_entropy, which follows the backend the same way (torch's
-F.cross_entropy under "torch")."""
+F.cross_entropy under "torch"); where the model has `resize_output` (DeepLab, FCN) the loss takes
+the logits before the final upsampling and upsamples them itself (F.interpolate under "torch")."""
 from __future__ import annotations
 
 import contextlib
@@ -144,12 +145,20 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
     x64 = x64.to(dtype).double()
     model.train(train)
     _no_dropout(model)
+    # a training step's loss upsamples the logits itself where the model can hand them over
+    # before its final resize (the same ops under "torch": F.interpolate, F.cross_entropy)
+    upsample = "bilinear" if train and hasattr(model, "resize_output") else None
+    if upsample:
+        model.resize_output = False
+
+    def loss_of(y, target):
+        return losses.cross_entropy(y.float(), target, upsample=upsample)
 
     def step(m, x, target):
         y = _out(m(x))
         if not train:
             return [y]
-        loss = losses.cross_entropy(y.float(), target)
+        loss = loss_of(y, target)
         grads = torch.autograd.grad(loss, [p for p in m.parameters() if p.requires_grad])
         return [loss.detach(), *grads]
 
@@ -157,7 +166,8 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
     with dilconv.use_backend("torch"), ops.fast_float64_torch():
         with torch.no_grad():
             y = _out(ref_model(x64.to(device)))
-        target = torch.randint(0, y.shape[1], (y.shape[0], *y.shape[2:]), generator=g).to(device)
+        hw = x64.shape[2:] if upsample else y.shape[2:]  # (a U-Net's output is smaller)
+        target = torch.randint(0, y.shape[1], (y.shape[0], *hw), generator=g).to(device)
         with torch.set_grad_enabled(train):
             ref = [t.detach() for t in step(ref_model, x64.to(device), target)] if train else [y]
     del ref_model, y
@@ -172,7 +182,7 @@ def run_network(net: dict, device: str, backends: list[str], timer, budget_s: fl
                     with torch.no_grad():
                         return [_out(model(x))]
                 opt.zero_grad(set_to_none=True)
-                loss = losses.cross_entropy(_out(model(x)).float(), target)
+                loss = loss_of(_out(model(x)), target)
                 loss.backward()
                 opt.step()
                 return loss

@@ -126,9 +126,14 @@ def markdown(run: dict) -> str:
                 "[-> ReLU/ReLU6] after a conv runs as dilconv's batch_norm_act (batch "
                 "statistics, running statistics updated as torch.nn does) where torch runs "
                 "BatchNorm and the activation as separate passes. A training step's loss is "
-                "dilconv.losses.cross_entropy on the full-size output: dilconv's cross-entropy "
+                "dilconv.losses.cross_entropy at the input's size: dilconv's cross-entropy "
                 "op under a dilconv backend (one pass over the logits forward, one backward), "
-                "torch's F.cross_entropy under `torch`.", ""] + net_table(run["networks"])
+                "torch's F.cross_entropy under `torch`; for the DeepLab/FCN models the loss "
+                "takes the logits before the final upsampling (the model's `resize_output = "
+                "False`, the loss's `upsample=\"bilinear\"`) and upsamples them itself: torch's "
+                "F.interpolate then F.cross_entropy under `torch` (the ops the model ran), "
+                "dilconv's resize_cross_entropy under a dilconv backend (the upsampled logits "
+                "made and consumed block by block in cache, never stored).", ""] + net_table(run["networks"])
         inside = [n for n in run["networks"] if n.get("in_network")]
         if inside:
             from dilconv.bench.breakdown import markdown_in_network

@@ -85,24 +85,34 @@ class FCNHead(ConvNormActSequential):
                          conv(inter, num_classes, 1, backend=backend))
 
 
+# `resize_output` (an attribute of the DeepLab/FCN models, True by default): False returns the
+# logits ("out", "aux") at the classifier's resolution, for a loss that upsamples them itself:
+# dilconv.losses.cross_entropy(out, target, upsample="bilinear") computes the same loss without
+# the full-size logits in memory (a training step saves the resize's output and its gradient).
+def _resized(model, y, size, backend):
+    return resize(y, size, backend=backend) if getattr(model, "resize_output", True) else y
+
+
 class _SegModel(nn.Module):
-    """backbone + classifier (+ aux_classifier), torchvision's _SimpleSegmentationModel."""
+    """backbone + classifier (+ aux_classifier), torchvision's _SimpleSegmentationModel.
+    resize_output = False: logits at the classifier's resolution (see _resized)."""
 
     def __init__(self, backbone, classifier, aux_classifier=None):
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
         self.aux_classifier = aux_classifier
+        self.resize_output = True
 
     def forward(self, x):
         size = x.shape[-2:]
         feats = self.backbone.forward_stages(x, upto=self.backbone.high_stage)
         result = OrderedDict()
         bk = backend_of(self.classifier)
-        result["out"] = resize(self.classifier(feats[self.backbone.high_stage]), size, backend=bk)
+        result["out"] = _resized(self, self.classifier(feats[self.backbone.high_stage]), size, bk)
         if self.aux_classifier is not None:
-            result["aux"] = resize(self.aux_classifier(feats[self.backbone.aux_stage]), size,
-                                   backend=bk)
+            result["aux"] = _resized(self, self.aux_classifier(feats[self.backbone.aux_stage]),
+                                     size, bk)
         return result
 
 
@@ -140,7 +150,8 @@ class ASPPSum(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """Encoder: backbone + ASPP (optionally separable). Decoder: the stride-4 low-level feature,
     1x1 conv to 48 channels + BN + ReLU, concatenated with the 4x-upsampled encoder output, two
-    3x3 convs of 256 (optionally separable), 1x1 classifier, upsampled to the input size."""
+    3x3 convs of 256 (optionally separable), 1x1 classifier, upsampled to the input size
+    (resize_output = False: not upsampled, see _resized)."""
 
     def __init__(self, backbone, num_classes, rates, *, separable=True, aux_loss=False,
                  low_channels=48, backend=None):
@@ -156,6 +167,7 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = conv(256, num_classes, 1, backend=backend)
         self.aux_classifier = (FCNHead(ch[backbone.aux_stage], num_classes, backend=backend)
                                if aux_loss else None)
+        self.resize_output = True
 
     def forward(self, x):
         size = x.shape[-2:]
@@ -166,9 +178,9 @@ class DeepLabV3Plus(nn.Module):
         high = resize(self.aspp(feats[b.high_stage]), low.shape, backend=bk)
         y = self.classifier(self.decoder(torch.cat([high, low], dim=1)))
         result = OrderedDict()
-        result["out"] = resize(y, size, backend=bk)
+        result["out"] = _resized(self, y, size, bk)
         if self.aux_classifier is not None:
-            result["aux"] = resize(self.aux_classifier(feats[b.aux_stage]), size, backend=bk)
+            result["aux"] = _resized(self, self.aux_classifier(feats[b.aux_stage]), size, bk)
         return result
 
 
