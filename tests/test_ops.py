@@ -74,6 +74,10 @@ CONV = [
     Conv(0, 4, 9, 8, 6, (3, 3), padding=1),  # empty batch
     Conv(0, 6, 9, 8, 6, (3, 3), padding=1, groups=6),  # empty batch, depthwise
     Conv(2, 16, 9, 10, 24, (1, 1)),  # pointwise: one GEMM on the planes (CPU)
+    # pointwise without bias (no epilogue): one batched GEMM over the images (CPU: a sum over
+    # >= 64 channels or small planes), else a GEMM per image (16 channels on 4900 pixels)
+    Conv(2, 72, 5, 6, 80, (1, 1), bias=False),
+    Conv(2, 16, 70, 70, 24, (1, 1), bias=False),
     Conv(1, 20, 7, 9, 12, (1, 1), groups=2, bias=False),  # grouped pointwise
 ]
 
