@@ -154,10 +154,10 @@ struct Kernels {
   // C <= 4096 channels. moments: s1/s2 += sums of (x - shift) and its square; apply:
   // y = clamp(x * scale + bias); grad_sums: s1/s2 += sums of gz and gz * (x - mean), gz = g
   // where lo < x * scale + bias < hi (the forward's pre-clamp value, recomputed bit for bit:
-  // the output is not read); grad_apply: gx = k1 * gz - k2 - k3 * (x - mean). The applies
-  // take the planes read next (nullable), prefetched while they write.
+  // the output is not read); grad_apply: gx = k1 * gz - k2 - k3 * (x - mean). moments and the
+  // applies take the planes read next (nullable), prefetched while they read / write.
   void (*bn_moments)(const T* x, int64_t len, int64_t C, bool planar, const T* shift, double* s1,
-                     double* s2);
+                     double* s2, const T* pf);
   void (*bn_apply)(const T* x, int64_t len, int64_t C, bool planar, const T* scale, const T* bias,
                    T lo, T hi, T* y, const T* pf, bool stream);
   void (*bn_grad_sums)(const T* g, const T* x, int64_t len, int64_t C, bool planar,

@@ -1989,10 +1989,13 @@ void resize_bwd(const T* g, int64_t gp, int64_t cc, const int64_t* xo, const T* 
 constexpr int64_t BN_RUN = 1024;
 
 // s1[c] += sum (x - shift[c]), s2[c] += sum (x - shift[c])^2 (the shift: a sample of the
-// channel, so that the variance does not come from the difference of two large sums)
+// channel, so that the variance does not come from the difference of two large sums); pf
+// (planar, nullable): len values read next, prefetched into the L2 as bn_apply does (the
+// backward's sums do not: two tensors of the next channel too overflowed the L2 at 257^2)
 template <class T>
 void bn_moments(const T* x, int64_t len, int64_t C, bool planar, const T* shift, double* s1,
-                double* s2) {
+                double* s2, const T* pf) {
+  constexpr int64_t LINE = 64 / sizeof(T);
   if (planar) {  // vector partial sums: a scalar reduction would not be vectorised (no -ffast-math)
     const T sh = shift[0];
     const V<T> vsh = splat<T>(sh);
@@ -2001,6 +2004,8 @@ void bn_moments(const T* x, int64_t len, int64_t C, bool planar, const T* shift,
       V<T> a0{}, a1{}, b0{}, b1{};
       int64_t j = j0;
       for (; j + 2 * NV<T> <= j1; j += 2 * NV<T>) {
+        if (pf)
+          for (int64_t l = 0; l < 2 * NV<T>; l += LINE) __builtin_prefetch(pf + j + l, 0, 2);
         const V<T> d0 = ld(x + j) - vsh, d1 = ld(x + j + NV<T>) - vsh;
         a0 += d0;
         a1 += d1;
