@@ -2050,6 +2050,20 @@ DILCONV_INLINE U bn_pre(U x, U k, U b) {
   return x * k + b;
 }
 
+// y[j] for j < len: vec(j) a vector of them (st, or st_stream after a scalar head up to y's
+// vector alignment when stream, fenced), one(j) the scalar tail (and head)
+template <class T, class One, class Vec>
+DILCONV_INLINE void store_values(T* y, int64_t len, bool stream, One&& one, Vec&& vec) {
+  int64_t j = 0;
+  if (stream) {
+    for (; j < len && reinterpret_cast<uintptr_t>(y + j) % VB; ++j) one(j);
+    for (; j + NV<T> <= len; j += NV<T>) st_stream(y + j, vec(j));
+    stream_fence();
+  }
+  for (; j + NV<T> <= len; j += NV<T>) st(y + j, vec(j));
+  for (; j < len; ++j) one(j);
+}
+
 // y = clamp(x * scale[c] + bias[c], lo, hi); pf (planar, nullable): len values read next (the
 // next channel's plane), prefetched into the L2 a line per line written; stream: y by
 // streaming stores (st_stream) where its rows are vector-aligned, fenced before returning
@@ -2069,14 +2083,7 @@ void bn_apply(const T* x, int64_t len, int64_t C, bool planar, const T* scale, c
       if (pf && j % LINE == 0) __builtin_prefetch(pf + j, 0, 2);
       return clamp_v<T>(bn_pre<V<T>>(ld(x + j), vk, vb), vlo, vhi);
     };
-    int64_t j = 0;
-    if (stream) {  // a scalar head up to y's vector alignment
-      for (; j < len && reinterpret_cast<uintptr_t>(y + j) % VB; ++j) one(j);
-      for (; j + NV<T> <= len; j += NV<T>) st_stream(y + j, vec(j));
-      stream_fence();
-    }
-    for (; j + NV<T> <= len; j += NV<T>) st(y + j, vec(j));
-    for (; j < len; ++j) one(j);
+    store_values<T>(y, len, stream, one, vec);
     return;
   }
   if (stream && C % NV<T> == 0 && reinterpret_cast<uintptr_t>(y) % VB == 0) {
@@ -2196,14 +2203,7 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
       }
       return va * gz - vb2 - vc3 * (xv - vm);
     };
-    int64_t j = 0;
-    if (stream) {
-      for (; j < len && reinterpret_cast<uintptr_t>(gx + j) % VB; ++j) one(j);
-      for (; j + NV<T> <= len; j += NV<T>) st_stream(gx + j, vec(j));
-      stream_fence();
-    }
-    for (; j + NV<T> <= len; j += NV<T>) st(gx + j, vec(j));
-    for (; j < len; ++j) one(j);
+    store_values<T>(gx, len, stream, one, vec);
     return;
   }
   if (stream && C % NV<T> == 0 && reinterpret_cast<uintptr_t>(gx) % VB == 0) {

@@ -25,18 +25,24 @@ using at::Tensor;
 // a unit of work: one image's pixels [p0, p0 + kBlock)
 constexpr int64_t kBlock = 4096;
 
-void check_target(const char* op, const Tensor& logits, const Tensor& target) {
+// (N, C, H, W) logits of at least one class, (N, H', W') integer labels, both on the CPU
+void check_labels(const char* op, const Tensor& logits, const Tensor& target) {
   check_dim(op, logits, "logits", 4);
   check_dtype(op, logits);
   check_dim(op, target, "target", 3);
   TORCH_CHECK(target.device().is_cpu(), op, ": expected CPU tensors, got ", target.device());
   TORCH_CHECK(at::isIntegralType(target.scalar_type(), /*includeBool=*/false), op,
               ": target must hold integer class labels, got ", target.scalar_type());
-  TORCH_CHECK(target.size(0) == logits.size(0) && target.size(1) == logits.size(2) &&
-                  target.size(2) == logits.size(3),
-              op, ": target ", target.sizes(), " does not match logits ", logits.sizes(),
-              ": expected (N, H, W)");
+  TORCH_CHECK(target.size(0) == logits.size(0), op, ": target ", target.sizes(),
+              " and logits ", logits.sizes(), " differ in the batch size");
   TORCH_CHECK(logits.size(1) >= 1, op, ": logits need at least one class, got ", logits.sizes());
+}
+
+void check_target(const char* op, const Tensor& logits, const Tensor& target) {
+  check_labels(op, logits, target);
+  TORCH_CHECK(target.size(1) == logits.size(2) && target.size(2) == logits.size(3), op,
+              ": target ", target.sizes(), " does not match logits ", logits.sizes(),
+              ": expected (N, H, W)");
 }
 
 void check_pixels(const char* op, const Tensor& t, const Tensor& logits, const char* name) {
@@ -178,15 +184,7 @@ struct ResizeCE {
 };
 
 void check_resize_target(const char* op, const Tensor& logits, const Tensor& target) {
-  check_dim(op, logits, "logits", 4);
-  check_dtype(op, logits);
-  check_dim(op, target, "target", 3);
-  TORCH_CHECK(target.device().is_cpu(), op, ": expected CPU tensors, got ", target.device());
-  TORCH_CHECK(at::isIntegralType(target.scalar_type(), /*includeBool=*/false), op,
-              ": target must hold integer class labels, got ", target.scalar_type());
-  TORCH_CHECK(target.size(0) == logits.size(0), op, ": target ", target.sizes(),
-              " and logits ", logits.sizes(), " differ in the batch size");
-  TORCH_CHECK(logits.size(1) >= 1, op, ": logits need at least one class, got ", logits.sizes());
+  check_labels(op, logits, target);
   TORCH_CHECK(logits.numel() > 0 || target.numel() == 0, op, ": logits ", logits.sizes(),
               " are empty but the target ", target.sizes(), " is not");
 }
