@@ -85,8 +85,9 @@ class FCNHead(ConvNormActSequential):
                          conv(inter, num_classes, 1, backend=backend))
 
 
-# `resize_output` (an attribute of DeepLabV2/V3/V3+ and the torchvision-layout FCN, True by default): False returns the
-# logits ("out", "aux") at the classifier's resolution, for a loss that upsamples them itself:
+# `resize_output` (an attribute of DeepLabV2/V3/V3+ and the torchvision-layout FCN, True by
+# default): False returns the logits ("out", "aux") at the classifier's resolution, for a loss
+# that upsamples them itself:
 # dilconv.losses.cross_entropy(out, target, upsample="bilinear") computes the same loss without
 # the full-size logits in memory (a training step saves the resize's output and its gradient).
 def _resized(model, y, size, backend):
