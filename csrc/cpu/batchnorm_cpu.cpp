@@ -123,6 +123,11 @@ const T* next_plane(bool planar, int64_t C, const T* base, int64_t off, int64_t 
 constexpr double kStreamBytes = 16.0 * (1 << 20);
 
 template <class T>
+bool streamed(const Tensor& t) {
+  return double(t.numel()) * sizeof(T) >= kStreamBytes;
+}
+
+template <class T>
 void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& weight,
                  const std::optional<Tensor>& bias, double eps, double lo, double hi,
                  const Tensor& mean_out, const Tensor& invstd_out, const Tensor& var_out,
@@ -132,7 +137,7 @@ void bn_fwd_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& 
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const auto& K = kern<T>();
-  const bool stream = double(x.numel()) * sizeof(T) >= kStreamBytes;
+  const bool stream = streamed<T>(x);
   // shift: one value of each channel (the first pixel of the first image)
   std::vector<T> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = planar ? xp[c * HW] : xp[c];
@@ -209,7 +214,7 @@ void bn_bwd_impl(const Tensor& g, const Tensor& x, const Tensor& mean_t, const T
   const double M = double(N * HW);
   const T *gp = g.data_ptr<T>(), *xp = x.data_ptr<T>();
   const auto& K = kern<T>();
-  const bool stream = double(x.numel()) * sizeof(T) >= kStreamBytes;
+  const bool stream = streamed<T>(x);
   const std::vector<T> mean(mean_t.data_ptr<T>(), mean_t.data_ptr<T>() + C);
   const std::vector<double> w = channel_values(weight, C, 1.0), bb = channel_values(bias, C, 0.0);
   const T* is = invstd_t.data_ptr<T>();

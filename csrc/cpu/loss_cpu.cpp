@@ -256,12 +256,17 @@ Tensor resize_cross_entropy_backward(const Tensor& grad, const Tensor& logits,
     const int64_t rows =
         std::max<int64_t>(1, kResizeBlock * r.h / (std::max<int64_t>(r.OH, r.h) * r.OW));
     const int64_t nb = (r.h + rows - 1) / rows, hw = r.OH * r.OW;
+    // the output rows [o0, o1) that read input rows [i0, i1) (o0 >= o1: none)
+    const auto read_by = [&](int64_t i0, int64_t i1) {
+      int64_t o0 = r.OH, o1 = 0;
+      for (int64_t i = i0; i < i1; ++i)
+        if (olo[i] < ohi[i]) o0 = std::min(o0, olo[i]), o1 = std::max(o1, ohi[i]);
+      return std::pair{o0, o1};
+    };
     int64_t span = 0;  // the most output rows a unit reads
     for (int64_t i0 = 0; i0 < r.h; i0 += rows) {
-      int64_t lo = r.OH, hi = 0;
-      for (int64_t i = i0; i < std::min(r.h, i0 + rows); ++i)
-        if (olo[i] < ohi[i]) lo = std::min(lo, olo[i]), hi = std::max(hi, ohi[i]);
-      span = std::max(span, hi - lo);
+      const auto [o0, o1] = read_by(i0, std::min(r.h, i0 + rows));
+      span = std::max(span, o1 - o0);
     }
     std::atomic<int64_t> bad{0};
     auto body = [&](auto tag) {
@@ -278,9 +283,7 @@ Tensor resize_cross_entropy_backward(const Tensor& grad, const Tensor& logits,
         int64_t local = 0;
         for (int64_t u = b; u < e; ++u) {
           const int64_t n = u / nb, i0 = u % nb * rows, i1 = std::min(r.h, i0 + rows);
-          int64_t o0 = r.OH, o1 = 0;
-          for (int64_t i = i0; i < i1; ++i)
-            if (olo[i] < ohi[i]) o0 = std::min(o0, olo[i]), o1 = std::max(o1, ohi[i]);
+          const auto [o0, o1] = read_by(i0, i1);
           if (o0 >= o1) {  // no output row reads these rows (a downsampling): zero gradient
             for (int64_t c = 0; c < r.C; ++c)
               std::fill_n(gxp + ((n * r.C + c) * r.h + i0) * r.w, (i1 - i0) * r.w, T(0));
