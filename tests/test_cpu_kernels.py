@@ -227,6 +227,10 @@ def test_conv2d_backward(isa, path_env, dtype, monkeypatch):
         (2, 3, 1, (1, 3), 1, (0, 3), (1, 3), 7, 20, "strided"),  # fused, 1xN
         (2, 4, 1, (5, 1), 1, (4, 0), (2, 1), 9, 4, "nchw"),  # fused, Nx1, narrow rows
         (1, 6, 1, (3, 3), 1, (1, 1), (1, 1), 40, 70, "nchw"),  # fused, several vectors a row
+        # fused, planes worked in chunks of rows (whole bands each, the last with a tail)
+        (2, 3, 1, (3, 3), 1, (2, 2), (2, 2), 47, 61, "nchw"),
+        (1, 4, 1, (3, 3), 1, (1, 1), (1, 1), 50, 45, "strided"),
+        (1, 2, 1, (3, 3), 1, (1, 1), (1, 1), 300, 5, "nchw"),  # rows narrower than the overrun
         (2, 19, 1, (3, 3), 1, (2, 2), (2, 2), 11, 13, "nhwc"),  # fused channels-last
         (1, 40, 1, (1, 5), 1, (0, 4), (1, 2), 5, 14, "nhwc"),  # fused channels-last
         (2, 3, 2, (3, 3), 1, (1, 1), (1, 1), 7, 5, "nchw"),  # multiplier 2: separate

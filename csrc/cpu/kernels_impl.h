@@ -577,15 +577,16 @@ int64_t dw_flat_wgrad_scratch(const Geo& g, int64_t channels) {
   const int64_t wp = dw_flat_pitch<T>(g);
   const int64_t slack = dw_flat_slack<T>(g);
   return (g.P + (g.R - 1) * g.dh) * wp + slack + g.P * wp + DW_FLAT_U * NV<T> + 2 * NV<T> +
-         channels * DW_FLAT_MAX_TAPS;
+         channels * DW_FLAT_MAX_TAPS * NV<T>;
 }
 
-// sum[t] += gb . buf[off[t]:] over len values; with GB, *gsum += the sum of gb (the bias
-// gradient, while gb is in registers anyway)
+// sum[t] += gb . buf[off[t]:] over len values, by lanes (hsum once the sums are complete: a
+// horizontal sum per call cost as much as the dots of a few rows); with GB, *gsum += gb by
+// lanes (the bias gradient, while gb is in registers anyway)
 // (pf, nullable: memory read next, prefetched as in dw_flat_block)
 template <class T, int NT, bool GB = false>
-void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* sum,
-                 T* gsum = nullptr, const T* pf = nullptr) {
+void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, V<T>* sum,
+                 V<T>* gsum = nullptr, const T* pf = nullptr) {
   constexpr int64_t L = NV<T>;
   constexpr int64_t LINE = 64 / sizeof(T);
   V<T> acc[NT], ga = V<T>{};
@@ -601,8 +602,8 @@ void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* 
 #pragma GCC unroll 9
     for (int t = 0; t < NT; ++t) acc[t] += a0 * ld(src[t] + j) + a1 * ld(src[t] + j + L);
   }
-  for (int t = 0; t < NT; ++t) sum[t] += hsum<T>(acc[t]);
-  if (GB) *gsum += hsum<T>(ga);
+  for (int t = 0; t < NT; ++t) sum[t] += acc[t];
+  if (GB) *gsum += ga;
 }
 
 // 3x3 taps, dw_flat_dot by bands of A rows of gb (as dw_flat_block_3x3): sum[r * 3 + s] +=
@@ -610,8 +611,8 @@ void dw_flat_dot(const T* gb, const T* buf, const int64_t* off, int64_t len, T* 
 // gb. A sum must not count a value twice, so the last column step of a band is masked to the
 // band's D values. Returns how many values (a multiple of A * D) it has summed.
 template <class T, bool GB = false>
-int64_t dw_flat_dot_3x3(const T* gb, const T* buf, int64_t D, int64_t dw, int64_t len, T* sum,
-                        T* gsum, const T* pf) {
+int64_t dw_flat_dot_3x3(const T* gb, const T* buf, int64_t D, int64_t dw, int64_t len, V<T>* sum,
+                        V<T>* gsum, const T* pf) {
   constexpr int64_t L = NV<T>;
   constexpr int64_t LINE = 64 / sizeof(T);
   constexpr int A = 4;
@@ -635,16 +636,16 @@ int64_t dw_flat_dot_3x3(const T* gb, const T* buf, int64_t D, int64_t dw, int64_
       band_3x3<T, A>(buf + j, D, dw, [&](int a, int t, V<T> v) { acc[t] += gv[a] * v; });
     }
   }
-  for (int t = 0; t < 9; ++t) sum[t] += hsum<T>(acc[t]);
-  if (GB) *gsum += hsum<T>(ga);
+  for (int t = 0; t < 9; ++t) sum[t] += acc[t];
+  if (GB) *gsum += ga;
   return g0;
 }
 
 // sum[t] += gb . buf[off[t]:] over len values (see dw_flat_dot): 3x3 taps by bands of rows,
 // the rest (and other tap counts) one row at a time
 template <class T, bool GB = false>
-void dw_flat_dots(const Geo& g, const T* gb, const T* buf, const int64_t* off, int64_t len, T* sum,
-                  T* gsum = nullptr, const T* pf = nullptr) {
+void dw_flat_dots(const Geo& g, const T* gb, const T* buf, const int64_t* off, int64_t len,
+                  V<T>* sum, V<T>* gsum = nullptr, const T* pf = nullptr) {
   int64_t done = 0;
   if (g.R == 3 && g.S == 3)
     done = dw_flat_dot_3x3<T, GB>(gb, buf, off[3], off[1], len, sum, gsum, pf);
@@ -668,8 +669,8 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   const int64_t nt = g.R * g.S;
   T* buf = scratch;
   T* gb = buf + nr * wp + slack;
-  T* sum = gb + g.P * wp + DW_FLAT_U * L + 2 * L;
-  for (int64_t i = 0; i < (k1 - k0) * DW_FLAT_MAX_TAPS; ++i) sum[i] = 0;
+  T* sum = gb + g.P * wp + DW_FLAT_U * L + 2 * L;  // by lanes: [channel][tap][L]
+  for (int64_t i = 0; i < (k1 - k0) * DW_FLAT_MAX_TAPS * L; ++i) sum[i] = 0;
   int64_t off[DW_FLAT_MAX_TAPS];
   dw_flat_offsets(g, wp, off);
   const int64_t len = g.P * wp;
@@ -691,17 +692,20 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
           for (int64_t q = 0; q < g.Q; ++q) d[q] = sr[q * gys.w];
         }
       }
-      T* sk = sum + (kk - k0) * DW_FLAT_MAX_TAPS;
+      T* sk = sum + (kk - k0) * DW_FLAT_MAX_TAPS * L;
       // prefetch: the x plane the next pass packs (next image, else the next unit's channel)
       const T* pf = nullptr;
       if (kk + 1 == k1 && xs.w == 1 && xs.h == g.W)
         pf = n + 1 < g.N ? x + (n + 1) * xs.n + grp * xs.c : x + n * xs.n + (grp + 1) * xs.c;
-      dw_flat_dots<T>(g, gb, buf, off, len, sk, nullptr, pf);
+      V<T> acc[DW_FLAT_MAX_TAPS];
+      for (int64_t t = 0; t < nt; ++t) acc[t] = ld(sk + t * L);
+      dw_flat_dots<T>(g, gb, buf, off, len, acc, nullptr, pf);
+      for (int64_t t = 0; t < nt; ++t) st(sk + t * L, acc[t]);
     }
   }
   for (int64_t kk = k0; kk < k1; ++kk)
     for (int64_t t = 0; t < nt; ++t)
-      gw[(grp * g.Kg + kk) * nt + t] = sum[(kk - k0) * DW_FLAT_MAX_TAPS + t];
+      gw[(grp * g.Kg + kk) * nt + t] = hsum<T>(ld(sum + ((kk - k0) * DW_FLAT_MAX_TAPS + t) * L));
 }
 
 // Fused depthwise backward (multiplier 1, stride 1, "same" size: P == H, Q == W, so the input
@@ -711,12 +715,40 @@ void dw_flat_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
 // dw_flat_dot wants: zeros in the gap columns) and the bias gradient. gy and x are read from
 // memory once instead of three and two times. Channels [c0, c1), summed over the batch; gx,
 // gw ([C][R * S]) and gb (nullable) written for those channels. wf: the flipped weights.
+// A plane is worked in chunks of a few output rows (3x3 taps; else the whole plane at once):
+// pack the gy and x rows the chunk reads (its halo again each chunk), stencil, store, dots,
+// all within a few KB that stay in L1. Whole planes (66 KB at 129^2) went through the L2
+// between the steps (2 threads, interleaved: 2x304x129^2 7.8 -> 6.4 ms, 2x96x257^2 12.2 -> 9.3,
+// 2x32x257^2 3.9 -> 2.8, 728x65^2 d2 2.1 -> 1.8).
+// The sums of the weight and bias gradients stay in vectors until the channel is done.
+
+// output rows a chunk of dw_flat_bwd: whole bands of dw_flat_block_3x3 / dw_flat_dot_3x3 (so
+// that the dots of one chunk never sum a value of the next: only the last chunk takes their
+// one-row tail), about 4 KB of a packed buffer (8 KB ran no faster, a whole plane slower)
+template <class T>
+int64_t dw_flat_bwd_chunk(const Geo& g) {
+  const int64_t band = 4 * g.dh;
+  const int64_t nr = g.P + (g.R - 1) * g.dh;
+  if (g.R != 3 || g.S != 3 || nr * dw_flat_pitch<T>(g) * int64_t(sizeof(T)) <= 8192) return g.P;
+  const int64_t rows = (4096 / int64_t(sizeof(T))) / dw_flat_pitch<T>(g);
+  return rows <= band ? band : rows / band * band;
+}
+
+// packed rows a chunk's kernels may read past its last output row: the taps' reach and the
+// blocks' overrun (values the next chunk recomputes, or that a dot masks to zero: packed all
+// the same, as memory never packed could hold a NaN, and NaN * 0 is NaN)
+template <class T>
+int64_t dw_flat_bwd_ahead(const Geo& g) {
+  const int64_t wp = dw_flat_pitch<T>(g);
+  return (g.R - 1) * g.dh + (dw_flat_slack<T>(g) + wp - 1) / wp;
+}
+
 template <class T>
 int64_t dw_flat_bwd_scratch(const Geo& g) {
   const int64_t wp = dw_flat_pitch<T>(g);
-  const int64_t slack = dw_flat_slack<T>(g);
-  const int64_t win = (g.P + (g.R - 1) * g.dh) * wp + slack;
-  return 2 * win + g.P * wp + DW_FLAT_U * NV<T> + 2 * NV<T> + DW_FLAT_MAX_TAPS;
+  const int64_t chunk = dw_flat_bwd_chunk<T>(g);
+  const int64_t win = (chunk + dw_flat_bwd_ahead<T>(g)) * wp + dw_flat_slack<T>(g);
+  return 2 * win + chunk * wp + DW_FLAT_U * NV<T> + 2 * NV<T>;
 }
 
 template <class T>
@@ -727,44 +759,57 @@ void dw_flat_bwd(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs,
   const int64_t nr = g.P + (g.R - 1) * g.dh;
   const int64_t slack = dw_flat_slack<T>(g);
   const int64_t nt = g.R * g.S;
+  const int64_t chunk = dw_flat_bwd_chunk<T>(g);
+  const int64_t ahead = dw_flat_bwd_ahead<T>(g);
+  // a chunk's packed gy and x rows (padded rows p0 .. p1 + ahead), then its flat output
   T* gbuf = scratch;
-  T* xbuf = gbuf + nr * wp + slack;
-  T* out = xbuf + nr * wp + slack;
-  T* sum = out + g.P * wp + DW_FLAT_U * L + 2 * L;
+  T* xbuf = gbuf + (chunk + ahead) * wp + slack;
+  T* out = xbuf + (chunk + ahead) * wp + slack;
   int64_t off[DW_FLAT_MAX_TAPS];
   dw_flat_offsets(g, wp, off);
-  const int64_t len = g.P * wp;
-  const T* ginner = gbuf + g.ph * wp + g.pw;  // gy[p][q] at ginner[p * wp + q]
-  // prefetches (contiguous planes only): the x plane during the input gradient, the next gy
-  // plane during the weight gradient, the gx plane before it is stored
-  const bool dense = gys.w == 1 && gys.h == g.Q && xs.w == 1 && xs.h == g.W;
-  const bool gx_dense = gxs.w == 1 && gxs.h == g.W;
+  const int64_t ginner = g.ph * wp + g.pw;  // gy[p0 + p][q] at gbuf[ginner + p * wp + q]
+  // The next plane's gy, x and gx rows p0.. are prefetched into the L2 while chunk p0.. of this
+  // one is worked (dense planes only; 2 threads without: 2x304x129^2 6.7 -> 9.8 ms, 2x960x33^2
+  // 1.3 -> 2.2 ms): a plane spans a few pages, at each of which the hardware prefetchers restart.
+  const bool dense = gys.w == 1 && gys.h == g.W && xs.w == 1 && xs.h == g.W &&
+                     (!gx || (gxs.w == 1 && gxs.h == g.W));
   for (int64_t c = c0; c < c1; ++c) {
-    for (int64_t t = 0; t < nt; ++t) sum[t] = 0;
-    T bsum = 0;
+    V<T> sum[DW_FLAT_MAX_TAPS], bsum = V<T>{};  // by lanes
+    for (int64_t t = 0; t < nt; ++t) sum[t] = V<T>{};
     for (int64_t n = 0; n < g.N; ++n) {
+      const T* gyc = gy + n * gys.n + c * gys.c;
       const T* xc = x + n * xs.n + c * xs.c;
-      const T* gnext = c + 1 < c1 ? gy + n * gys.n + (c + 1) * gys.c
-                                  : n + 1 < g.N ? gy + (n + 1) * gys.n + c0 * gys.c : nullptr;
-      dw_flat_pack(g, gy + n * gys.n + c * gys.c, gys, 0, nr, wp, slack, gbuf);
-      if (gx) {
-        T* gxc = gx + n * gxs.n + c * gxs.c;
-        dw_flat_stencil(g, gbuf, off, wf + c * nt, len, out, dense && gw ? xc : nullptr,
-                        gx_dense ? gxc : nullptr);
-        dw_flat_store(out, wp, g.W, T(0), false, gxc, gxs, 0, g.H);
-      }
-      if (gw) {
-        dw_flat_pack(g, xc, xs, 0, nr, wp, slack, xbuf);
-        dw_flat_dots<T, true>(g, ginner, xbuf, off, len, sum, &bsum, dense ? gnext : nullptr);
-      } else if (gb) {
-        V<T> a = V<T>{};
-        for (int64_t j = 0; j < len; j += L) a += ld(ginner + j);
-        bsum += hsum<T>(a);
+      T* gxc = gx ? gx + n * gxs.n + c * gxs.c : nullptr;
+      const int64_t cn = n + 1 < g.N ? c : c + 1, nn = n + 1 < g.N ? n + 1 : 0;
+      const bool next = dense && cn < c1;
+      for (int64_t p0 = 0; p0 < g.P; p0 += chunk) {
+        const int64_t p1 = p0 + chunk < g.P ? p0 + chunk : g.P;
+        const int64_t upto = p1 + ahead < nr ? p1 + ahead : nr;
+        const int64_t z = upto == nr ? slack : 0;
+        dw_flat_pack(g, gyc, gys, p0, upto - p0, wp, z, gbuf);
+        if (gw) dw_flat_pack(g, xc, xs, p0, upto - p0, wp, z, xbuf);
+        const int64_t len = (p1 - p0) * wp;
+        const int64_t at = p0 * g.W;  // row p0 of a dense plane
+        const T* pgy = next ? gy + nn * gys.n + cn * gys.c + at : nullptr;
+        const T* px = next && gw ? x + nn * xs.n + cn * xs.c + at : nullptr;
+        T* pgx = next && gx ? gx + nn * gxs.n + cn * gxs.c + at : nullptr;
+        if (gx) {
+          dw_flat_stencil<T>(g, gbuf, off, wf + c * nt, len, out, pgy, pgx);
+          dw_flat_store(out, wp, g.W, T(0), false, gxc + p0 * gxs.h, gxs, 0, p1 - p0);
+        }
+        if (gw) {
+          dw_flat_dots<T, true>(g, gbuf + ginner, xbuf, off, len, sum, &bsum, gx ? px : pgy);
+        } else if (gb) {
+          const T* gi = gbuf + ginner;
+          int64_t j = 0;
+          for (; j + L <= len; j += L) bsum += ld(gi + j);
+          for (; j < len; ++j) bsum[0] += gi[j];
+        }
       }
     }
     if (gw)
-      for (int64_t t = 0; t < nt; ++t) gw[c * nt + t] = sum[t];
-    if (gb) gb[c] = bsum;
+      for (int64_t t = 0; t < nt; ++t) gw[c * nt + t] = hsum<T>(sum[t]);
+    if (gb) gb[c] = hsum<T>(bsum);
   }
 }
 
