@@ -1047,6 +1047,17 @@ DILCONV_INLINE void wgrad_taps(const T* a, const T* b, const int64_t* boff, int6
   }
 }
 
+// acc[t] += a . b[t] over nvec vectors, for NT taps at once: NT independent sums (one sum per
+// tap row and a loop per row ran 3 dependent chains of FMAs: latency-bound)
+template <class T, int NT>
+DILCONV_INLINE void wgrad_row_taps(const T* a, const T* const* b, int64_t nvec, V<T> (&acc)[NT]) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const V<T> av = ld(a + v * NV<T>);
+#pragma GCC unroll 9
+    for (int t = 0; t < NT; ++t) acc[t] += av * ld(b[t] + v * NV<T>);
+  }
+}
+
 template <class T>
 int64_t wgrad_scratch(const Geo& g, int64_t channels) {
   const int64_t Wph = packed_width(g, NV<T>);
@@ -1078,8 +1089,12 @@ void wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* gw
       const T* src = gy + n * gys.n + (grp * g.Kg + k0 + kk) * gys.c;
       for (int64_t p = 0; p < g.P; ++p) {
         T* d = gb + (kk * g.P + p) * Qr;
-        for (int64_t q = 0; q < g.Q; ++q) d[q] = src[p * gys.h + q * gys.w];
-        for (int64_t q = g.Q; q < Qr; ++q) d[q] = 0;
+        const T* sr = src + p * gys.h;
+        int64_t q = 0;
+        if (gys.w == 1)
+          for (; q + NV<T> <= g.Q; q += NV<T>) st(d + q, ld(sr + q));
+        for (; q < g.Q; ++q) d[q] = sr[q * gys.w];
+        for (; q < Qr; ++q) d[q] = 0;
       }
     }
     // one input channel (depthwise): the x plane packed next (next image, else the next
@@ -1089,6 +1104,35 @@ void wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* gw
     if (g.Cg == 1 && xs.w == 1)
       pf = n + 1 < g.N ? x + (n + 1) * xs.n + grp * xs.c
                        : grp + 1 < g.G ? x + (grp + 1) * xs.c : nullptr;
+    if (RS <= 9) {  // every tap's sum in a register, one pass over the rows
+      int64_t boff[9];
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t o = s * g.dw;
+          boff[r * g.S + s] = r * g.dh * rowlen + (o % g.sw) * Wph + o / g.sw;
+        }
+      with_taps(RS, [&](auto nt_tag) {
+        constexpr int NT = decltype(nt_tag)::value;
+        for (int64_t kk = 0; kk < nk; ++kk)
+          for (int64_t c = 0; c < g.Cg; ++c) {
+            V<T> acc[NT];
+            for (int t = 0; t < NT; ++t) acc[t] = V<T>{};
+            for (int64_t p = 0; p < g.P; ++p) {
+              if (pf && kk == 0)
+                for (int64_t i = p * g.sh; i < (p + 1) * g.sh && i < g.H; ++i)
+                  for (int64_t j = 0; j < g.W; j += 64 / sizeof(T))
+                    __builtin_prefetch(pf + i * xs.h + j, 0, 2);
+              const T* row = xb + c * plane + p * g.sh * rowlen;
+              const T* b[NT];
+              for (int t = 0; t < NT; ++t) b[t] = row + boff[t];
+              wgrad_row_taps<T, NT>(gb + (kk * g.P + p) * Qr, b, nvec, acc);
+            }
+            T* out = sum + (kk * g.Cg + c) * RS;
+            for (int t = 0; t < NT; ++t) out[t] += hsum<T>(acc[t]);
+          }
+      });
+      continue;
+    }
     for (int64_t kk = 0; kk < nk; ++kk)
       for (int64_t c = 0; c < g.Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
