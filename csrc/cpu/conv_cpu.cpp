@@ -777,6 +777,16 @@ void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x
                      const Tensor& gw) {
   const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
   const bool planar = l == PwLayout::planar;
+  // planes up to 129^2 (2 images): one batched GEMM per image's [K, C], then their sum, ran
+  // faster than a GEMM accumulating image by image (24 -> 144 at 129^2 2.0 -> 1.7 ms, 32 -> 192
+  // at 65^2 0.57 -> 0.40, 64 -> 384 at 33^2 0.51 -> 0.39; 16 -> 96 at 257^2 4.5 -> 5.7: not there)
+  if (planar && g.G == 1 && g.N > 1 && g.P * g.Q <= 16641) {
+    Tensor part = at::empty({g.N, g.K, g.C}, gw.options());
+    at::bmm_out(part, batch_matrices(gy, g.K), batch_matrices(x, g.C).transpose(1, 2));
+    Tensor dst = gw2[0];
+    at::sum_out(dst, part, {0});
+    return;
+  }
   for (int64_t grp = 0; grp < g.G; ++grp) {
     Tensor dst = gw2[grp];
     for (int64_t n = 0; n < g.N; ++n) {
