@@ -16,7 +16,7 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD_DIR = os.path.join(ROOT, "build", "emu-tests")
-HEADER_GLOBS = ("csrc/kernels/*", "csrc/emu/*.h", "tests/emu/*.h", "tests/sanitize/*.h")
+HEADER_GLOBS = ("csrc/kernels/*", "csrc/emu/*.h", "csrc/cpu/*.h", "tests/emu/*.h", "tests/sanitize/*.h")
 BASE_FLAGS = ["-std=c++20", "-pthread", "-I" + os.path.join(ROOT, "csrc"), "-I" + os.path.join(ROOT, "tests")]
 
 

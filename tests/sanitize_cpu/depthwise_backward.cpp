@@ -1,0 +1,137 @@
+// The depthwise backward kernels of csrc/cpu (torch-free, every instruction-set variant: set
+// DILCONV_CPU_ISA=avx2|base) under AddressSanitizer + UBSan, with every buffer, the scratch
+// included, allocated at exactly the size the kernel asks for, against a naive float64
+// reference: dw_flat_bwd (the fused stride-1 backward, worked in chunks of rows) with each
+// subset of gradients, and the planar weight gradient (stride 1 and 2).
+// Prints "bad N" (N results outside the tolerance); exits non-zero on any.
+// --broken: gx one element short, which the sanitizer must catch (proves the harness can fail).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+using namespace dilconv::cpu;
+
+namespace {
+
+std::mt19937 rng(1);
+
+template <class T>
+std::vector<T> randn(size_t n) {
+  std::normal_distribution<double> d;
+  std::vector<T> v(n);
+  for (auto& e : v) e = T(d(rng));
+  return v;
+}
+
+// heap buffers of exactly n elements (a std::vector may hold spare capacity)
+template <class T>
+std::unique_ptr<T[]> exact(int64_t n) {
+  return std::unique_ptr<T[]>(new T[n]);
+}
+
+struct Case {
+  int N, C, H, W, R, S, stride, dh, dw;
+};
+
+template <class T>
+int run(const Kernels<T>& K, const Case& k, bool broken) {
+  Geo g{};
+  g.N = k.N, g.C = k.C, g.H = k.H, g.W = k.W, g.K = k.C, g.R = k.R, g.S = k.S;
+  g.sh = g.sw = k.stride, g.dh = k.dh, g.dw = k.dw;
+  g.ph = k.dh * (k.R - 1) / 2, g.pw = k.dw * (k.S - 1) / 2;  // "same" at stride 1
+  g.P = (k.H + 2 * g.ph - k.dh * (k.R - 1) - 1) / k.stride + 1;
+  g.Q = (k.W + 2 * g.pw - k.dw * (k.S - 1) - 1) / k.stride + 1;
+  g.G = k.C, g.Cg = 1, g.Kg = 1;
+  const int64_t RS = k.R * k.S, xn = int64_t(k.N) * k.C * k.H * k.W;
+  const auto x = randn<T>(xn), gy = randn<T>(size_t(k.N) * k.C * g.P * g.Q), w = randn<T>(k.C * RS);
+  const Strides xs{k.C * k.H * k.W, k.H * k.W, k.W, 1}, gys{k.C * g.P * g.Q, g.P * g.Q, g.Q, 1};
+  std::vector<double> gxr(xn, 0), gwr(w.size(), 0), gbr(k.C, 0);
+  for (int n = 0; n < k.N; ++n)
+    for (int c = 0; c < k.C; ++c)
+      for (int p = 0; p < g.P; ++p)
+        for (int q = 0; q < g.Q; ++q) {
+          const double v = gy[((size_t(n) * k.C + c) * g.P + p) * g.Q + q];
+          gbr[c] += v;
+          for (int r = 0; r < k.R; ++r)
+            for (int s = 0; s < k.S; ++s) {
+              const int64_t ih = p * g.sh + r * g.dh - g.ph, iw = q * g.sw + s * g.dw - g.pw;
+              if (ih < 0 || ih >= k.H || iw < 0 || iw >= k.W) continue;
+              const size_t xi = ((size_t(n) * k.C + c) * k.H + ih) * k.W + iw;
+              gwr[c * RS + r * k.S + s] += v * x[xi];
+              gxr[xi] += v * w[c * RS + r * k.S + s];
+            }
+        }
+  int bad = 0;
+  auto check = [&](const char* what, const T* got, const std::vector<double>& ref) {
+    double m = 0, e = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      m = std::fmax(m, std::fabs(ref[i]));
+      e = std::fmax(e, std::fabs(got[i] - ref[i]));
+    }
+    const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
+    if (!(e <= tol * (m + 1))) {
+      std::printf("BAD %s N%d C%d %dx%d %dx%d stride %d dilation %d: max error %g (max %g)\n",
+                  what, k.N, k.C, k.H, k.W, k.R, k.S, k.stride, k.dh, e, m);
+      ++bad;
+    }
+  };
+  if (dw_flat_bwd_ok(g)) {
+    std::vector<T> wf(w.size());  // flipped taps
+    for (int c = 0; c < k.C; ++c)
+      for (int t = 0; t < RS; ++t) wf[c * RS + t] = w[c * RS + RS - 1 - t];
+    auto gx = exact<T>(broken ? xn - 1 : xn);
+    auto gw = exact<T>(w.size()), gb = exact<T>(k.C);
+    auto scratch = exact<T>(K.dw_flat_bwd_scratch(g));
+    K.dw_flat_bwd(g, gy.data(), gys, x.data(), xs, wf.data(), gx.get(), xs, gw.get(), gb.get(), 0,
+                  k.C, scratch.get());
+    check("gx", gx.get(), gxr), check("gw", gw.get(), gwr), check("gb", gb.get(), gbr);
+    K.dw_flat_bwd(g, gy.data(), gys, x.data(), xs, wf.data(), gx.get(), xs, nullptr, gb.get(), 0,
+                  k.C, scratch.get());
+    check("gx (gx, gb)", gx.get(), gxr), check("gb (gx, gb)", gb.get(), gbr);
+    K.dw_flat_bwd(g, gy.data(), gys, x.data(), xs, wf.data(), nullptr, xs, gw.get(), nullptr, 0,
+                  k.C, scratch.get());
+    check("gw (gw)", gw.get(), gwr);
+    K.dw_flat_bwd(g, gy.data(), gys, x.data(), xs, wf.data(), nullptr, xs, nullptr, gb.get(), 0,
+                  k.C, scratch.get());
+    check("gb (gb)", gb.get(), gbr);
+  }
+  auto gw = exact<T>(w.size());
+  for (int c = 0; c < k.C; ++c) {  // one channel a unit, as conv_cpu.cpp may split them
+    auto scratch = exact<T>(K.wgrad_scratch(g, 1));
+    K.wgrad(g, gy.data(), gys, x.data(), xs, gw.get(), c, 0, 1, scratch.get());
+  }
+  check("wgrad", gw.get(), gwr);
+  return bad;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool broken = argc > 1 && !std::strcmp(argv[1], "--broken");
+  // N, C, H, W, R, S, stride, dilation (rows, columns): planes in one chunk and in several
+  // (whole bands, the last with a one-row tail), rows narrower than a block's overrun, 1 x N,
+  // N x 1, 5x5 (whole planes), large dilation, stride 2 (weight gradient only)
+  const Case cases[] = {
+      {2, 3, 129, 129, 3, 3, 1, 1, 1}, {1, 2, 65, 65, 3, 3, 1, 2, 2},
+      {2, 2, 47, 61, 3, 3, 1, 2, 2},   {1, 2, 300, 5, 3, 3, 1, 1, 1},
+      {1, 2, 9, 300, 3, 3, 1, 1, 1},   {1, 2, 33, 33, 3, 3, 1, 2, 2},
+      {1, 2, 40, 17, 3, 3, 1, 3, 3},   {2, 2, 20, 20, 5, 5, 1, 1, 1},
+      {1, 2, 30, 1, 3, 3, 1, 1, 1},    {1, 2, 1, 30, 3, 3, 1, 1, 1},
+      {1, 2, 12, 7, 1, 3, 1, 1, 2},    {1, 2, 70, 90, 3, 3, 1, 18, 18},
+      {2, 3, 129, 129, 3, 3, 2, 1, 1}, {1, 2, 65, 64, 3, 3, 2, 1, 1},
+      {1, 2, 8, 8, 3, 3, 2, 1, 1},
+  };
+  int bad = 0;
+  for (const Case& c : cases) {
+    bad += run<float>(kernels_f32(), c, broken);
+    bad += run<double>(kernels_f64(), c, broken);
+    if (broken) break;
+  }
+  std::printf("isa %s: bad %d\n", kernels_f32().isa, bad);
+  return bad != 0;
+}
