@@ -198,6 +198,8 @@ TORCH_LIBRARY(dilconv, m) {
   // "base"; DILCONV_CPU_ISA lowers it): for reports and tests. No tensor argument, so one
   // catch-all kernel.
   m.def("cpu_isa() -> str", [] { return std::string(dilconv::cpu::kernels_f32().isa); });
+  // the CPU's maker ("intel", "amd" or "other"), for the auto policy and reports
+  m.def("cpu_vendor() -> str", [] { return std::string(dilconv::cpu::cpu_vendor()); });
   define_ops(m, "");      // backends "cpu" (CPU key) and "cuda" (CUDA key)
   define_ops(m, "_emu");  // backend "cuda-emu" (CPU key)
   // (grad_input, grad_weight, grad_bias); an output whose output_mask entry is false is None

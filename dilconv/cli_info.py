@@ -26,6 +26,9 @@ def main(args) -> int:
         cuda = _ext.cuda_compiled()
         archs = bi.cuda_arch_list if bi else "?"
         print(f"CUDA sources compiled: {'yes, for archs ' + archs if cuda else 'no'}")
+        gemm = "dilconv's GEMM paths" if B._cpu_gemm_paths_win() else "oneDNN"
+        print(f"CPU kernels: {torch.ops.dilconv.cpu_isa()} variant, CPU maker "
+              f"{torch.ops.dilconv.cpu_vendor()} (auto runs 1x1/dense/transposed convs on {gemm})")
     else:
         print(f"compiled extension: not available ({_ext.load_error}); {_ext.BUILD_HINT}")
     print(f"usable backends: {', '.join(B.backends())} (current: {B.current_backend()})")

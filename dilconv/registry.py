@@ -198,12 +198,32 @@ def _avx512() -> bool:
     return _AVX512
 
 
+_INTEL: Optional[bool] = None
+
+
+def _intel() -> bool:
+    """Whether this is an Intel CPU (torch.ops.dilconv.cpu_vendor). Tests set _INTEL."""
+    global _INTEL
+    if _INTEL is None:
+        try:
+            _INTEL = torch.ops.dilconv.cpu_vendor() == "intel"
+        except (AttributeError, RuntimeError):
+            _INTEL = False
+    return _INTEL
+
+
 def _cpu_gemm_paths_win() -> bool:
-    """Whether the choices below that rest on torch's BLAS GEMM (the NCHW 1x1 path, the dense
-    per-tap GEMMs) apply here. They were measured on an AVX-512 Xeon; on an AVX2 EPYC (Zen 3)
-    the same 1x1 layers ran at 0.48-1.03x of oneDNN in inference (0.72x summed over
-    DeepLabV3+'s), 0.65-0.91x forward + backward, so there they stay with oneDNN."""
-    return _avx512()
+    """Whether the choices below that rest on torch's BLAS GEMM (MKL: the NCHW 1x1 path, the
+    dense per-tap GEMMs, the transposed convolution, the fused separable's pointwise half in
+    inference) apply here. They were measured on an AVX-512 Xeon. On AMD EPYCs the same GEMMs
+    run well below oneDNN's own kernels, so there those convolutions stay with oneDNN: Zen 3
+    (AVX2) 1x1 layers 0.48-1.03x of oneDNN in inference (0.72x summed over DeepLabV3+'s),
+    0.65-0.91x forward + backward; Zen 4 (AVX-512; 2 images, interleaved) 1x1 forward 0.46-1.03x
+    (304->256 @129^2 0.69x, 16->96 @257^2 0.46x), forward + backward 0.74-1.00x, the dense 3x3
+    d12 256->256 @64^2 0.61x, the transposed 4x4 s2 21->21 @34^2 (FCN) 0.62x, the fused
+    separable forward 1.0-1.05x (Zen 3 0.81x transposed). A square sgemm there: ~190 GFLOP/s on 2
+    cores, the Xeon's ~350."""
+    return _avx512() and _intel()
 
 
 def _onednn_dw_slow(p: Problem) -> bool:
@@ -258,8 +278,9 @@ def cpu_auto_policy(p: Problem) -> bool:
       * dense 3x3 at ASPP rates on small maps, NCHW (per-tap GEMMs skip the taps that read
         padding): 1.3-2.0x forward, 1.1-2.1x forward + backward where most taps read padding;
         channels-last 0.4-0.7x forward.
-    The two GEMM-based choices (1x1 and dense) hold where they were measured, AVX-512 (see
-    _cpu_gemm_paths_win); elsewhere those convolutions go to oneDNN.
+    The GEMM-based choices (1x1, dense, transposed, fused separable inference) hold where they
+    were measured, an AVX-512 Intel CPU (see _cpu_gemm_paths_win); elsewhere those convolutions
+    go to oneDNN.
     Everything else goes to oneDNN, and so does half precision (oneDNN has bf16/fp16 kernels;
     dilconv's CPU kernels compute in float32)."""
     if p.dtype not in (torch.float32, torch.float64):
@@ -276,7 +297,7 @@ def cpu_auto_policy(p: Problem) -> bool:
         # 256->256 @65^2, 304->256 @129^2, 728->256 @33^2)
         return _cpu_gemm_paths_win() or _onednn_dw_slow(p)
     if p.op == "conv_transpose2d":
-        return not p.channels_last and not p.requires_grad
+        return _cpu_gemm_paths_win() and not p.channels_last and not p.requires_grad
     if p.op != "conv2d":
         return False
     cg = p.c // p.groups

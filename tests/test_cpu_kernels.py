@@ -86,6 +86,20 @@ def test_isa_variant_matches_this_cpu(forced):
     assert out.stdout.strip().splitlines()[-1] == want
 
 
+def test_cpu_vendor_matches_this_cpu():
+    # the auto policy keys its GEMM-based choices on it (registry._cpu_gemm_paths_win)
+    vendor = torch.ops.dilconv.cpu_vendor()
+    assert vendor in ("intel", "amd", "other")
+    try:
+        with open("/proc/cpuinfo") as f:
+            ids = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")]
+    except OSError:
+        ids = []
+    if not ids:
+        pytest.skip("no /proc/cpuinfo vendor_id here")
+    assert vendor == {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(ids[0], "other")
+
+
 def _cases(seed, n):
     rng = random.Random(seed)
     out = []
@@ -471,14 +485,16 @@ def test_grouped_channels_last(isa, cg):
                 assert got["gx"].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("avx512", [True, False])
-def test_auto_policy_routes_by_measured_wins(avx512, monkeypatch):
+@pytest.mark.parametrize("avx512,intel", [(True, True), (True, False), (False, True),
+                                          (False, False)])
+def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     from dilconv import registry
     from dilconv.registry import Problem, cpu_auto_policy
-    # the GEMM-based choices (1x1, dense per-tap) and where oneDNN's depthwise is slow follow the
-    # machine (AVX-512 or not)
+    # the GEMM-based choices (1x1, dense per-tap, transposed) follow the machine (an AVX-512
+    # Intel CPU or not), and where oneDNN's depthwise is slow its ISA (AVX-512 or not)
     monkeypatch.setattr(registry, "_AVX512", avx512)
-    gemm_wins = avx512
+    monkeypatch.setattr(registry, "_INTEL", intel)
+    gemm_wins = avx512 and intel
 
     def prob(c, k, hw, d, groups, grad=False, cl=False, stride=1, dtype=torch.float32, n=1):
         return Problem("conv2d", "cpu", dtype, n, c, hw, hw, k, 3, 3, (stride, stride), (d, d), (d, d),
@@ -546,15 +562,16 @@ def test_auto_policy_routes_by_measured_wins(avx512, monkeypatch):
                        (d, d), (d, d), 728, cl, 728 * 33 * 33, grad, 728)
 
     assert cpu_auto_policy(sep(12)) and cpu_auto_policy(sep(12, cl=True))
-    assert cpu_auto_policy(sep(6, grad=True)) and cpu_auto_policy(sep(6))
-    assert cpu_auto_policy(sep(5)) and cpu_auto_policy(sep(2, grad=True))
+    assert cpu_auto_policy(sep(6, grad=True)) and cpu_auto_policy(sep(2, grad=True))
+    # inference at rates 5-6: oneDNN's depthwise is slow there with AVX2 only
+    assert cpu_auto_policy(sep(6)) == cpu_auto_policy(sep(5)) == (gemm_wins or not avx512)
     # inference at rates 1-4: the fused op where the GEMM wins, else oneDNN's pair
     assert cpu_auto_policy(sep(1)) == cpu_auto_policy(sep(1, cl=True)) == gemm_wins
     assert cpu_auto_policy(sep(4)) == gemm_wins
     assert not cpu_auto_policy(sep(1, grad=True))  # undilated training: oneDNN
     convt = Problem("conv_transpose2d", "cpu", torch.float32, 1, 21, 34, 34, 21, 4, 4, (2, 2),
                     (1, 1), (1, 1), 1, False, 21 * 70 * 70, False)
-    assert cpu_auto_policy(convt)
+    assert cpu_auto_policy(convt) == gemm_wins
     assert not cpu_auto_policy(dataclasses.replace(convt, channels_last=True))
     assert not cpu_auto_policy(dataclasses.replace(convt, requires_grad=True))  # training: oneDNN
     # "auto" computes the same thing whichever way it routes

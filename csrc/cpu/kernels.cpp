@@ -80,6 +80,14 @@ static const Kernels<T>& kernels_for() {
 }
 
 const Kernels<float>& kernels_f32() { return kernels_for<float>(); }
+const char* cpu_vendor() {
+#ifdef DILCONV_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel")) return "intel";
+  if (__builtin_cpu_is("amd")) return "amd";
+#endif
+  return "other";
+}
 const Kernels<double>& kernels_f64() { return kernels_for<double>(); }
 
 }  // namespace dilconv::cpu

@@ -186,6 +186,9 @@ struct Kernels {
 // forces a lower level (used by the tests to cover every variant).
 const Kernels<float>& kernels_f32();
 const Kernels<double>& kernels_f64();
+// the CPU's maker, "intel", "amd" or "other": the auto policy's GEMM-based choices rest on
+// torch's BLAS GEMM (MKL), which was measured fast against oneDNN on Intel only
+const char* cpu_vendor();
 
 // the same, by element type (for the host code's templates)
 template <class T>
