@@ -220,9 +220,9 @@ def _cpu_gemm_paths_win() -> bool:
     (AVX2) 1x1 layers 0.48-1.03x of oneDNN in inference (0.72x summed over DeepLabV3+'s),
     0.65-0.91x forward + backward; Zen 4 (AVX-512; 2 images, interleaved) 1x1 forward 0.46-1.03x
     (304->256 @129^2 0.69x, 16->96 @257^2 0.46x), forward + backward 0.74-1.00x, the dense 3x3
-    d12 256->256 @64^2 0.61x, the transposed 4x4 s2 21->21 @34^2 (FCN) 0.62x, the fused
-    separable forward 1.0-1.05x (Zen 3 0.81x transposed). A square sgemm there: ~190 GFLOP/s on 2
-    cores, the Xeon's ~350."""
+    d12 256->256 @64^2 0.61x, the transposed 4x4 s2 21->21 @34^2 (FCN) 0.62x (Zen 3 0.81x), the
+    fused separable forward 1.0-1.05x. A square sgemm there: ~190 GFLOP/s on 2 cores, the Xeon's
+    ~350."""
     return _avx512() and _intel()
 
 

@@ -80,6 +80,8 @@ static const Kernels<T>& kernels_for() {
 }
 
 const Kernels<float>& kernels_f32() { return kernels_for<float>(); }
+const Kernels<double>& kernels_f64() { return kernels_for<double>(); }
+
 const char* cpu_vendor() {
 #ifdef DILCONV_X86
   __builtin_cpu_init();
@@ -88,6 +90,5 @@ const char* cpu_vendor() {
 #endif
   return "other";
 }
-const Kernels<double>& kernels_f64() { return kernels_for<double>(); }
 
 }  // namespace dilconv::cpu
