@@ -182,31 +182,34 @@ class CpuBackend(OpsBackend):
         return cpu_auto_policy(p)
 
 
-# machine facts the policy below is keyed on, read once from the extension (False without it);
-# tests set them to take either branch
 _AVX512: Optional[bool] = None
-_INTEL: Optional[bool] = None
-
-
-def _machine_fact(name: str, probe) -> bool:
-    if globals()[name] is None:
-        try:
-            globals()[name] = bool(probe())
-        except (AttributeError, RuntimeError):
-            globals()[name] = False
-    return globals()[name]
 
 
 def _avx512() -> bool:
     """Whether this CPU runs the AVX-512 variants (dilconv's kernels, and oneDNN's JIT kernels
     with them): the machine fact the policy's measured differences below are keyed on (an
-    AVX-512 Xeon against an AVX2 EPYC, Zen 3; both 2 cores)."""
-    return _machine_fact("_AVX512", lambda: torch.ops.dilconv.cpu_isa() == "avx512")
+    AVX-512 Xeon against an AVX2 EPYC, Zen 3; both 2 cores). Tests set _AVX512 to take either."""
+    global _AVX512
+    if _AVX512 is None:
+        try:
+            _AVX512 = torch.ops.dilconv.cpu_isa() == "avx512"
+        except (AttributeError, RuntimeError):
+            _AVX512 = False
+    return _AVX512
+
+
+_INTEL: Optional[bool] = None
 
 
 def _intel() -> bool:
-    """Whether this is an Intel CPU (torch.ops.dilconv.cpu_vendor)."""
-    return _machine_fact("_INTEL", lambda: torch.ops.dilconv.cpu_vendor() == "intel")
+    """Whether this is an Intel CPU (torch.ops.dilconv.cpu_vendor). Tests set _INTEL."""
+    global _INTEL
+    if _INTEL is None:
+        try:
+            _INTEL = torch.ops.dilconv.cpu_vendor() == "intel"
+        except (AttributeError, RuntimeError):
+            _INTEL = False
+    return _INTEL
 
 
 def _cpu_gemm_paths_win() -> bool:
