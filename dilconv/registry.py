@@ -198,6 +198,8 @@ def _avx512() -> bool:
     return _AVX512
 
 
+# (one function per fact with its `global`: torch.compile traces the policy, and dynamo cannot
+# trace a shared helper that reaches the module's variables through globals())
 _INTEL: Optional[bool] = None
 
 
