@@ -91,4 +91,9 @@ const char* cpu_vendor() {
   return "other";
 }
 
+bool cpu_is_intel() {
+  static const bool intel = !std::strcmp(cpu_vendor(), "intel");
+  return intel;
+}
+
 }  // namespace dilconv::cpu

@@ -189,6 +189,8 @@ const Kernels<double>& kernels_f64();
 // the CPU's maker, "intel", "amd" or "other": the auto policy's GEMM-based choices rest on
 // torch's BLAS GEMM (MKL), which was measured fast against oneDNN on Intel only
 const char* cpu_vendor();
+// cpu_vendor() is "intel" (read once): a few kernel loop shapes were measured to differ by maker
+bool cpu_is_intel();
 
 // the same, by element type (for the host code's templates)
 template <class T>

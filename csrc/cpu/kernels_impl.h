@@ -1238,6 +1238,21 @@ inline int64_t vstart(int64_t v, int64_t C) {
   return s + NV<T> > C ? C - NV<T> : s;
 }
 
+// Prefetches into the L2 values [lo, hi] (hi included) of n pixels `step` apart from p: the
+// slice of the next chunk of pixels that the channel block now computed will read (W: to be
+// written). A chunk touches a block's few lines in each of dozens of pixels, a few KB apart,
+// which the hardware prefetchers do not follow; from memory it ran latency-bound (2 threads,
+// caches flushed before each call, AVX-512 Zen 4: 728ch 65^2 d2 forward 2.35 -> 1.70 ms, 96ch
+// 257^2 3.15 -> 2.39, 144ch 129^2 1.34 -> 0.87; weight gradient 728ch 2.2 -> 1.55 ms).
+template <bool W, class T>
+DILCONV_INLINE void prefetch_slices(const T* p, int64_t step, int64_t n, int64_t lo, int64_t hi) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t i = 0; i < n; ++i, p += step) {
+    for (int64_t o = lo; o < hi; o += line) __builtin_prefetch(p + o, W, 2);
+    __builtin_prefetch(p + hi, W, 2);
+  }
+}
+
 // y[c] = act(bias[c] + sum_t w[wo[t] + c] * x[xo[t] + c]) for one pixel, all channels
 template <class T, int U>
 DILCONV_INLINE void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
@@ -1277,88 +1292,18 @@ void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int6
   }
 }
 
-// Interior pixels (every tap inside the input) go two at a time, sharing each weight load.
-template <class T, int U>
-DILCONV_INLINE void nhwc_chunk2(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                        int64_t nt, const T* bias, Act act, T* y, int64_t py, const int64_t* cs) {
-  V<T> a0[U], a1[U];
-  for (int u = 0; u < U; ++u) a0[u] = a1[u] = bias ? ld(bias + cs[u]) : V<T>{};
-  for (int64_t t = 0; t < nt; ++t) {
-    const T* xp = x + xo[t];
-    const T* wp = w + wo[t];
-    for (int u = 0; u < U; ++u) {
-      const V<T> wv = ld(wp + cs[u]);
-      a0[u] += wv * ld(xp + cs[u]);
-      a1[u] += wv * ld(xp + px + cs[u]);
-    }
-  }
-  for (int u = 0; u < U; ++u) {
-    st(y + cs[u], act ? act_v<T>(act, a0[u]) : a0[u]);
-    st(y + py + cs[u], act ? act_v<T>(act, a1[u]) : a1[u]);
-  }
-}
-
-template <class T, int U>
-DILCONV_INLINE void nhwc_chunk4(const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                        int64_t nt, const T* bias, Act act, T* y, int64_t py, const int64_t* cs) {
-  V<T> a[4][U];
-  for (int u = 0; u < U; ++u) a[0][u] = a[1][u] = a[2][u] = a[3][u] = bias ? ld(bias + cs[u]) : V<T>{};
-  for (int64_t t = 0; t < nt; ++t) {
-    const T* xp = x + xo[t];
-    const T* wp = w + wo[t];
-    for (int u = 0; u < U; ++u) {
-      const V<T> wv = ld(wp + cs[u]);
-      for (int i = 0; i < 4; ++i) a[i][u] += wv * ld(xp + i * px + cs[u]);
-    }
-  }
-  for (int i = 0; i < 4; ++i)
-    for (int u = 0; u < U; ++u) st(y + i * py + cs[u], act ? act_v<T>(act, a[i][u]) : a[i][u]);
-}
-
-// four interior pixels, two vectors of channels at a time
-template <class T>
-void nhwc_pixel4(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                 int64_t nt, const T* bias, Act act, T* y, int64_t py) {
-  const int64_t nv = (C + NV<T> - 1) / NV<T>;
-  int64_t cs[2];
-  for (int64_t v = 0; v < nv; v += 2) {
-    cs[0] = vstart<T>(v, C);
-    if (nv - v >= 2) {
-      cs[1] = vstart<T>(v + 1, C);
-      nhwc_chunk4<T, 2>(x, xo, px, w, wo, nt, bias, act, y, py, cs);
-    } else {
-      nhwc_chunk4<T, 1>(x, xo, px, w, wo, nt, bias, act, y, py, cs);
-    }
-  }
-}
-
-template <class T>
-void nhwc_pixel2(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* w, const int64_t* wo,
-                 int64_t nt, const T* bias, Act act, T* y, int64_t py) {
-  const int64_t nv = (C + NV<T> - 1) / NV<T>;
-  int64_t cs[4];
-  for (int64_t v = 0; v < nv; v += 4) {
-    const int64_t u = nv - v < 4 ? nv - v : 4;
-    for (int64_t j = 0; j < u; ++j) cs[j] = vstart<T>(v + j, C);
-    switch (u) {
-      case 1: nhwc_chunk2<T, 1>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
-      case 2: nhwc_chunk2<T, 2>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
-      case 3: nhwc_chunk2<T, 3>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
-      default: nhwc_chunk2<T, 4>(x, xo, px, w, wo, nt, bias, act, y, py, cs); break;
-    }
-  }
-}
-
-// Interior pixels [0, nq) of nr <= 4 output rows (xr, yr apart in x and y) with every tap
-// inside the input: the NT tap weights of a block of CB vectors stay in registers while QC
-// pixels of each row are computed four at a time, then the next channel block of the same pixels
-// (weights reloaded from L1). The caller passes rows of one phase (p, p + dh, p + 2 dh at stride
-// 1), which share R - 1 of their R input rows: the second and third read the shared lines from L1
-// where a row on its own finds them evicted to L2 or beyond.
+// Pixels [0, nq) of nr <= 4 output rows (xr, yr apart in x and y) that all read the same NT
+// taps inside the input (tap t: input at xo[t] from the pixel, weights at wt + wo[t]): the tap
+// weights of a block of CB vectors stay in registers while QC pixels of each row are computed four
+// at a time, then the next channel block of the same pixels (weights reloaded from L1). The
+// caller passes rows of one phase (p, p + dh, p + 2 dh at stride 1), which share R - 1 of their R
+// input rows: the second and third read the shared lines from L1 where a row on its own finds
+// them evicted to L2 or beyond. Taps are by rows of S (xo[r * S + s]): the last of a row reads
+// the input columns that the next chunk of pixels is first to read.
 template <class T, int NT, int CB>
-void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
-                      const T* bias, Act act, T* y, int64_t py, int64_t nq, int64_t nr,
-                      int64_t xr, int64_t yr) {
+void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, const int64_t* wo, int64_t S,
+                      int64_t px, const T* wt, const T* bias, Act act, T* y, int64_t py,
+                      int64_t nq, int64_t nr, int64_t xr, int64_t yr) {
   constexpr int64_t L = NV<T>;
   // every channel block of a chunk of QC pixels before the next chunk: the rows are then read
   // (and y written) front to back, which the hardware prefetchers follow; swept channel block by
@@ -1373,12 +1318,17 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
     for (int c = 0; c < CB; ++c) cs[c] = vstart<T>(v + c < nv ? v + c : nv - 1, C);
     V<T> wv[NT][CB], bv[CB];
     for (int t = 0; t < NT; ++t)
-      for (int c = 0; c < CB; ++c) wv[t][c] = ld(wt + t * C + cs[c]);
+      for (int c = 0; c < CB; ++c) wv[t][c] = ld(wt + wo[t] + cs[c]);
     for (int c = 0; c < CB; ++c) bv[c] = bias ? ld(bias + cs[c]) : V<T>{};
     const int64_t qe = qc + QC < nq ? qc + QC : nq;
+    const int64_t nn = (qe + QC < nq ? qe + QC : nq) - qe;  // pixels of the next chunk
     for (int64_t j = 0; j < nr; ++j) {
       const T* xj = x + j * xr;
       T* yj = y + j * yr;
+      const int64_t lo = cs[0], hi = cs[CB - 1] + L - 1;
+      for (int64_t t = S - 1; t < NT; t += S)
+        prefetch_slices<false>(xj + qe * px + xo[t], px, nn, lo, hi);
+      prefetch_slices<true>(yj + qe * py, py, nn, lo, hi);
       int64_t q = qc;
       for (; q + 4 <= qe; q += 4) {
         V<T> acc[4][CB];
@@ -1406,19 +1356,21 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, int64_t px, cons
   }
 }
 
-// The interior as nhwc_row_blocked computes it, in the other loop order: for each block of four
-// pixels of a row, every channel (U vectors at a time, the tap weights reloaded from L1). For
-// pixel strides that are a multiple of 2 KiB (512, 1024, 2048 float channels) the blocked order
-// keeps a chunk's input lines, one per pixel and tap row, live at once, and they all fall in the
-// same few of L1's 64 sets: the conflicts cost it 2x (3x3 d2, AVX2 EPYC, 1 and 2 threads: 1024ch
-// 33^2 0.43-0.46x of oneDNN, this order 1.10-1.25x; 2048ch 17^2 0.53x -> 1.2x; 512ch 33^2
-// 0.51-0.57x -> 0.85x). Here a block holds only the lines of its own taps' pixels (tap rows x
-// (4 + halo) columns) at a time, and reads each pixel front to back.
+// The pixels nhwc_row_blocked computes, in the other loop order: for each block of four pixels
+// of a row, every channel (U vectors at a time, the tap weights reloaded from L1). For pixel
+// strides that are a multiple of 2 KiB (512, 1024, 2048 float channels) the blocked order keeps
+// a chunk's input lines, one per pixel and tap row, live at once, and they all fall in the same
+// few of L1's 64 sets: the conflicts cost it 2x (3x3 d2, AVX2 EPYC, 1 and 2 threads: 1024ch 33^2
+// 0.43-0.46x of oneDNN, this order 1.10-1.25x; 2048ch 17^2 0.53x -> 1.2x; 512ch 33^2 0.51-0.57x
+// -> 0.85x). Here a block holds only the lines of its own taps' pixels (tap rows x (4 + halo)
+// columns) at a time, and reads each pixel front to back. Also the kernel of more than 9 taps
+// (NT = 0: nt of them, not unrolled), whose weights do not fit in registers.
 template <class T, int NT, int U>
-void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, int64_t px, const T* wt,
-                             const T* bias, Act act, T* y, int64_t py, int64_t nq, int64_t nr,
-                             int64_t xr, int64_t yr) {
+void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, const int64_t* wo,
+                             int64_t nt, int64_t px, const T* wt, const T* bias, Act act, T* y,
+                             int64_t py, int64_t nq, int64_t nr, int64_t xr, int64_t yr) {
   const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  const int64_t ntaps = NT ? NT : nt;
   auto block = [&](auto p_tag, const T* xq, T* yq) {
     constexpr int P = decltype(p_tag)::value;
     for (int64_t v = 0; v < nv; v += U) {
@@ -1430,9 +1382,9 @@ void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, int64_t p
         for (int i = 0; i < P; ++i) a[i][u] = b;
       }
 #pragma GCC unroll 9
-      for (int t = 0; t < NT; ++t)
+      for (int64_t t = 0; t < ntaps; ++t)
         for (int u = 0; u < U; ++u) {
-          const V<T> w = ld(wt + t * C + c[u]);
+          const V<T> w = ld(wt + wo[t] + c[u]);
           for (int i = 0; i < P; ++i) a[i][u] += w * ld(xq + xo[t] + i * px + c[u]);
         }
       for (int i = 0; i < P; ++i)
@@ -1446,109 +1398,121 @@ void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, int64_t p
     for (int64_t j = 0; j < nr; ++j) block(Int<1>{}, x + j * xr + q * px, y + j * yr + q * py);
 }
 
+// The taps s in [lo, hi) that output column q reads inside the input (0 <= q sw + s dw - pw < W),
+// resp. the tap rows r of output row p; a range, as the taps' columns increase with s.
+struct TapRange {
+  int64_t lo, hi;
+};
+inline TapRange inside_taps(int64_t q, int64_t stride, int64_t pad, int64_t dil, int64_t taps,
+                            int64_t size) {
+  const int64_t o = q * stride - pad;  // tap 0's input column
+  const int64_t lo = o >= 0 ? 0 : (-o + dil - 1) / dil;
+  int64_t hi = size - 1 - o >= 0 ? (size - 1 - o) / dil + 1 : 0;
+  if (hi > taps) hi = taps;
+  return {lo < hi ? lo : hi, hi};
+}
+
 // forward, output rows [p0, p1) of batch n; wt is [R * S][C]; x, y have channel stride 1;
-// taps: 4 * R * S int64 of scratch
+// taps: 4 * R * S int64 of scratch.
+// Every pixel goes through one kernel: a row's columns fall into runs that read the same taps
+// (the interior, whose taps are all inside, and a few runs of border columns on each side), and
+// each run is computed by nhwc_row_blocked with the run's taps (the weights of only those in
+// registers). Border pixels one at a time with the weights reloaded per pixel ran the 23% of
+// border pixels of 960ch 33^2 d2 at 2-3x the interior's time per pixel.
 template <class T>
 void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
                  Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
   int64_t* xo = taps;
   int64_t* wo = taps + g.R * g.S;
-  int64_t* ixo = taps + 2 * g.R * g.S;  // interior taps, relative to the pixel
-  int64_t* iwo = taps + 3 * g.R * g.S;
-  const auto [qa, qb] = interior_columns(g);
-  const bool vec = g.C >= NV<T>;
   const int64_t px = g.sw * xs.w;
-  const bool blocked = vec && g.R * g.S <= 9 && qb > qa;
+  auto rows_of = [&](int64_t p) { return inside_taps(p, g.sh, g.ph, g.dh, g.R, g.H); };
+  auto cols_of = [&](int64_t q) { return inside_taps(q, g.sw, g.pw, g.dw, g.S, g.W); };
+  // the taps (rows rr, columns sr) relative to the pixel's input position x + q * px, by rows
+  auto tap_list = [&](TapRange rr, TapRange sr) {
+    int64_t nt = 0;
+    for (int64_t r = rr.lo; r < rr.hi; ++r)
+      for (int64_t s = sr.lo; s < sr.hi; ++s) {
+        xo[nt] = n * xs.n + (r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
+        wo[nt++] = (r * g.S + s) * g.C;
+      }
+    return nt;
+  };
+  if (g.C < NV<T>) {  // narrower than a vector: pixel by pixel, scalar
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t q = 0; q < g.Q; ++q) {
+        const int64_t nt = tap_list(rows_of(p), cols_of(q));
+        nhwc_pixel<T>(g.C, x + p * g.sh * xs.h + q * px, xo, wt, wo, nt, bias, act,
+                      y + n * ys.n + p * ys.h + q * ys.w);
+      }
+    return;
+  }
   constexpr int CB = VB == 64 ? 2 : 1;  // AVX2/SSE: 16 registers hold 9 weights + 4 sums
   const bool set_conflicts = xs.w * int64_t(sizeof(T)) % 2048 == 0;  // nhwc_row_channels_inner
-  // the interior taps of row p (relative to the pixel); all R * S of them: every row in range
-  auto row_taps = [&](int64_t p) {
-    int64_t nit = 0;
-    for (int64_t r = 0; r < g.R; ++r) {
-      const int64_t ih = p * g.sh + r * g.dh - g.ph;
-      if (ih < 0 || ih >= g.H) continue;
-      for (int64_t s = 0; s < g.S; ++s) {
-        ixo[nit] = n * xs.n + ih * xs.h + (s * g.dw - g.pw) * xs.w;
-        iwo[nit] = (r * g.S + s) * g.C;
-        ++nit;
+  // rows p, p + step, ... (nr of them, all reading tap rows rr), run by run of columns
+  auto rows = [&](int64_t p, int64_t nr, int64_t step, TapRange rr) {
+    const T* xp = x + p * g.sh * xs.h;
+    T* yp = y + n * ys.n + p * ys.h;
+    const int64_t xr = step * g.sh * xs.h, yr = step * ys.h;
+    for (int64_t q0 = 0, q1; q0 < g.Q; q0 = q1) {
+      const TapRange sr = cols_of(q0);
+      for (q1 = q0 + 1; q1 < g.Q; ++q1) {
+        const TapRange s1 = cols_of(q1);
+        if (s1.lo != sr.lo || s1.hi != sr.hi) break;
+      }
+      const int64_t nt = tap_list(rr, sr);
+      const T* xq = xp + q0 * px;
+      T* yq = yp + q0 * ys.w;
+      if (nt == 0) {  // padding only: the bias
+        for (int64_t j = 0; j < nr; ++j)
+          for (int64_t q = 0; q < q1 - q0; ++q)
+            for (int64_t c = 0; c < g.C; ++c) {
+              const T b = bias ? bias[c] : T(0);
+              yq[j * yr + q * ys.w + c] = act ? act_s<T>(act, b) : b;
+            }
+      } else if (nt > 9) {
+        nhwc_row_channels_inner<T, 0, 2>(g.C, xq, xo, wo, nt, px, wt, bias, act, yq, ys.w, q1 - q0,
+                                         nr, xr, yr);
+      } else {
+        with_taps(nt, [&](auto nt_tag) {
+          constexpr int NT = decltype(nt_tag)::value;
+          if (set_conflicts)
+            nhwc_row_channels_inner<T, NT, 2>(g.C, xq, xo, wo, NT, px, wt, bias, act, yq, ys.w,
+                                              q1 - q0, nr, xr, yr);
+          else
+            nhwc_row_blocked<T, NT, CB>(g.C, xq, xo, wo, sr.hi - sr.lo, px, wt, bias, act, yq,
+                                        ys.w, q1 - q0, nr, xr, yr);
+        });
       }
     }
-    return nit;
-  };
-  // the interior of nr full rows p, p + step, ... (row_taps(p) set)
-  auto interior = [&](int64_t p, int64_t nr, int64_t step) {
-    auto go = [&](auto nt_tag) {
-      constexpr int NT = decltype(nt_tag)::value;
-      auto kernel = set_conflicts ? &nhwc_row_channels_inner<T, NT, 2>
-                                  : &nhwc_row_blocked<T, NT, CB>;
-      kernel(g.C, x + qa * px, ixo, px, wt, bias, act, y + n * ys.n + p * ys.h + qa * ys.w, ys.w,
-             qb - qa, nr, step * g.sh * xs.h, step * ys.h);
-    };
-    with_taps(g.R * g.S, go);
-  };
-  // row p, its interior columns left out when done (by a group of rows)
-  auto row = [&](int64_t p, bool interior_done) {
-    T* yrow = y + n * ys.n + p * ys.h;
-    const int64_t nit = row_taps(p);
-    // the row's taps that column q reads inside the input
-    auto border = [&](int64_t q) {
-      int64_t nt = 0;
-      for (int64_t t = 0; t < nit; ++t) {
-        const int64_t iw = q * g.sw + iwo[t] / g.C % g.S * g.dw - g.pw;
-        if (iw < 0 || iw >= g.W) continue;
-        xo[nt] = ixo[t] + q * px;
-        wo[nt] = iwo[t];
-        ++nt;
-      }
-      nhwc_pixel<T>(g.C, x, xo, wt, wo, nt, bias, act, yrow + q * ys.w);
-    };
-    for (int64_t q = 0; q < qa; ++q) border(q);
-    int64_t q = qa;
-    if (interior_done) {
-      q = qb;
-    } else if (blocked && nit == g.R * g.S) {
-      interior(p, 1, 0);
-      q = qb;
-    }
-    if (vec) {
-      for (; q + 4 <= qb; q += 4)
-        nhwc_pixel4<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, act, yrow + q * ys.w, ys.w);
-      for (; q + 2 <= qb; q += 2)
-        nhwc_pixel2<T>(g.C, x + q * px, ixo, px, wt, iwo, nit, bias, act, yrow + q * ys.w, ys.w);
-    }
-    for (; q < qb; ++q) nhwc_pixel<T>(g.C, x + q * px, ixo, wt, iwo, nit, bias, act, yrow + q * ys.w);
-    for (q = qb > qa ? qb : qa; q < g.Q; ++q) border(q);
   };
   // output rows step apart read input rows dh apart at stride 1: grouped by phase, up to four
   // full rows at a time (728ch 65^2 d2: simulated L1 read misses -40%, 512 KiB L2 misses -40%).
-  // The AVX-512 variant takes rows of wide pixels (>= 1152 bytes) one at a time, still by phase:
-  // four rows keep twice as many input pixels, each about a page apart, in flight at once, and
-  // on a 2-core Xeon ran slower than one (torch/ours, 2 threads, interleaved: 960ch 33^2 d2
-  // 0.88 -> 1.08x, 728ch 65^2 d2 1.01 -> 1.25x, 576ch 33^2 1.02 -> 1.21x, 2048ch 17^2 d2 0.83 ->
-  // 0.89x); narrow pixels still gain from four (96ch 257^2 1.29 vs 1.16x, 144ch 129^2 0.97 vs
-  // 0.91x). AVX2 (EPYC) is as measured above.
-  const int64_t step = blocked && g.R > 1 && g.sh == 1 ? g.dh : 0;
-  const int64_t max_rows = VB == 64 && g.C * int64_t(sizeof(T)) >= 1152 ? 1 : 4;
+  // On an Intel CPU the AVX-512 variant takes rows of wide pixels (>= 1152 bytes) one at a time,
+  // still by phase: four rows keep twice as many input pixels, each about a page apart, in
+  // flight at once, and on a 2-core Xeon (before the prefetches of nhwc_row_blocked) ran slower
+  // than one (torch/ours, 2 threads, interleaved: 960ch 33^2 d2 0.88 -> 1.08x, 728ch 65^2 d2
+  // 1.01 -> 1.25x, 576ch 33^2 1.02 -> 1.21x, 2048ch 17^2 d2 0.83 -> 0.89x); narrow pixels still
+  // gained from four (96ch 257^2 1.29 vs 1.16x, 144ch 129^2 0.97 vs 0.91x). On an AVX-512 Zen 4,
+  // with the prefetches, four rows beat one on wide pixels too (suite's callables, interleaved
+  // with torch in one process: 728ch 65^2 d2 1.19 -> 1.25-1.30x of torch, 960ch 33^2 d2 0.92 ->
+  // 0.99-1.35x, 576ch 33^2 d2 0.93 -> 1.04-1.26x, 384ch 33^2 0.95 -> 1.16-1.30x).
+  const int64_t step = g.R > 1 && g.sh == 1 ? g.dh : 0;
+  const bool wide = VB == 64 && g.C * int64_t(sizeof(T)) >= 1152;
+  const int64_t max_rows = wide && cpu_is_intel() ? 1 : 4;
+  auto full = [&](int64_t p) {
+    const TapRange rr = rows_of(p);
+    return rr.lo == 0 && rr.hi == g.R;
+  };
   if (!step) {
-    for (int64_t p = p0; p < p1; ++p) row(p, false);
+    for (int64_t p = p0; p < p1; ++p) rows(p, 1, 0, rows_of(p));
     return;
   }
-  auto full = [&](int64_t p) {
-    return p * g.sh - g.ph >= 0 && p * g.sh + (g.R - 1) * g.dh - g.ph < g.H;
-  };
   for (int64_t phase = 0; phase < step && p0 + phase < p1; ++phase)
     for (int64_t p = p0 + phase; p < p1;) {
       int64_t nr = 0;
       while (nr < max_rows && p + nr * step < p1 && full(p + nr * step)) ++nr;
-      if (nr == 0) {
-        row(p, false);
-        p += step;
-        continue;
-      }
-      row_taps(p);
-      interior(p, nr, step);
-      for (int64_t j = 0; j < nr; ++j) row(p + j * step, true);
-      p += nr * step;
+      rows(p, nr ? nr : 1, step, rows_of(p));
+      p += (nr ? nr : 1) * step;
     }
 }
 
@@ -1583,9 +1547,12 @@ void dw_nhwc_dgrad(const Geo& g, const T* gy, Strides gys, const T* wt, T* gx, S
 // once for all taps. The last vector of a row of C channels may overlap its neighbour: its
 // already-counted lanes are masked out (tail_mask), and a block's vectors past the end are not
 // added at all.
+// The next chunk's slices of gy and of the input columns it is first to read are prefetched as
+// in nhwc_row_blocked (xo by rows of S taps).
 template <class T, int NT, int CB>
 void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64_t* xo,
-                      int64_t pb, int64_t nq, const V<T>& tail_mask, bool masked, T* part) {
+                      int64_t S, int64_t pb, int64_t nq, const V<T>& tail_mask, bool masked,
+                      T* part) {
   constexpr int64_t L = NV<T>;
   constexpr int64_t QC = 16;  // pixels a chunk: rows read front to back (see nhwc_row_blocked)
   const int64_t nv = (C + L - 1) / L;
@@ -1597,6 +1564,10 @@ void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64
     for (int t = 0; t < NT; ++t)
       for (int c = 0; c < CB; ++c) acc[t][c] = V<T>{};
     const int64_t qe = qc + QC < nq ? qc + QC : nq;
+    const int64_t nn = (qe + QC < nq ? qe + QC : nq) - qe;
+    const int64_t lo = cs[0], hi = cs[CB - 1] + L - 1;
+    prefetch_slices<false>(a + qe * pa, pa, nn, lo, hi);
+    for (int64_t t = S - 1; t < NT; t += S) prefetch_slices<false>(b + qe * pb + xo[t], pb, nn, lo, hi);
     for (int64_t q = qc; q < qe; ++q) {
       V<T> av[CB];
       for (int c = 0; c < CB; ++c) av[c] = ld(a + q * pa + cs[c]);
@@ -1714,8 +1685,8 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       constexpr int CB = VB == 64 ? 2 : 1;  // 9 x CB sums + CB gy vectors in registers
       auto go = [&](auto nt_tag) {
         constexpr int NT = decltype(nt_tag)::value;
-        nhwc_wgrad_block<T, NT, CB>(C, a, gys.w, b, xo, g.sw * xs.w, qb - qa, tail_mask, over > 0,
-                                    part);
+        nhwc_wgrad_block<T, NT, CB>(C, a, gys.w, b, xo, g.S, g.sw * xs.w, qb - qa, tail_mask,
+                                    over > 0, part);
       };
       with_taps(g.R * g.S, go);
       // the border columns, tap by tap
