@@ -448,6 +448,29 @@ def test_depthwise_channels_last(isa, c, dtype):
         _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, tol)
 
 
+def test_depthwise_channels_last_streaming(isa):
+    """Tensors beyond the channels-last kernels' streaming threshold (x and y together over
+    20 MiB: 8-pixel chunks with the next chunk prefetched, forward and weight gradient) against
+    float64: 40 channels (an overlapping last vector), 3x3 dilation 2, a row of 260 pixels
+    (32 whole chunks and a 4-pixel tail in the interior), the fused backward."""
+    c, h, w = 40, 264, 260
+    x = torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last)
+    assert 2 * x.numel() * 4 > 20 << 20
+    wt = torch.randn(c, 1, 3, 3)
+    b = torch.randn(c)
+    xr, wr, br = x.double().requires_grad_(), wt.double().requires_grad_(), b.double().requires_grad_()
+    yr = F.conv2d(xr, wr, br, 1, 2, 2, c)
+    gy = torch.randn(yr.shape).contiguous(memory_format=torch.channels_last)
+    yr.backward(gy.double())
+    conf = ([1, 1], [2, 2], [2, 2], c)
+    _close(ops.conv2d(x, wt, b, *conf), yr.detach(), 1e-5)
+    _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, 1e-5)
+    gx, gw, gb = ops.conv2d_backward(gy, x, wt, *conf, [True, True, True])
+    _close(gx, xr.grad, 1e-5)
+    _close(gw, wr.grad, 1e-5)
+    _close(gb, br.grad, 1e-5)
+
+
 @pytest.mark.parametrize("cg", [2, 4, 8, 16])
 def test_grouped_channels_last(isa, cg):
     """The channel-vectorised grouped kernels (cg channels in and out a group, channels-last):

@@ -1253,6 +1253,15 @@ DILCONV_INLINE void prefetch_slices(const T* p, int64_t step, int64_t n, int64_t
   }
 }
 
+// Whether a channels-last depthwise pass over x and y (gy and x) streams them from memory: the two
+// together beyond 20 MiB, about two thirds of this Zen 4's L3 (32 MiB a CCX; glibc reports the
+// whole socket's, so no query). Below, they are mostly in the cache (a layer's input was just
+// written by the layer before) and the prefetches of prefetch_slices cost more than they save.
+template <class T>
+inline bool nhwc_streams(const Geo& g) {
+  return g.N * (g.H * g.W + g.P * g.Q) * g.C * int64_t(sizeof(T)) > (int64_t(20) << 20);
+}
+
 // y[c] = act(bias[c] + sum_t w[wo[t] + c] * x[xo[t] + c]) for one pixel, all channels
 template <class T, int U>
 DILCONV_INLINE void nhwc_chunk(const T* x, const int64_t* xo, const T* w, const int64_t* wo, int64_t nt,
@@ -1299,18 +1308,16 @@ void nhwc_pixel(int64_t C, const T* x, const int64_t* xo, const T* w, const int6
 // caller passes rows of one phase (p, p + dh, p + 2 dh at stride 1), which share R - 1 of their R
 // input rows: the second and third read the shared lines from L1 where a row on its own finds
 // them evicted to L2 or beyond. Taps are by rows of S (xo[r * S + s]): the last of a row reads
-// the input columns that the next chunk of pixels is first to read.
+// the input columns that the next chunk of pixels is first to read; with `pf` the next chunk's
+// slices of those columns and of y are prefetched (prefetch_slices).
+// Every channel block of a chunk of QC pixels before the next chunk: the rows are then read
+// (and y written) front to back, which the hardware prefetchers follow; swept channel block by
+// channel block across a whole row they see a stride of C elements (728ch 65^2: 1.05 -> 0.85 ms).
 template <class T, int NT, int CB>
 void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, const int64_t* wo, int64_t S,
                       int64_t px, const T* wt, const T* bias, Act act, T* y, int64_t py,
-                      int64_t nq, int64_t nr, int64_t xr, int64_t yr) {
+                      int64_t nq, int64_t nr, int64_t xr, int64_t yr, int64_t QC, bool pf) {
   constexpr int64_t L = NV<T>;
-  // every channel block of a chunk of QC pixels before the next chunk: the rows are then read
-  // (and y written) front to back, which the hardware prefetchers follow; swept channel block by
-  // channel block across a whole row they see a stride of C elements (728ch 65^2: 1.05 -> 0.85 ms).
-  // 16 rather than 8 pixels: a chunk re-reads (S - 1) dw columns of its neighbour's; with groups
-  // of rows this cut simulated L1 misses ~7% and ran 5-15% faster on an AVX2 EPYC (one thread).
-  constexpr int64_t QC = 16;
   const int64_t nv = (C + L - 1) / L;
   for (int64_t qc = 0; qc < nq; qc += QC)
   for (int64_t v = 0; v < nv; v += CB) {
@@ -1325,10 +1332,12 @@ void nhwc_row_blocked(int64_t C, const T* x, const int64_t* xo, const int64_t* w
     for (int64_t j = 0; j < nr; ++j) {
       const T* xj = x + j * xr;
       T* yj = y + j * yr;
-      const int64_t lo = cs[0], hi = cs[CB - 1] + L - 1;
-      for (int64_t t = S - 1; t < NT; t += S)
-        prefetch_slices<false>(xj + qe * px + xo[t], px, nn, lo, hi);
-      prefetch_slices<true>(yj + qe * py, py, nn, lo, hi);
+      if (pf) {
+        const int64_t lo = cs[0], hi = cs[CB - 1] + L - 1;
+        for (int64_t t = S - 1; t < NT; t += S)
+          prefetch_slices<false>(xj + qe * px + xo[t], px, nn, lo, hi);
+        prefetch_slices<true>(yj + qe * py, py, nn, lo, hi);
+      }
       int64_t q = qc;
       for (; q + 4 <= qe; q += 4) {
         V<T> acc[4][CB];
@@ -1448,6 +1457,17 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   }
   constexpr int CB = VB == 64 ? 2 : 1;  // AVX2/SSE: 16 registers hold 9 weights + 4 sums
   const bool set_conflicts = xs.w * int64_t(sizeof(T)) % 2048 == 0;  // nhwc_row_channels_inner
+  // Where x and y stream from memory (nhwc_streams) the blocked kernel prefetches each next chunk
+  // of 8 pixels (nhwc_row_blocked); where they fit in the last-level cache the prefetches cost
+  // more than they save, and chunks of 32 pixels (a whole row of a 33^2 map) re-read fewer halo
+  // columns. The suite's callables, each call right after torch's (which evicts what it can),
+  // AVX-512 Zen 4, torch/ours, batch 1: 728ch 65^2 d2 and 960ch 65^2 d4 (x + y 25-32 MB)
+  // 1.08-1.37x and 1.23-1.24x prefetching 8-pixel chunks, 0.90-1.04x and 1.00-1.03x not (32);
+  // 32-960ch at 33^2-257^2 (8-17 MB) 0.79-1.25x not prefetching (32), 0.74-1.16x prefetching
+  // (8); batch 16 (60-140 MB, the suite's callables interleaved) 0.94-1.21x prefetching 8-pixel
+  // chunks, 0.71-0.99x not.
+  const bool stream = nhwc_streams<T>(g);
+  const int64_t chunk = stream ? 8 : 32;
   // rows p, p + step, ... (nr of them, all reading tap rows rr), run by run of columns
   auto rows = [&](int64_t p, int64_t nr, int64_t step, TapRange rr) {
     const T* xp = x + p * g.sh * xs.h;
@@ -1480,7 +1500,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
                                               q1 - q0, nr, xr, yr);
           else
             nhwc_row_blocked<T, NT, CB>(g.C, xq, xo, wo, sr.hi - sr.lo, px, wt, bias, act, yq,
-                                        ys.w, q1 - q0, nr, xr, yr);
+                                        ys.w, q1 - q0, nr, xr, yr, chunk, stream);
         });
       }
     }
@@ -1547,12 +1567,15 @@ void dw_nhwc_dgrad(const Geo& g, const T* gy, Strides gys, const T* wt, T* gx, S
 // once for all taps. The last vector of a row of C channels may overlap its neighbour: its
 // already-counted lanes are masked out (tail_mask), and a block's vectors past the end are not
 // added at all.
-// The next chunk's slices of gy and of the input columns it is first to read are prefetched as
-// in nhwc_row_blocked (xo by rows of S taps).
+// With pf the next chunk's slices of gy and of the input columns it is first to read are
+// prefetched as in nhwc_row_blocked (xo by rows of S taps): where gy and x stream from memory
+// (nhwc_streams) that took 728ch 65^2 d2's forward + backward from 6.1x to 7.2x of torch, 960ch
+// 65^2 d4 6.5x -> 7.5x, 144ch 129^2 1.10 -> 1.26x (suite's callables, each call after torch's,
+// AVX-512 Zen 4); on cached ones (32ch 257^2, 960ch 33^2 d2) 3-7% slower.
 template <class T, int NT, int CB>
 void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64_t* xo,
                       int64_t S, int64_t pb, int64_t nq, const V<T>& tail_mask, bool masked,
-                      T* part) {
+                      bool pf, T* part) {
   constexpr int64_t L = NV<T>;
   constexpr int64_t QC = 16;  // pixels a chunk: rows read front to back (see nhwc_row_blocked)
   const int64_t nv = (C + L - 1) / L;
@@ -1566,8 +1589,11 @@ void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64
     const int64_t qe = qc + QC < nq ? qc + QC : nq;
     const int64_t nn = (qe + QC < nq ? qe + QC : nq) - qe;
     const int64_t lo = cs[0], hi = cs[CB - 1] + L - 1;
-    prefetch_slices<false>(a + qe * pa, pa, nn, lo, hi);
-    for (int64_t t = S - 1; t < NT; t += S) prefetch_slices<false>(b + qe * pb + xo[t], pb, nn, lo, hi);
+    if (pf) {
+      prefetch_slices<false>(a + qe * pa, pa, nn, lo, hi);
+      for (int64_t t = S - 1; t < NT; t += S)
+        prefetch_slices<false>(b + qe * pb + xo[t], pb, nn, lo, hi);
+    }
     for (int64_t q = qc; q < qe; ++q) {
       V<T> av[CB];
       for (int c = 0; c < CB; ++c) av[c] = ld(a + q * pa + cs[c]);
@@ -1635,6 +1661,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
   const auto [qa, qb] = interior_columns(g);
   const bool blocked = g.R * g.S <= 9 && qb > qa;
+  const bool stream = nhwc_streams<T>(g);
   int64_t xo[9];
   // sums of tap (r, s) over output columns [qlo, qhi) of row (n, p)
   auto tap_cols = [&](int64_t n, int64_t p, int64_t r, int64_t s, int64_t qlo, int64_t qhi) {
@@ -1686,7 +1713,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       auto go = [&](auto nt_tag) {
         constexpr int NT = decltype(nt_tag)::value;
         nhwc_wgrad_block<T, NT, CB>(C, a, gys.w, b, xo, g.S, g.sw * xs.w, qb - qa, tail_mask,
-                                    over > 0, part);
+                                    over > 0, stream, part);
       };
       with_taps(g.R * g.S, go);
       // the border columns, tap by tap
