@@ -540,8 +540,13 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     five = dataclasses.replace(seven, r=5, s=5, dilation=(3, 3), padding=(6, 6))
     assert cpu_auto_policy(five) != avx512
     assert cpu_auto_policy(dataclasses.replace(five, dilation=(4, 4), padding=(8, 8)))
-    assert not cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True))  # channels-last forward: oneDNN
-    assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))
+    # channels-last forward: oneDNN, but where x and y stream from memory (over 20 MiB) ours on
+    # an AVX-512 CPU other than Intel's
+    streams = avx512 and not intel
+    assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True)) == streams  # 24.6 MB
+    assert cpu_auto_policy(prob(384, 384, 33, 1, 384, cl=True, n=16)) == streams
+    assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))  # 8.7 MB: in the cache
+    assert not cpu_auto_policy(prob(384, 384, 33, 1, 384, cl=True, n=2))
     # ... but not where oneDNN's is slow: dilated with padding >= 5 (AVX2) or >= 7 (AVX-512)
     assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True)) != avx512
     assert cpu_auto_policy(prob(256, 256, 65, 6, 256, cl=True)) != avx512
