@@ -1253,13 +1253,14 @@ DILCONV_INLINE void prefetch_slices(const T* p, int64_t step, int64_t n, int64_t
   }
 }
 
-// Whether a channels-last depthwise pass over x and y (gy and x) streams them from memory: the two
-// together beyond 20 MiB, about two thirds of this Zen 4's L3 (32 MiB a CCX; glibc reports the
-// whole socket's, so no query). Below, they are mostly in the cache (a layer's input was just
-// written by the layer before) and the prefetches of prefetch_slices cost more than they save.
+// Whether a channels-last depthwise pass over x and y (gy and x; pixel strides xw, yw: a view of
+// some of a tensor's channels spans all of its pages) streams them from memory: the two together
+// beyond 20 MiB, about two thirds of this Zen 4's L3 (32 MiB a CCX; glibc reports the whole
+// socket's, so no query). Below, they are mostly in the cache (a layer's input was just written
+// by the layer before) and the prefetches of prefetch_slices cost more than they save.
 template <class T>
-inline bool nhwc_streams(const Geo& g) {
-  return g.N * (g.H * g.W + g.P * g.Q) * g.C * int64_t(sizeof(T)) > (int64_t(20) << 20);
+inline bool nhwc_streams(const Geo& g, int64_t xw, int64_t yw) {
+  return g.N * (g.H * g.W * xw + g.P * g.Q * yw) * int64_t(sizeof(T)) > (int64_t(20) << 20);
 }
 
 // y[c] = act(bias[c] + sum_t w[wo[t] + c] * x[xo[t] + c]) for one pixel, all channels
@@ -1466,7 +1467,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   // 32-960ch at 33^2-257^2 (8-17 MB) 0.79-1.25x not prefetching (32), 0.74-1.16x prefetching
   // (8); batch 16 (60-140 MB, the suite's callables interleaved) 0.94-1.21x prefetching 8-pixel
   // chunks, 0.71-0.99x not.
-  const bool stream = nhwc_streams<T>(g);
+  const bool stream = nhwc_streams<T>(g, xs.w, ys.w);
   const int64_t chunk = stream ? 8 : 32;
   // rows p, p + step, ... (nr of them, all reading tap rows rr), run by run of columns
   auto rows = [&](int64_t p, int64_t nr, int64_t step, TapRange rr) {
@@ -1661,7 +1662,7 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
   const auto [qa, qb] = interior_columns(g);
   const bool blocked = g.R * g.S <= 9 && qb > qa;
-  const bool stream = nhwc_streams<T>(g);
+  const bool stream = nhwc_streams<T>(g, xs.w, gys.w);
   int64_t xo[9];
   // sums of tap (r, s) over output columns [qlo, qhi) of row (n, p)
   auto tap_cols = [&](int64_t n, int64_t p, int64_t r, int64_t s, int64_t qlo, int64_t qhi) {
