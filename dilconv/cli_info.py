@@ -27,8 +27,11 @@ def main(args) -> int:
         archs = bi.cuda_arch_list if bi else "?"
         print(f"CUDA sources compiled: {'yes, for archs ' + archs if cuda else 'no'}")
         gemm = "dilconv's GEMM paths" if B._cpu_gemm_paths_win() else "oneDNN"
+        cl_dw = ("dilconv's kernel where input and output exceed 20 MiB, else oneDNN"
+                 if B._cl_dw_stream_wins() else "oneDNN")
         print(f"CPU kernels: {torch.ops.dilconv.cpu_isa()} variant, CPU maker "
-              f"{torch.ops.dilconv.cpu_vendor()} (auto runs 1x1/dense/transposed convs on {gemm})")
+              f"{torch.ops.dilconv.cpu_vendor()} (auto runs 1x1/dense/transposed convs on {gemm}, "
+              f"channels-last depthwise inference on {cl_dw})")
     else:
         print(f"compiled extension: not available ({_ext.load_error}); {_ext.BUILD_HINT}")
     print(f"usable backends: {', '.join(B.backends())} (current: {B.current_backend()})")

@@ -243,6 +243,12 @@ def _onednn_dw_slow(p: Problem) -> bool:
     return max(p.dilation) > 1 and max(p.padding) >= (7 if _avx512() else 5)
 
 
+def _cl_dw_stream_wins() -> bool:
+    """Whether dilconv's channels-last depthwise forward beats oneDNN's where it streams
+    (_cl_dw_streams): measured on an AVX-512 AMD CPU (Zen 4) only."""
+    return _avx512() and not _intel()
+
+
 def _cl_dw_streams(p: Problem, out_pixels: int) -> bool:
     """Whether a channels-last depthwise forward streams x and y from memory (csrc/cpu
     nhwc_streams: the two together beyond 20 MiB), where its kernel prefetches. There, on an
@@ -342,8 +348,7 @@ def cpu_auto_policy(p: Problem) -> bool:
             return True
         if p.requires_grad:
             return d > 1 or p.r * p.s > 9 or p.n >= 2
-        return (p.r * p.s <= 9 and p.k == p.c and _cl_dw_streams(p, pq) and _avx512()
-                and not _intel())
+        return p.r * p.s <= 9 and p.k == p.c and _cl_dw_streams(p, pq) and _cl_dw_stream_wins()
     if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)
             and not p.channels_last):
         # GEMMs straight on the NCHW planes (forward with bias and activation applied per
