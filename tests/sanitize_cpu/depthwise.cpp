@@ -1,15 +1,19 @@
-// The depthwise backward kernels of csrc/cpu (torch-free, every instruction-set variant: set
+// The depthwise kernels of csrc/cpu (torch-free, every instruction-set variant: set
 // DILCONV_CPU_ISA=avx2|base) under AddressSanitizer + UBSan, with every buffer, the scratch
 // included, allocated at exactly the size the kernel asks for, against a naive float64
 // reference: dw_flat_bwd (the fused stride-1 backward, worked in chunks of rows) with each
-// subset of gradients, and the planar weight gradient (stride 1 and 2).
+// subset of gradients, the planar weight gradient (stride 1 and 2), and the channels-last
+// forward and weight gradient (dw_nhwc_fwd, dw_nhwc_wgrad: column runs by taps, more than 9
+// taps, pixels that read only padding, overlapping last vectors, the streaming path).
 // Prints "bad N" (N results outside the tolerance); exits non-zero on any.
 // --broken: gx one element short, which the sanitizer must catch (proves the harness can fail).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -109,6 +113,77 @@ int run(const Kernels<T>& K, const Case& k, bool broken) {
   return bad;
 }
 
+struct ClCase {
+  int N, C, H, W, R, S, stride, dil, pad;
+};
+
+// channels-last: x [N][H][W][C], y [N][P][Q][C], weights as the kernels take them ([R * S][C])
+template <class T>
+int run_nhwc(const Kernels<T>& K, const ClCase& k) {
+  Geo g{};
+  g.N = k.N, g.C = k.C, g.H = k.H, g.W = k.W, g.K = k.C, g.R = k.R, g.S = k.S;
+  g.sh = g.sw = k.stride, g.dh = g.dw = k.dil, g.ph = g.pw = k.pad;
+  g.P = (k.H + 2 * k.pad - k.dil * (k.R - 1) - 1) / k.stride + 1;
+  g.Q = (k.W + 2 * k.pad - k.dil * (k.S - 1) - 1) / k.stride + 1;
+  g.G = k.C, g.Cg = 1, g.Kg = 1;
+  const int64_t RS = k.R * k.S, xn = int64_t(k.N) * k.H * k.W * k.C;
+  const int64_t yn = int64_t(k.N) * g.P * g.Q * k.C;
+  const auto x = randn<T>(xn), gy = randn<T>(yn), wt = randn<T>(RS * k.C), bias = randn<T>(k.C);
+  const Strides xs{int64_t(k.H) * k.W * k.C, 1, int64_t(k.W) * k.C, k.C};
+  const Strides ys{g.P * g.Q * k.C, 1, g.Q * k.C, k.C};
+  std::vector<double> yr(yn), gwr(RS * k.C, 0);
+  for (int n = 0; n < k.N; ++n)
+    for (int p = 0; p < g.P; ++p)
+      for (int q = 0; q < g.Q; ++q)
+        for (int c = 0; c < k.C; ++c) {
+          const size_t yi = ((size_t(n) * g.P + p) * g.Q + q) * k.C + c;
+          double a = bias[c];
+          for (int r = 0; r < k.R; ++r)
+            for (int s = 0; s < k.S; ++s) {
+              const int64_t ih = p * g.sh + r * g.dh - g.ph, iw = q * g.sw + s * g.dw - g.pw;
+              if (ih < 0 || ih >= k.H || iw < 0 || iw >= k.W) continue;
+              const double xv = x[((size_t(n) * k.H + ih) * k.W + iw) * k.C + c];
+              a += wt[(r * k.S + s) * k.C + c] * xv;
+              gwr[(r * k.S + s) * k.C + c] += gy[yi] * xv;
+            }
+          yr[yi] = a;
+        }
+  int bad = 0;
+  auto check = [&](const char* what, const T* got, const std::vector<double>& ref) {
+    double m = 0, e = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      m = std::fmax(m, std::fabs(ref[i]));
+      e = std::fmax(e, std::fabs(got[i] - ref[i]));
+    }
+    const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
+    if (!(e <= tol * (m + 1))) {
+      std::printf("BAD %s N%d C%d %dx%d %dx%d stride %d dilation %d padding %d: max error %g\n",
+                  what, k.N, k.C, k.H, k.W, k.R, k.S, k.stride, k.dil, k.pad, e);
+      ++bad;
+    }
+  };
+  // the inputs too in buffers of exactly their size (a vector's spare capacity would hide a read
+  // past the end)
+  auto copy = [](const std::vector<T>& v) {
+    auto b = exact<T>(int64_t(v.size()));
+    std::copy(v.begin(), v.end(), b.get());
+    return b;
+  };
+  const auto xb = copy(x), gyb = copy(gy), wtb = copy(wt), bb = copy(bias);
+  auto y = exact<T>(yn);
+  auto taps = exact<int64_t>(4 * RS);
+  for (int n = 0; n < k.N; ++n)  // two row ranges an image, as conv_cpu.cpp may split them
+    for (const auto& [p0, p1] : {std::pair<int64_t, int64_t>{0, g.P / 2}, {g.P / 2, g.P}})
+      K.dw_nhwc_fwd(g, xb.get(), xs, wtb.get(), bb.get(), false, y.get(), ys, n, p0, p1,
+                    taps.get());
+  check("nhwc forward", y.get(), yr);
+  auto part = exact<T>(RS * k.C);
+  std::fill(part.get(), part.get() + RS * k.C, T(0));
+  K.dw_nhwc_wgrad(g, gyb.get(), ys, xb.get(), xs, part.get(), 0, int64_t(k.N) * g.P);
+  check("nhwc weight gradient", part.get(), gwr);
+  return bad;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,6 +206,19 @@ int main(int argc, char** argv) {
     bad += run<float>(kernels_f32(), c, broken);
     bad += run<double>(kernels_f64(), c, broken);
     if (broken) break;
+  }
+  // channels-last: N, C, H, W, R, S, stride, dilation, padding: narrower than a vector, an
+  // overlapping last vector, wide pixels (300 floats), 7x7 (more than 9 taps), 1x3, padding
+  // beyond the kernel's reach (pixels that read only padding), stride 2, and x + y over 20 MiB
+  // (the prefetching path; float only)
+  const ClCase cl_cases[] = {
+      {2, 5, 9, 11, 3, 3, 1, 2, 2},   {2, 40, 9, 11, 3, 3, 1, 2, 2},  {1, 300, 13, 12, 3, 3, 1, 2, 2},
+      {1, 24, 11, 10, 7, 7, 1, 1, 3}, {1, 40, 6, 17, 1, 3, 1, 1, 1},  {1, 40, 4, 5, 3, 3, 1, 1, 3},
+      {2, 40, 10, 13, 3, 3, 2, 1, 1}, {1, 40, 264, 260, 3, 3, 1, 2, 2},
+  };
+  for (const ClCase& c : cl_cases) {
+    if (!broken) bad += run_nhwc<float>(kernels_f32(), c);
+    if (!broken && c.H * c.W * c.C < (1 << 20)) bad += run_nhwc<double>(kernels_f64(), c);
   }
   std::printf("isa %s: bad %d\n", kernels_f32().isa, bad);
   return bad != 0;
