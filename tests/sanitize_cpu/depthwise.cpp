@@ -38,6 +38,21 @@ std::unique_ptr<T[]> exact(int64_t n) {
   return std::unique_ptr<T[]>(new T[n]);
 }
 
+// -1 where got matches ref within T's tolerance (relative to ref's largest magnitude, at least
+// 1), else the largest absolute error (NaN counts as outside)
+template <class T>
+double max_error(const T* got, const std::vector<double>& ref) {
+  double m = 0, e = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    m = std::fmax(m, std::fabs(ref[i]));
+    const double d = std::fabs(got[i] - ref[i]);
+    e = d == d ? std::fmax(e, d) : d;
+    if (e != e) break;
+  }
+  const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
+  return e <= tol * (m + 1) ? -1 : e;
+}
+
 struct Case {
   int N, C, H, W, R, S, stride, dh, dw;
 };
@@ -72,17 +87,11 @@ int run(const Kernels<T>& K, const Case& k, bool broken) {
         }
   int bad = 0;
   auto check = [&](const char* what, const T* got, const std::vector<double>& ref) {
-    double m = 0, e = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      m = std::fmax(m, std::fabs(ref[i]));
-      e = std::fmax(e, std::fabs(got[i] - ref[i]));
-    }
-    const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
-    if (!(e <= tol * (m + 1))) {
-      std::printf("BAD %s N%d C%d %dx%d %dx%d stride %d dilation %d: max error %g (max %g)\n",
-                  what, k.N, k.C, k.H, k.W, k.R, k.S, k.stride, k.dh, e, m);
-      ++bad;
-    }
+    const double e = max_error(got, ref);
+    if (e < 0) return;
+    std::printf("BAD %s N%d C%d %dx%d %dx%d stride %d dilation %d: max error %g\n", what, k.N,
+                k.C, k.H, k.W, k.R, k.S, k.stride, k.dh, e);
+    ++bad;
   };
   if (dw_flat_bwd_ok(g)) {
     std::vector<T> wf(w.size());  // flipped taps
@@ -150,17 +159,11 @@ int run_nhwc(const Kernels<T>& K, const ClCase& k) {
         }
   int bad = 0;
   auto check = [&](const char* what, const T* got, const std::vector<double>& ref) {
-    double m = 0, e = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      m = std::fmax(m, std::fabs(ref[i]));
-      e = std::fmax(e, std::fabs(got[i] - ref[i]));
-    }
-    const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
-    if (!(e <= tol * (m + 1))) {
-      std::printf("BAD %s N%d C%d %dx%d %dx%d stride %d dilation %d padding %d: max error %g\n",
-                  what, k.N, k.C, k.H, k.W, k.R, k.S, k.stride, k.dil, k.pad, e);
-      ++bad;
-    }
+    const double e = max_error(got, ref);
+    if (e < 0) return;
+    std::printf("BAD %s N%d C%d %dx%d %dx%d stride %d dilation %d padding %d: max error %g\n",
+                what, k.N, k.C, k.H, k.W, k.R, k.S, k.stride, k.dil, k.pad, e);
+    ++bad;
   };
   // the inputs too in buffers of exactly their size (a vector's spare capacity would hide a read
   // past the end)
