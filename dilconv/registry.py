@@ -252,11 +252,12 @@ def _cl_dw_stream_wins() -> bool:
 def _cl_dw_streams(p: Problem, out_pixels: int) -> bool:
     """Whether a channels-last depthwise forward streams x and y from memory (csrc/cpu
     nhwc_streams: the two together beyond 20 MiB), where its kernel prefetches. There, on an
-    AVX-512 Zen 4, it beats oneDNN's (each call right after torch's, 2 threads: 728ch 65^2 d2
-    1.08-1.37x, 960ch 65^2 d4 1.23-1.24x at batch 1; 1.0-1.8x at a batch of 16, 32-960 channels,
-    but for 576ch/960ch 33^2 d2 0.94-1.02x); below it, in the cache, it runs 0.79-1.25x, so
-    those stay with oneDNN. Not measured on an Intel or an AVX2 CPU since the kernel's
-    prefetches: oneDNN there."""
+    AVX-512 Zen 4, it beats oneDNN's on maps of 64x64 and more (the suite's callables, each call
+    right after torch's, 2 threads: 728ch 65^2 d2 1.08-1.37x, 960ch 65^2 d4 1.23-1.24x at batch
+    1; at a batch of 16 32ch 257^2 1.17x, 144ch 129^2 1.76x), not on 33x33 maps at a batch of 16
+    (384ch 1.24x, but 576ch d2 0.91x and 960ch d2 0.96x: the policy takes none of them); below
+    20 MiB, in the cache, it runs 0.79-1.25x, so those stay with oneDNN. Not measured on an
+    Intel or an AVX2 CPU since the kernel's prefetches: oneDNN there."""
     size = 8 if p.dtype == torch.float64 else 4
     return p.n * (p.h * p.w + out_pixels) * p.c * size > 20 << 20
 
@@ -268,8 +269,9 @@ def cpu_auto_policy(p: Problem) -> bool:
       * depthwise, stride 1, NCHW: forward 1.07-2.2x with <= 9 taps (7x7: 0.85x), forward +
         backward 1.2-10x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
         (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
-        forward 0.8-1.25x in the cache (oneDNN's best case), 1.1-1.4x where x and y stream
-        from memory on an AVX-512 Zen 4 (_cl_dw_streams), 2-20x where oneDNN's is slow
+        forward 0.8-1.25x in the cache (oneDNN's best case), 1.1-1.8x where x and y stream
+        from memory on maps of 64x64 and more on an AVX-512 Zen 4 (_cl_dw_streams), 2-20x where
+        oneDNN's is slow
         (_onednn_dw_slow),
         forward + backward 3.9-6.2x dilated, 2.0x 7x7,
         undilated 3x3 0.85-1.04x at batch 1, 1.1-1.2x at 2+; stride 2 NCHW (both column phases
@@ -348,7 +350,8 @@ def cpu_auto_policy(p: Problem) -> bool:
             return True
         if p.requires_grad:
             return d > 1 or p.r * p.s > 9 or p.n >= 2
-        return p.r * p.s <= 9 and p.k == p.c and _cl_dw_streams(p, pq) and _cl_dw_stream_wins()
+        return (p.r * p.s <= 9 and p.k == p.c and pq >= 64 * 64 and _cl_dw_streams(p, pq)
+                and _cl_dw_stream_wins())
     if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)
             and not p.channels_last):
         # GEMMs straight on the NCHW planes (forward with bias and activation applied per

@@ -540,11 +540,12 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     five = dataclasses.replace(seven, r=5, s=5, dilation=(3, 3), padding=(6, 6))
     assert cpu_auto_policy(five) != avx512
     assert cpu_auto_policy(dataclasses.replace(five, dilation=(4, 4), padding=(8, 8)))
-    # channels-last forward: oneDNN, but where x and y stream from memory (over 20 MiB) ours on
-    # an AVX-512 CPU other than Intel's
+    # channels-last forward: oneDNN, but where x and y stream from memory (over 20 MiB) on maps
+    # of 64x64 and more ours on an AVX-512 CPU other than Intel's
     streams = avx512 and not intel
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True)) == streams  # 24.6 MB
-    assert cpu_auto_policy(prob(384, 384, 33, 1, 384, cl=True, n=16)) == streams
+    assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, n=16)) == streams
+    assert not cpu_auto_policy(prob(960, 960, 33, 2, 960, cl=True, n=16))  # 33x33 map
     assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))  # 8.7 MB: in the cache
     assert not cpu_auto_policy(prob(384, 384, 33, 1, 384, cl=True, n=2))
     # ... but not where oneDNN's is slow: dilated with padding >= 5 (AVX2) or >= 7 (AVX-512)

@@ -1427,8 +1427,8 @@ inline TapRange inside_taps(int64_t q, int64_t stride, int64_t pad, int64_t dil,
 // Every pixel goes through one kernel: a row's columns fall into runs that read the same taps
 // (the interior, whose taps are all inside, and a few runs of border columns on each side), and
 // each run is computed by nhwc_row_blocked with the run's taps (the weights of only those in
-// registers). Border pixels one at a time with the weights reloaded per pixel ran the 23% of
-// border pixels of 960ch 33^2 d2 at 2-3x the interior's time per pixel.
+// registers), where border pixels had gone one at a time, the weights reloaded for every
+// multiply (23% of the pixels of 960ch 33^2 d2).
 template <class T>
 void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
                  Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
@@ -1465,8 +1465,8 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   // AVX-512 Zen 4, torch/ours, batch 1: 728ch 65^2 d2 and 960ch 65^2 d4 (x + y 25-32 MB)
   // 1.08-1.37x and 1.23-1.24x prefetching 8-pixel chunks, 0.90-1.04x and 1.00-1.03x not (32);
   // 32-960ch at 33^2-257^2 (8-17 MB) 0.79-1.25x not prefetching (32), 0.74-1.16x prefetching
-  // (8); batch 16 (60-140 MB, the suite's callables interleaved) 0.94-1.21x prefetching 8-pixel
-  // chunks, 0.71-0.99x not.
+  // (8); batch 16 (60-140 MB; timed back to back with other variants, which flatters all of
+  // them alike) 0.94-1.21x prefetching 8-pixel chunks, 0.71-0.99x not.
   const bool stream = nhwc_streams<T>(g, xs.w, ys.w);
   const int64_t chunk = stream ? 8 : 32;
   // rows p, p + step, ... (nr of them, all reading tap rows rr), run by run of columns
@@ -1514,9 +1514,10 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   // than one (torch/ours, 2 threads, interleaved: 960ch 33^2 d2 0.88 -> 1.08x, 728ch 65^2 d2
   // 1.01 -> 1.25x, 576ch 33^2 1.02 -> 1.21x, 2048ch 17^2 d2 0.83 -> 0.89x); narrow pixels still
   // gained from four (96ch 257^2 1.29 vs 1.16x, 144ch 129^2 0.97 vs 0.91x). On an AVX-512 Zen 4,
-  // with the prefetches, four rows beat one on wide pixels too (suite's callables, interleaved
-  // with torch in one process: 728ch 65^2 d2 1.19 -> 1.25-1.30x of torch, 960ch 33^2 d2 0.92 ->
-  // 0.99-1.35x, 576ch 33^2 d2 0.93 -> 1.04-1.26x, 384ch 33^2 0.95 -> 1.16-1.30x).
+  // with the prefetches, four rows do as well as one on wide pixels (the suite's callables, each
+  // call right after torch's; torch/ours with four rows vs one: 728ch 65^2 d2 1.08 vs 1.12x,
+  // 960ch 65^2 d4 1.24 vs 1.22x streaming; 576ch 33^2 d2 1.00 vs 0.94x, 960ch 33^2 d2 0.96 vs
+  // 0.90x in the cache).
   const int64_t step = g.R > 1 && g.sh == 1 ? g.dh : 0;
   const bool wide = VB == 64 && g.C * int64_t(sizeof(T)) >= 1152;
   const int64_t max_rows = wide && cpu_is_intel() ? 1 : 4;
