@@ -27,7 +27,8 @@ def main(args) -> int:
         archs = bi.cuda_arch_list if bi else "?"
         print(f"CUDA sources compiled: {'yes, for archs ' + archs if cuda else 'no'}")
         gemm = "dilconv's GEMM paths" if B._cpu_gemm_paths_win() else "oneDNN"
-        cl_dw = ("dilconv's kernel where input and output exceed 20 MiB, else oneDNN"
+        cl_dw = ("dilconv's kernel on maps of 64x64 and more where input and output exceed "
+                 "20 MiB, else oneDNN"
                  if B._cl_dw_stream_wins() else "oneDNN")
         print(f"CPU kernels: {torch.ops.dilconv.cpu_isa()} variant, CPU maker "
               f"{torch.ops.dilconv.cpu_vendor()} (auto runs 1x1/dense/transposed convs on {gemm}, "
