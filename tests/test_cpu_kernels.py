@@ -582,11 +582,17 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
         return Problem("conv2d", "cpu", torch.float32, n, c, hw, hw, k, 1, 1, (1, 1), (0, 0), (1, 1),
                        1, cl, max(c, k) * hw * hw, grad)
 
-    assert cpu_auto_policy(pointwise(16, 96, 257)) == cpu_auto_policy(pointwise(24, 144, 129)) == gemm_wins
-    assert cpu_auto_policy(pointwise(32, 192, 65, grad=True)) == gemm_wins  # expansion, training
-    assert cpu_auto_policy(pointwise(32, 192, 65)) == cpu_auto_policy(pointwise(960, 160, 33)) == gemm_wins
+    # NCHW 1x1: MKL's GEMMs on an AVX-512 Intel CPU, the register-tiled kernel on an AVX-512
+    # AMD one up to 576 -> 160 channels, oneDNN elsewhere
+    assert cpu_auto_policy(pointwise(16, 96, 257)) == cpu_auto_policy(pointwise(24, 144, 129)) == avx512
+    assert cpu_auto_policy(pointwise(32, 192, 65, grad=True)) == avx512  # expansion, training
+    assert cpu_auto_policy(pointwise(576, 160, 33, grad=True)) == avx512
+    assert cpu_auto_policy(pointwise(32, 192, 65)) == avx512
+    assert cpu_auto_policy(pointwise(960, 160, 33)) == gemm_wins  # a tie for the tiled kernel
     assert not cpu_auto_policy(pointwise(1280, 256, 33))        # inference, widest: a tie
     assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True)) == gemm_wins  # training: every 1x1
+    assert cpu_auto_policy(pointwise(304, 256, 129, grad=True)) == avx512
+    assert cpu_auto_policy(pointwise(960, 320, 33, grad=True)) == gemm_wins  # wide: not tiled
     assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True))
 
     def sep(d, grad=False, cl=False):
@@ -612,14 +618,17 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
                                F.conv2d(x, w, None, 1, 2, 2, 4))
 
 
-@pytest.mark.parametrize("path_env", [None, "pointwise"])
+@pytest.mark.parametrize("path_env", [None, "pointwise", "bcast"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
     """1x1 stride-1 unpadded convs as GEMMs over the pixels, straight on NCHW planes or on
     channels-last pixel rows, in blocks (several blocks and a remainder when K * H * W is large)
     with the bias and the clamp applied per block; batch 2, groups, channel slices of bigger
     tensors (still matrices) in both layouts, few channels per group (forced path), and a layout
-    that cannot use it; forward and both gradients."""
+    that cannot use it; forward and both gradients. pointwise forces BLAS's GEMMs, bcast the
+    register-tiled kernel (NCHW; the default off Intel): row counts that leave 1-5 rows of a
+    6-row tile, pixel counts that leave single vectors and a scalar tail, sums long enough for
+    several column panels, maps split over the threads."""
     if path_env:
         monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -632,6 +641,9 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
         (1, 20, 600, 1, 40, 30, "nhwc"),
         (2, 36, 20, 2, 17, 13, "nhwc-slice"),
         (2, 18, 10, 1, 7, 9, "strided"),
+        (1, 40, 7, 1, 33, 33, "nchw"),  # 6 + 1 rows, 1089 pixels in chunks over the threads
+        (2, 300, 21, 1, 12, 11, "nchw"),  # 3 x 6 + 3 rows; 300-long sums: 64-pixel panels
+        (1, 24, 5, 1, 3, 5, "nchw"),  # fewer rows than a tile and pixels than a vector
     ]
     for n, c, k, g, h, w, layout in cases:
         if layout == "slice":

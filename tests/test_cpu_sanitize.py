@@ -1,8 +1,8 @@
-"""The CPU kernels' depthwise kernels (csrc/cpu/kernels.cpp, torch-free: the planar backward and
-the channels-last forward and weight gradient) under AddressSanitizer
-and UBSan, each instruction-set variant this CPU runs: every buffer and the scratch allocated at
-exactly the size the kernels ask for, results against a naive float64 reference
-(tests/sanitize_cpu/depthwise.cpp). A deliberately short output buffer proves that an
+"""CPU kernels of csrc/cpu/kernels.cpp (torch-free: the planar depthwise backward, the
+channels-last depthwise forward and weight gradient, the 1x1 convolutions' small GEMM) under
+AddressSanitizer and UBSan, each instruction-set variant this CPU runs: every buffer and the
+scratch allocated at exactly the size the kernels ask for, results against a naive float64
+reference (tests/sanitize_cpu/cpu_kernels.cpp). A deliberately short output buffer proves that an
 out-of-bounds write is caught."""
 import os
 import subprocess
@@ -24,7 +24,7 @@ _exe = []
 def harness():
     if not _exe:
         _exe.append(emu_build.build("sanitize-cpu", ["csrc/cpu/kernels.cpp",
-                                                     "tests/sanitize_cpu/depthwise.cpp"],
+                                                     "tests/sanitize_cpu/cpu_kernels.cpp"],
                                     FLAGS, link_flags=FLAGS))
     return _exe[0]
 
@@ -38,7 +38,7 @@ def run(isa, *args):
 
 
 @pytest.mark.parametrize("isa", ["", "avx2", "base"])
-def test_depthwise_clean_and_exact(isa):
+def test_kernels_clean_and_exact(isa):
     r = run(isa)
     out = r.stdout + r.stderr
     assert not any(m in out for m in REPORT_MARKERS), out[-20000:]

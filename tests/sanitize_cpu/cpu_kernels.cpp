@@ -4,7 +4,9 @@
 // reference: dw_flat_bwd (the fused stride-1 backward, worked in chunks of rows) with each
 // subset of gradients, the planar weight gradient (stride 1 and 2), and the channels-last
 // forward and weight gradient (dw_nhwc_fwd, dw_nhwc_wgrad: column runs by taps, more than 9
-// taps, pixels that read only padding, overlapping last vectors, the streaming path).
+// taps, pixels that read only padding, overlapping last vectors, the streaming path); and the
+// small GEMM of the 1x1 convolutions (gemm_bcast: row and column remainders, column sub-ranges,
+// both bias kinds, with inputs and output ending exactly where the last row's range ends).
 // Prints "bad N" (N results outside the tolerance); exits non-zero on any.
 // --broken: gx one element short, which the sanitizer must catch (proves the harness can fail).
 #include <algorithm>
@@ -187,6 +189,37 @@ int run_nhwc(const Kernels<T>& K, const ClCase& k) {
   return bad;
 }
 
+// gemm_bcast on rows [i0, i1), columns [j0, j1) of D = act(bias + A B), A [i1][kd] (row pitch
+// as = kd + 1), B rows bs apart, D rows ds apart; B and D end where their last row's range ends
+// (a vector load or store past j1 is out of bounds); D outside the range must stay untouched
+template <class T>
+int run_gemm(const Kernels<T>& K, int64_t i0, int64_t i1, int64_t kd, int64_t j0, int64_t j1,
+             int64_t bs, int64_t ds, bool per_row, bool act) {
+  const int64_t as = kd + 1, an = i1 * as, bn = (kd - 1) * bs + j1, dn = (i1 - 1) * ds + j1;
+  const auto a = randn<T>(an), b = randn<T>(bn), bias = randn<T>(per_row ? i1 : j1);
+  auto ab = exact<T>(an), bb = exact<T>(bn), biasb = exact<T>(int64_t(bias.size()));
+  auto d = exact<T>(dn);
+  std::copy(a.begin(), a.end(), ab.get());
+  std::copy(b.begin(), b.end(), bb.get());
+  std::copy(bias.begin(), bias.end(), biasb.get());
+  std::fill(d.get(), d.get() + dn, T(-7));
+  const Act clamp = act ? Act(-0.5, 1.0) : Act();
+  K.gemm_bcast(ab.get(), as, bb.get(), bs, kd, biasb.get(), per_row, clamp, d.get(), ds, i0, i1,
+               j0, j1);
+  std::vector<double> ref(dn, -7.0);
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j = j0; j < j1; ++j) {
+      double s = per_row ? bias[i] : bias[j];
+      for (int64_t c = 0; c < kd; ++c) s += double(a[i * as + c]) * b[c * bs + j];
+      ref[i * ds + j] = act ? std::fmin(std::fmax(s, -0.5), 1.0) : s;
+    }
+  const double e = max_error(d.get(), ref);
+  if (e < 0) return 0;
+  std::printf("BAD gemm_bcast rows [%ld, %ld) kd %ld columns [%ld, %ld): max error %g\n",
+              long(i0), long(i1), long(kd), long(j0), long(j1), e);
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -223,6 +256,21 @@ int main(int argc, char** argv) {
     if (!broken) bad += run_nhwc<float>(kernels_f32(), c);
     if (!broken && c.H * c.W * c.C < (1 << 20)) bad += run_nhwc<double>(kernels_f64(), c);
   }
+  // gemm_bcast: i0, i1, kd, j0, j1, row pitches of B and D: remainders of 1-5 rows, columns
+  // leaving whole tiles, single vectors and a scalar tail, fewer columns than a vector, a sum
+  // long enough for several column panels, a range starting inside a row
+  const int64_t gemm_cases[][7] = {
+      {0, 7, 5, 0, 93, 93, 97},     {0, 6, 1, 0, 64, 64, 64},    {2, 11, 24, 3, 150, 160, 151},
+      {0, 3, 3, 0, 5, 5, 5},        {0, 25, 300, 0, 200, 210, 200}, {1, 4, 17, 40, 41, 41, 50},
+  };
+  if (!broken)
+    for (const auto& c : gemm_cases)
+      for (int variant = 0; variant < 4; ++variant) {
+        bad += run_gemm<float>(kernels_f32(), c[0], c[1], c[2], c[3], c[4], c[5], c[6],
+                               variant & 1, variant & 2);
+        bad += run_gemm<double>(kernels_f64(), c[0], c[1], c[2], c[3], c[4], c[5], c[6],
+                                variant & 1, variant & 2);
+      }
   std::printf("isa %s: bad %d\n", kernels_f32().isa, bad);
   return bad != 0;
 }
