@@ -2036,9 +2036,17 @@ void gemm_bcast(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, cons
           gemm_bcast_tile<T, M, GB_NT>(Ai, as, B + j, bs, kd,
                                        bi && !bias_per_row ? bi + j : bi, bias_per_row, act,
                                        D + i * ds + j, ds);
-        for (; j + L <= je; j += L)
-          gemm_bcast_tile<T, M, 1>(Ai, as, B + j, bs, kd, bi && !bias_per_row ? bi + j : bi,
-                                   bias_per_row, act, D + i * ds + j, ds);
+        // the remaining whole vectors as one narrower tile
+        const T* bj = bi && !bias_per_row ? bi + j : bi;
+        switch ((je - j) / L) {
+          case 3: gemm_bcast_tile<T, M, 3>(Ai, as, B + j, bs, kd, bj, bias_per_row, act,
+                                           D + i * ds + j, ds); j += 3 * L; break;
+          case 2: gemm_bcast_tile<T, M, 2>(Ai, as, B + j, bs, kd, bj, bias_per_row, act,
+                                           D + i * ds + j, ds); j += 2 * L; break;
+          case 1: gemm_bcast_tile<T, M, 1>(Ai, as, B + j, bs, kd, bj, bias_per_row, act,
+                                           D + i * ds + j, ds); j += L; break;
+          default: break;
+        }
         for (; j < je; ++j)  // the last columns (fewer than a vector)
           for (int64_t r = 0; r < M; ++r) {
             T s = !bi ? T(0) : bias_per_row ? bi[r] : bi[j];

@@ -257,11 +257,12 @@ int main(int argc, char** argv) {
     if (!broken && c.H * c.W * c.C < (1 << 20)) bad += run_nhwc<double>(kernels_f64(), c);
   }
   // gemm_bcast: i0, i1, kd, j0, j1, row pitches of B and D: remainders of 1-5 rows, columns
-  // leaving whole tiles, single vectors and a scalar tail, fewer columns than a vector, a sum
+  // leaving whole tiles, 1-3 vectors and a scalar tail, fewer columns than a vector, a sum
   // long enough for several column panels, a range starting inside a row
   const int64_t gemm_cases[][7] = {
       {0, 7, 5, 0, 93, 93, 97},     {0, 6, 1, 0, 64, 64, 64},    {2, 11, 24, 3, 150, 160, 151},
       {0, 3, 3, 0, 5, 5, 5},        {0, 25, 300, 0, 200, 210, 200}, {1, 4, 17, 40, 41, 41, 50},
+      {0, 9, 8, 0, 112, 112, 115},  {0, 8, 9, 10, 111, 120, 120},
   };
   if (!broken)
     for (const auto& c : gemm_cases)
