@@ -1973,17 +1973,21 @@ void bias_act(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T
 constexpr int GB_MR = 6;
 constexpr int GB_NT = VB == 64 ? 4 : 2;  // 24 (AVX-512) or 12 accumulators + loads in registers
 
+// one tile: rows [0, MR), columns [0, NT vectors) of D; the sums start from D's values (a
+// later pass over the sum, `more`) or from the bias, and `last` applies the activation
 template <class T, int MR, int NT>
 DILCONV_INLINE void gemm_bcast_tile(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd,
-                                    const T* bias, bool bias_per_row, Act act, T* D,
-                                    int64_t ds) {
+                                    const T* bias, bool bias_per_row, bool more, bool last,
+                                    Act act, T* D, int64_t ds) {
   constexpr int64_t L = NV<T>;
   V<T> acc[MR][NT];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j)
-      acc[i][j] = !bias ? V<T>{} : bias_per_row ? splat<T>(bias[i]) : ld(bias + j * L);
+      acc[i][j] = more    ? ld(D + i * ds + j * L)
+                  : !bias ? V<T>{}
+                  : bias_per_row ? splat<T>(bias[i]) : ld(bias + j * L);
   for (int64_t c = 0; c < kd; ++c) {
     V<T> b[NT];
 #pragma GCC unroll 8
@@ -1998,7 +2002,8 @@ DILCONV_INLINE void gemm_bcast_tile(const T* A, int64_t as, const T* B, int64_t 
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) st(D + i * ds + j * L, act ? act_v<T>(act, acc[i][j]) : acc[i][j]);
+    for (int j = 0; j < NT; ++j)
+      st(D + i * ds + j * L, last && act ? act_v<T>(act, acc[i][j]) : acc[i][j]);
 }
 
 template <class F>
@@ -2018,44 +2023,71 @@ void gemm_bcast(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, cons
                 bool bias_per_row, Act act, T* D, int64_t ds, int64_t i0, int64_t i1, int64_t j0,
                 int64_t j1) {
   constexpr int64_t L = NV<T>, TW = GB_NT * NV<T>;
-  // column blocks whose B panel ([kd][cb], ~64 KB) stays in L2 while every row tile passes over
-  // it (Zen 4, 1x1 NCHW: 64-128 KB 1.1-1.4x faster than 16 KB on 24 -> 144 and 32 -> 192
-  // channels, 4 MB 10-25% slower on 960 -> 160 and 304 -> 256)
-  int64_t cb = (int64_t{65536} / (kd * int64_t(sizeof(T)))) / TW * TW;
+  // the sum in passes of at most KC terms (a long one, 2048 channels, would stream all of A from
+  // L3 for every column block), each column block's B panel ([kc][cb], ~64 KB) kept in L2 while
+  // every row tile passes over it (Zen 4, 1x1 NCHW: 64-128 KB 1.1-1.4x faster than 16 KB on 24
+  // -> 144 and 32 -> 192 channels, 4 MB 10-25% slower on 960 -> 160 and 304 -> 256)
+  constexpr int64_t KC = 256;
+  const int64_t kc_max = kd < KC ? kd : KC;
+  int64_t cb = (int64_t{65536} / (kc_max * int64_t(sizeof(T)))) / TW * TW;
   if (cb < TW) cb = TW;
-  for (int64_t jb = j0; jb < j1; jb += cb) {
-    const int64_t je = jb + cb < j1 ? jb + cb : j1;
-    for (int64_t i = i0; i < i1; i += GB_MR) {
-      const int64_t mr = i1 - i < GB_MR ? i1 - i : GB_MR;
-      const T* Ai = A + i * as;
-      const T* bi = bias && bias_per_row ? bias + i : bias;
-      with_gb_rows(mr, [&](auto m) {
-        constexpr int M = decltype(m)::value;
-        int64_t j = jb;
-        for (; j + TW <= je; j += TW)
-          gemm_bcast_tile<T, M, GB_NT>(Ai, as, B + j, bs, kd,
-                                       bi && !bias_per_row ? bi + j : bi, bias_per_row, act,
-                                       D + i * ds + j, ds);
-        // the remaining whole vectors as one narrower tile
-        const T* bj = bi && !bias_per_row ? bi + j : bi;
-        switch ((je - j) / L) {
-          case 3: gemm_bcast_tile<T, M, 3>(Ai, as, B + j, bs, kd, bj, bias_per_row, act,
-                                           D + i * ds + j, ds); j += 3 * L; break;
-          case 2: gemm_bcast_tile<T, M, 2>(Ai, as, B + j, bs, kd, bj, bias_per_row, act,
-                                           D + i * ds + j, ds); j += 2 * L; break;
-          case 1: gemm_bcast_tile<T, M, 1>(Ai, as, B + j, bs, kd, bj, bias_per_row, act,
-                                           D + i * ds + j, ds); j += L; break;
-          default: break;
-        }
-        for (; j < je; ++j)  // the last columns (fewer than a vector)
-          for (int64_t r = 0; r < M; ++r) {
-            T s = !bi ? T(0) : bias_per_row ? bi[r] : bi[j];
-            for (int64_t c = 0; c < kd; ++c) s += Ai[r * as + c] * B[c * bs + j];
-            D[(i + r) * ds + j] = act ? act_s<T>(act, s) : s;
+  const int64_t jv = j0 + (j1 - j0) / L * L;  // whole vectors up to jv, then one by one
+  for (int64_t jb = j0; jb < jv; jb += cb) {
+    const int64_t je = jb + cb < jv ? jb + cb : jv;
+    for (int64_t k0 = 0; k0 < kd; k0 += KC) {
+      const int64_t kc = kd - k0 < KC ? kd - k0 : KC;
+      const bool more = k0 > 0, last = k0 + kc == kd;
+      for (int64_t i = i0; i < i1; i += GB_MR) {
+        const int64_t mr = i1 - i < GB_MR ? i1 - i : GB_MR;
+        const T* Ai = A + i * as + k0;
+        const T* Bk = B + k0 * bs;
+        const T* bi = bias && bias_per_row ? bias + i : bias;
+        with_gb_rows(mr, [&](auto m) {
+          constexpr int M = decltype(m)::value;
+          int64_t j = jb;
+          for (; j + TW <= je; j += TW)
+            gemm_bcast_tile<T, M, GB_NT>(Ai, as, Bk + j, bs, kc,
+                                         bi && !bias_per_row ? bi + j : bi, bias_per_row, more,
+                                         last, act, D + i * ds + j, ds);
+          // the remaining whole vectors as one narrower tile
+          const T* bj = bi && !bias_per_row ? bi + j : bi;
+          switch ((je - j) / L) {
+            case 3: gemm_bcast_tile<T, M, 3>(Ai, as, Bk + j, bs, kc, bj, bias_per_row, more,
+                                             last, act, D + i * ds + j, ds); break;
+            case 2: gemm_bcast_tile<T, M, 2>(Ai, as, Bk + j, bs, kc, bj, bias_per_row, more,
+                                             last, act, D + i * ds + j, ds); break;
+            case 1: gemm_bcast_tile<T, M, 1>(Ai, as, Bk + j, bs, kc, bj, bias_per_row, more,
+                                             last, act, D + i * ds + j, ds); break;
+            default: break;
           }
-      });
+        });
+      }
     }
   }
+  if (jv < j1 && j1 - j0 >= L) {
+    // the last columns (fewer than a vector) as one vector ending at j1: it recomputes some
+    // finished columns, in the same order, so they end with the same values (one by one, these
+    // columns cost as much as a whole 64-column block: 15 of 1023 columns at 2048 channels)
+    const int64_t jt = j1 - L;
+    for (int64_t k0 = 0; k0 < kd; k0 += KC) {
+      const int64_t kc = kd - k0 < KC ? kd - k0 : KC;
+      for (int64_t i = i0; i < i1; i += GB_MR) {
+        const T* bi = bias && bias_per_row ? bias + i : bias && !bias_per_row ? bias + jt : bias;
+        with_gb_rows(i1 - i < GB_MR ? i1 - i : GB_MR, [&](auto m) {
+          gemm_bcast_tile<T, decltype(m)::value, 1>(A + i * as + k0, as, B + k0 * bs + jt, bs,
+                                                    kc, bi, bias_per_row, k0 > 0,
+                                                    k0 + kc == kd, act, D + i * ds + jt, ds);
+        });
+      }
+    }
+    return;
+  }
+  for (int64_t i = i0; i < i1; ++i)  // fewer columns than a vector: one by one
+    for (int64_t j = jv; j < j1; ++j) {
+      T s = !bias ? T(0) : bias_per_row ? bias[i] : bias[j];
+      for (int64_t c = 0; c < kd; ++c) s += A[i * as + c] * B[c * bs + j];
+      D[i * ds + j] = act ? act_s<T>(act, s) : s;
+    }
 }
 
 // ------------------------------------------------------------------------------------------
