@@ -1314,26 +1314,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       const Tensor x = to_compute(input, ct);
       const Tensor dw = to_compute(dw_weight, ct).contiguous();
       // mid and its gradient in the layout of grad_output, so that channels-last training
-      // runs the channel-vectorised depthwise kernels; [N, C, PQ] matrix views of either layout
-      // go to BLAS as they are
-      const bool cl = out_format(grad_output) == at::MemoryFormat::ChannelsLast;
+      // runs the channel-vectorised depthwise kernels and either layout the pointwise paths
       Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, opts, out_format(grad_output));
       fwd_any<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
                  mid);
-      const Tensor pw = to_compute(pw_weight, ct).reshape({a.K, g.K});
-      const Tensor mv = mid.flatten(2);
-      Tensor gy = to_compute(grad_output, ct).flatten(2);
+      // the pointwise half as the 1x1 convolution it is (its forward, when out_relu needs the
+      // output's sign, and both gradients: the pointwise paths of conv2d)
+      const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+      const Geo pg = make_geo(g.N, g.K, g.P, g.Q, a.K, g.P, g.Q, 1, 1, one, zero, one, 1);
+      const Tensor pw = to_compute(pw_weight, ct).contiguous();  // [K, CM, 1, 1]
+      Tensor gy = to_compute(grad_output, ct).contiguous(out_format(grad_output));
       if (out_relu) {
-        Tensor out = at::matmul(pw, mv);
-        if (pw_bias) out.add_(to_compute(*pw_bias, ct).view({1, a.K, 1}));
+        Tensor out = empty_fmt({g.N, a.K, g.P, g.Q}, opts, out_format(grad_output));
+        fwd_any<T>(pg, mid, pw, pw_bias ? to_compute(*pw_bias, ct).contiguous() : Tensor(),
+                   false, out);
         gy = gy * out.gt(0);
       }
-      gpb.copy_(gy.sum({0, 2}));
-      gpw.view({a.K, g.K}).copy_(at::matmul(gy, mv.transpose(1, 2)).sum(0));
-      Tensor gmid = cl ? at::matmul(gy.transpose(1, 2), pw).transpose(1, 2)  // [N, CM, PQ]
-                       : at::matmul(pw.t(), gy);
-      if (mid_relu) gmid.mul_(mv.gt(0));
-      const Tensor gm4 = gmid.view({g.N, g.K, g.P, g.Q});
+      gpb.copy_(gy.sum({0, 2, 3}));
+      wgrad_any<T>(pg, gy, mid, gpw);
+      Tensor gm4 = empty_fmt({g.N, g.K, g.P, g.Q}, opts, out_format(grad_output));
+      dgrad_any<T>(pg, gy, pw, gm4);
+      if (mid_relu) gm4.mul_(mid.gt(0));
+      const Tensor gmid = gm4.flatten(2);
       // the depthwise backward: one pass over gmid where the fused kernels apply
       if (use_dw_bwd_nhwc_fused(g, gm4, x)) {
         dw_bwd_nhwc_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
