@@ -242,6 +242,20 @@ def _cpu_pointwise_wins(p: Problem) -> bool:
     return _avx512() and not _intel() and p.c * p.k <= 576 * 160
 
 
+def _cpu_separable_wins(p: Problem) -> bool:
+    """Whether the fused separable forward (its pointwise half by gemm_bcast, as
+    _cpu_pointwise_wins) beats "auto"'s unfused pair (dilconv's depthwise, oneDNN's or dilconv's
+    1x1) in NCHW inference, on an AVX-512 AMD CPU (Zen 4; suite callables against torch's pair,
+    each call right after it, three runs): 33x33 maps up to 728 x 728 channels, 728->256 rate 6
+    1.09-1.31x vs 1.03-1.08x, 728->728 1.10-1.20x vs 1.01-1.06x, 2048->256 rate 6 0.94x vs 0.93x;
+    not larger maps (256->256 @65^2 a tie, 728->728 @65^2 rate 2 1.03x vs 1.05x, 304->256 @129^2
+    1.02-1.12x vs 1.14-1.23x) nor wider pointwise halves (1024->1536, 1536->2048 @33^2 0.85-0.89x
+    vs 0.98-1.01x). Not measured channels-last (its pointwise half is BLAS's), on Intel nor with
+    AVX2."""
+    return (_avx512() and not _intel() and not p.channels_last and p.h * p.w <= 48 * 48
+            and p.c * p.k <= 728 * 728)
+
+
 def _onednn_dw_slow(p: Problem) -> bool:
     """Where oneDNN's depthwise convolution (torch 2.14, CPU) leaves its fast kernel: dilated with
     a padding of 5 or more with AVX2, 7 or more with AVX-512.
@@ -296,7 +310,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         256->256 @65^2, 96->96 @129^2, 304->256 @25-129^2; one tie, 1.00x channels-last rate 6
         @129^2); training 1.5-2.2x dilated, 0.74-0.98x undilated; on an AVX2 EPYC inference
         wins only where oneDNN's depthwise is slow (1.1-5.1x; 0.69-1.09x at rates 1-4),
-        training 1.6-2.4x dilated; where it is not fused, dilconv.functional runs it as its two
+        training 1.6-2.4x dilated; on an AVX-512 AMD CPU also NCHW inference on maps up to
+        48x48 with up to 728 x 728 channels (_cpu_separable_wins: 1.1-1.3x where the unfused
+        pair ran 1.0-1.1x); where it is not fused, dilconv.functional runs it as its two
         convs, each picked by this policy (its decoder's two undilated separables: DeepLabV3+
         513^2 inference on the EPYC 1.18 -> 1.22x NCHW, 1.27 -> 1.34x channels-last, paired in
         one process);
@@ -335,7 +351,7 @@ def cpu_auto_policy(p: Problem) -> bool:
         # slower than oneDNN (AVX2 EPYC) the fused op wins only where oneDNN's depthwise is slow
         # (_onednn_dw_slow): 1.1-5.1x at rates 5-12, 0.69-1.09x at rates 1-4 (3x3 'same';
         # 256->256 @65^2, 304->256 @129^2, 728->256 @33^2)
-        return _cpu_gemm_paths_win() or _onednn_dw_slow(p)
+        return _cpu_gemm_paths_win() or _onednn_dw_slow(p) or _cpu_separable_wins(p)
     if p.op == "conv_transpose2d":
         return _cpu_gemm_paths_win() and not p.channels_last and not p.requires_grad
     if p.op != "conv2d":
