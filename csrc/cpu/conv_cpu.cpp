@@ -482,14 +482,15 @@ Tensor batch_matrices(const Tensor& t, int64_t c) {
 }
 
 // planar pointwise GEMMs by the register-tiled kernel (gemm_bcast: bias and activation applied
-// in registers, no BLAS call per block) except on Intel CPUs, where MKL's GEMM was measured fast
-// (and this kernel was not). Zen 4, 1x1 NCHW with bias + ReLU6 at batch 1, against MKL's
-// blocks: 1.8-2.2x with 16-32 input channels on 65^2-257^2 maps, 1.1-1.4x on 304 -> 256
-// @129^2 and 960 -> 160 @33^2 (165-180 GFLOP/s of ~190). DILCONV_CPU_PATH=bcast|pointwise forces.
+// in registers, no BLAS call per block) with AVX-512, except on Intel CPUs, where MKL's GEMM was
+// measured fast (and this kernel was not). Zen 4, 1x1 NCHW with bias + ReLU6 at batch 1, against
+// MKL's blocks: 1.8-2.2x with 16-32 input channels on 65^2-257^2 maps, 1.1-1.4x on 304 -> 256
+// @129^2 and 960 -> 160 @33^2 (165-190 GFLOP/s). Its AVX2 variant (12 sums a tile) ran 0.57-0.76x
+// of MKL on the large ones there. DILCONV_CPU_PATH=bcast|pointwise forces.
 bool use_gemm_bcast(PwLayout l) {
   if (l != PwLayout::planar) return false;
   if (const char* e = std::getenv("DILCONV_CPU_PATH")) return !std::strcmp(e, "bcast");
-  return !cpu_is_intel();
+  return !cpu_is_intel() && kernels_f32().vec == 16;
 }
 
 // dst[n, group] = act(a[group] @ src[n, group] + bias) on planar matrices by gemm_bcast: a is
