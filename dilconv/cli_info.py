@@ -26,12 +26,19 @@ def main(args) -> int:
         cuda = _ext.cuda_compiled()
         archs = bi.cuda_arch_list if bi else "?"
         print(f"CUDA sources compiled: {'yes, for archs ' + archs if cuda else 'no'}")
-        gemm = "dilconv's GEMM paths" if B._cpu_gemm_paths_win() else "oneDNN"
+        if B._cpu_gemm_paths_win():
+            gemm = "1x1/dense/transposed convs on dilconv's GEMM paths"
+        elif B._avx512() and not B._intel():
+            gemm = ("NCHW 1x1 convs up to 576x160 channels and the fused separable forward on "
+                    "maps up to 48x48 on dilconv's register-tiled GEMM, dense/transposed convs on "
+                    "oneDNN")
+        else:
+            gemm = "1x1/dense/transposed convs on oneDNN"
         cl_dw = ("dilconv's kernel on maps of 64x64 and more where input and output exceed "
                  "20 MiB, else oneDNN"
                  if B._cl_dw_stream_wins() else "oneDNN")
         print(f"CPU kernels: {torch.ops.dilconv.cpu_isa()} variant, CPU maker "
-              f"{torch.ops.dilconv.cpu_vendor()} (auto runs 1x1/dense/transposed convs on {gemm}, "
+              f"{torch.ops.dilconv.cpu_vendor()} (auto runs {gemm}, "
               f"channels-last depthwise inference on {cl_dw})")
     else:
         print(f"compiled extension: not available ({_ext.load_error}); {_ext.BUILD_HINT}")

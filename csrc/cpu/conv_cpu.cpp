@@ -12,9 +12,12 @@
 //   taps    one GEMM per kernel tap over the output rectangle where that tap reads inside the
 //           input: dense convolutions whose taps mostly read padding (large dilation on small
 //           maps, use_taps).
+//   pointwise  1x1 stride-1 unpadded convolutions as GEMMs straight on NCHW planes or
+//           channels-last pixel rows (use_pointwise): BLAS's, or on NCHW planes the
+//           register-tiled gemm_bcast (use_gemm_bcast) for the forward and the input gradient.
 //   gemm    im2col/col2im per group and at::mm (BLAS): the other dense/wide-group convolutions.
-// DILCONV_CPU_PATH=direct|flat|planar|gemm|taps forces a path and DILCONV_CPU_ISA=avx2|base an instruction
-// set (kernels.cpp), so the tests reach every variant.
+// DILCONV_CPU_PATH=direct|flat|planar|gemm|taps|pointwise|bcast forces a path and
+// DILCONV_CPU_ISA=avx2|base an instruction set (kernels.cpp), so the tests reach every variant.
 // fp16/bf16 are computed in float32 (converted on entry, rounded once on exit), float64 in
 // float64. Outputs follow dilconv._ops.output_memory_format; the kernels read and write any
 // strides, so inputs are never made contiguous just for layout.
