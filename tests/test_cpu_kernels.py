@@ -316,9 +316,11 @@ def _sep_ref(x, dw, dwb, pw, pwb, st, p, d, mid_relu, out_relu):
 @pytest.mark.parametrize("mid_relu,out_relu", [(False, False), (True, True), (True, False)])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
 def test_separable(mid_relu, out_relu, layout):
+    # (40 mid channels: the pointwise half's gradients take conv2d's pointwise paths)
     for (c, m, k, ks, st, p, d, bias) in [(5, 1, 7, (3, 3), (1, 1), (2, 2), (2, 2), True),
                                            (4, 2, 3, (1, 7), (2, 1), (0, 3), (1, 1), False),
-                                           (3, 1, 16, (5, 5), (1, 2), (6, 6), (3, 3), True)]:
+                                           (3, 1, 16, (5, 5), (1, 2), (6, 6), (3, 3), True),
+                                           (20, 2, 24, (3, 3), (1, 1), (2, 2), (2, 2), True)]:
         x = _layout(torch.randn(2, c, 9, 11), layout)
         dw, pw = torch.randn(c * m, 1, *ks), torch.randn(k, c * m, 1, 1)
         dwb = torch.randn(c * m) if bias else None
@@ -336,6 +338,22 @@ def test_separable(mid_relu, out_relu, layout):
             if t is not None:
                 _close(got, t.grad, 1e-5)
         assert grads[0].is_contiguous(memory_format=_expected_format(gy))
+
+
+@pytest.mark.parametrize("path_env", [None, "pointwise", "bcast"])
+def test_separable_fused_forward_tiles(path_env, monkeypatch):
+    # the fused forward in 8 MB tiles of output rows (300 mid channels x 129 columns: 54 rows a
+    # tile, 3 tiles), its NCHW tile's rows padded to an odd number of cache lines, the pointwise
+    # GEMM by BLAS (pointwise) or gemm_bcast (bcast; the default off Intel) over sums of 300
+    # channels (two passes) and 129-pixel rows (a last partial vector)
+    if path_env:
+        monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
+    x = torch.randn(1, 300, 120, 129)
+    dw, dwb = torch.randn(300, 1, 3, 3), torch.randn(300)
+    pw, pwb = torch.randn(21, 300, 1, 1) / 10, torch.randn(21)
+    ref = _sep_ref(*(t.double() for t in (x, dw, dwb, pw, pwb)), (1, 1), (2, 2), (2, 2), True, True)
+    y = ops.separable_conv2d(x, dw, dwb, pw, pwb, [1, 1], [2, 2], [2, 2], True, True)
+    _close(y, ref, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
