@@ -29,9 +29,9 @@ def main(args) -> int:
         if B._cpu_gemm_paths_win():
             gemm = "1x1/dense/transposed convs on dilconv's GEMM paths"
         elif B._avx512() and not B._intel():
-            gemm = ("NCHW 1x1 convs up to 576x160 channels and the fused separable forward on "
-                    "maps up to 48x48 on dilconv's register-tiled GEMM, dense/transposed convs on "
-                    "oneDNN")
+            gemm = (f"NCHW 1x1 convs up to {B.POINTWISE_MAX_CK} input x output channels and "
+                    f"the fused separable forward on maps up to {B.SEPARABLE_MAX_HW} pixels on "
+                    "dilconv's register-tiled GEMM, dense/transposed convs on oneDNN")
         else:
             gemm = "1x1/dense/transposed convs on oneDNN"
         cl_dw = ("dilconv's kernel on maps of 64x64 and more where input and output exceed "

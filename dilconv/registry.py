@@ -228,6 +228,11 @@ def _cpu_gemm_paths_win() -> bool:
     return _avx512() and _intel()
 
 
+# the channel and map-size limits of the two rules below (python -m dilconv info prints them)
+POINTWISE_MAX_CK = 576 * 160
+SEPARABLE_MAX_HW, SEPARABLE_MAX_CK = 48 * 48, 728 * 728
+
+
 def _cpu_pointwise_wins(p: Problem) -> bool:
     """Whether dilconv's register-tiled 1x1 kernel (csrc/cpu gemm_bcast: NCHW, bias and clamp in
     registers; the forward and the input gradient, the weight gradient by BLAS) beats oneDNN:
@@ -239,7 +244,7 @@ def _cpu_pointwise_wins(p: Problem) -> bool:
     (left to oneDNN: c * k above 576 * 160). Backward at batch 2, same shapes: input gradient
     0.98-2.0x, weight gradient 0.96-1.7x. Not measured on Intel (where MKL's GEMM runs these,
     _cpu_gemm_paths_win) nor with AVX2."""
-    return _avx512() and not _intel() and p.c * p.k <= 576 * 160
+    return _avx512() and not _intel() and p.c * p.k <= POINTWISE_MAX_CK
 
 
 def _cpu_separable_wins(p: Problem) -> bool:
@@ -252,8 +257,8 @@ def _cpu_separable_wins(p: Problem) -> bool:
     1.02-1.12x vs 1.14-1.23x) nor wider pointwise halves (1024->1536, 1536->2048 @33^2 0.85-0.89x
     vs 0.98-1.01x). Not measured channels-last (its pointwise half is BLAS's), on Intel nor with
     AVX2."""
-    return (_avx512() and not _intel() and not p.channels_last and p.h * p.w <= 48 * 48
-            and p.c * p.k <= 728 * 728)
+    return (_avx512() and not _intel() and not p.channels_last
+            and p.h * p.w <= SEPARABLE_MAX_HW and p.c * p.k <= SEPARABLE_MAX_CK)
 
 
 def _onednn_dw_slow(p: Problem) -> bool:

@@ -1212,6 +1212,7 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
   const int64_t row_bytes = g.Q * g.K * static_cast<int64_t>(sizeof(T));
   const int64_t rows = std::clamp<int64_t>((8 << 20) / std::max<int64_t>(1, row_bytes), 1, g.P);
   const Tensor wt = nhwc ? taps_by_channel(dw, g) : dw;
+  const Tensor pwc = pw.contiguous();  // [K][CM], gemm_bcast's A
   const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(dwb);
   const Strides xs = strides(x);
   // NCHW tile: channel rows mp apart, an odd number of cache lines, so that the GEMM's panel of
@@ -1262,7 +1263,6 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
       } else if (use_gemm_bcast(PwLayout::planar)) {
         // y [K][m] = act(pw [K][CM] @ tile [CM][m] + b), the pixels split over the threads
         const int64_t tw = 4 * ks.vec, units = ranges_per_matrix(m, 1, tw);
-        const Tensor pwc = pw.contiguous();
         const T* pwp = ptr<T>(pwc);
         at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
           ks.gemm_bcast(pwp, g.K, tile, mp, g.K, b, true, act, d, y.stride(1), 0, K,
@@ -1350,14 +1350,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       Tensor gm4 = empty_fmt({g.N, g.K, g.P, g.Q}, opts, out_format(grad_output));
       dgrad_any<T>(pg, gy, pw, gm4);
       if (mid_relu) gm4.mul_(mid.gt(0));
-      const Tensor gmid = gm4.flatten(2);
-      // the depthwise backward: one pass over gmid where the fused kernels apply
+      // the depthwise backward: one pass over gm4 where the fused kernels apply
       if (use_dw_bwd_nhwc_fused(g, gm4, x)) {
         dw_bwd_nhwc_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
       } else if (use_dw_bwd_fused(g, gm4, x, kern<T>().vec)) {
         dw_bwd_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
       } else {
-        gdb.copy_(gmid.sum({0, 2}));
+        gdb.copy_(gm4.sum({0, 2, 3}));
         wgrad_any<T>(g, gm4, x, gdw);
         dgrad_any<T>(g, gm4, dw, gx);
       }

@@ -28,21 +28,17 @@ struct Int {
   static constexpr int value = N;
 };
 
-// f(Int<NT>{}) for a run-time tap count nt in 1..9: the kernels that keep one value per tap in
-// registers are compiled per tap count.
+// f(Int<n>{}) for a run-time count n in 1..N (N for anything larger): the kernels that keep
+// one value per tap, or one row of sums per row, in registers are compiled per count
+template <int N, class F>
+DILCONV_INLINE void with_count(int64_t n, F&& f) {
+  if constexpr (N > 1)
+    if (n < N) return with_count<N - 1>(n, f);
+  f(Int<N>{});
+}
 template <class F>
 DILCONV_INLINE void with_taps(int64_t nt, F&& f) {
-  switch (nt) {
-    case 1: f(Int<1>{}); break;
-    case 2: f(Int<2>{}); break;
-    case 3: f(Int<3>{}); break;
-    case 4: f(Int<4>{}); break;
-    case 5: f(Int<5>{}); break;
-    case 6: f(Int<6>{}); break;
-    case 7: f(Int<7>{}); break;
-    case 8: f(Int<8>{}); break;
-    default: f(Int<9>{}); break;
-  }
+  with_count<9>(nt, f);
 }
 
 // Output columns [lo, hi) whose tap s reads inside the input (0 <= q * sw + s * dw - pw < W)
@@ -2006,18 +2002,6 @@ DILCONV_INLINE void gemm_bcast_tile(const T* A, int64_t as, const T* B, int64_t 
       st(D + i * ds + j * L, last && act ? act_v<T>(act, acc[i][j]) : acc[i][j]);
 }
 
-template <class F>
-DILCONV_INLINE void with_gb_rows(int64_t mr, F&& f) {
-  switch (mr) {
-    case 1: f(Int<1>{}); break;
-    case 2: f(Int<2>{}); break;
-    case 3: f(Int<3>{}); break;
-    case 4: f(Int<4>{}); break;
-    case 5: f(Int<5>{}); break;
-    default: f(Int<GB_MR>{}); break;
-  }
-}
-
 template <class T>
 void gemm_bcast(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, const T* bias,
                 bool bias_per_row, Act act, T* D, int64_t ds, int64_t i0, int64_t i1, int64_t j0,
@@ -2031,59 +2015,43 @@ void gemm_bcast(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, cons
   const int64_t kc_max = kd < KC ? kd : KC;
   int64_t cb = (int64_t{65536} / (kc_max * int64_t(sizeof(T)))) / TW * TW;
   if (cb < TW) cb = TW;
-  const int64_t jv = j0 + (j1 - j0) / L * L;  // whole vectors up to jv, then one by one
-  for (int64_t jb = j0; jb < jv; jb += cb) {
-    const int64_t je = jb + cb < jv ? jb + cb : jv;
+  // columns [jb, je) (whole vectors): every pass over the sum, every row tile
+  auto block = [&](int64_t jb, int64_t je) {
     for (int64_t k0 = 0; k0 < kd; k0 += KC) {
       const int64_t kc = kd - k0 < KC ? kd - k0 : KC;
       const bool more = k0 > 0, last = k0 + kc == kd;
       for (int64_t i = i0; i < i1; i += GB_MR) {
-        const int64_t mr = i1 - i < GB_MR ? i1 - i : GB_MR;
         const T* Ai = A + i * as + k0;
         const T* Bk = B + k0 * bs;
         const T* bi = bias && bias_per_row ? bias + i : bias;
-        with_gb_rows(mr, [&](auto m) {
+        with_count<GB_MR>(i1 - i, [&](auto m) {
           constexpr int M = decltype(m)::value;
+          auto tile = [&](auto nt, int64_t j) {
+            gemm_bcast_tile<T, M, decltype(nt)::value>(Ai, as, Bk + j, bs, kc,
+                                                       bi && !bias_per_row ? bi + j : bi,
+                                                       bias_per_row, more, last, act,
+                                                       D + i * ds + j, ds);
+          };
           int64_t j = jb;
-          for (; j + TW <= je; j += TW)
-            gemm_bcast_tile<T, M, GB_NT>(Ai, as, Bk + j, bs, kc,
-                                         bi && !bias_per_row ? bi + j : bi, bias_per_row, more,
-                                         last, act, D + i * ds + j, ds);
-          // the remaining whole vectors as one narrower tile
-          const T* bj = bi && !bias_per_row ? bi + j : bi;
-          switch ((je - j) / L) {
-            case 3: gemm_bcast_tile<T, M, 3>(Ai, as, Bk + j, bs, kc, bj, bias_per_row, more,
-                                             last, act, D + i * ds + j, ds); break;
-            case 2: gemm_bcast_tile<T, M, 2>(Ai, as, Bk + j, bs, kc, bj, bias_per_row, more,
-                                             last, act, D + i * ds + j, ds); break;
-            case 1: gemm_bcast_tile<T, M, 1>(Ai, as, Bk + j, bs, kc, bj, bias_per_row, more,
-                                             last, act, D + i * ds + j, ds); break;
-            default: break;
-          }
+          for (; j + TW <= je; j += TW) tile(Int<GB_NT>{}, j);
+          if (j < je)  // the remaining 1-3 whole vectors as one narrower tile
+            with_count<GB_NT - 1>((je - j) / L, [&](auto nt) { tile(nt, j); });
         });
       }
     }
-  }
-  if (jv < j1 && j1 - j0 >= L) {
+  };
+  const int64_t jv = j0 + (j1 - j0) / L * L;  // whole vectors up to jv
+  for (int64_t jb = j0; jb < jv; jb += cb) block(jb, jb + cb < jv ? jb + cb : jv);
+  if (jv == j1) return;
+  if (j1 - j0 >= L) {
     // the last columns (fewer than a vector) as one vector ending at j1: it recomputes some
     // finished columns, in the same order, so they end with the same values (one by one, these
     // columns cost as much as a whole 64-column block: 15 of 1023 columns at 2048 channels)
-    const int64_t jt = j1 - L;
-    for (int64_t k0 = 0; k0 < kd; k0 += KC) {
-      const int64_t kc = kd - k0 < KC ? kd - k0 : KC;
-      for (int64_t i = i0; i < i1; i += GB_MR) {
-        const T* bi = bias && bias_per_row ? bias + i : bias && !bias_per_row ? bias + jt : bias;
-        with_gb_rows(i1 - i < GB_MR ? i1 - i : GB_MR, [&](auto m) {
-          gemm_bcast_tile<T, decltype(m)::value, 1>(A + i * as + k0, as, B + k0 * bs + jt, bs,
-                                                    kc, bi, bias_per_row, k0 > 0,
-                                                    k0 + kc == kd, act, D + i * ds + jt, ds);
-        });
-      }
-    }
+    block(j1 - L, j1);
     return;
   }
   for (int64_t i = i0; i < i1; ++i)  // fewer columns than a vector: one by one
-    for (int64_t j = jv; j < j1; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       T s = !bias ? T(0) : bias_per_row ? bias[i] : bias[j];
       for (int64_t c = 0; c < kd; ++c) s += A[i * as + c] * B[c * bs + j];
       D[i * ds + j] = act ? act_s<T>(act, s) : s;
