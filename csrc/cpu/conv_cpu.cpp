@@ -497,15 +497,16 @@ bool use_gemm_bcast(PwLayout l) {
 }
 
 // Splits n columns into `units` ranges of nearly equal size with their boundaries at multiples
-// of `tile` (the last range ends at n): the start of range u (u == units: n). With as many units
+// of `vec` (the last range ends at n): the start of range u (u == units: n). With as many units
 // as a multiple of the threads, each thread gets the same number of columns (7 ranges on 2
-// threads, 4 + 3, had cost the 1x1 GEMMs ~12%).
-inline int64_t range_start(int64_t n, int64_t units, int64_t u, int64_t tile) {
-  return u >= units ? n : std::min(n, n * u / units / tile * tile);
+// threads, 4 + 3, had cost the 1x1 GEMMs ~12%). Boundaries at whole vectors, not whole 4-vector
+// tiles: 33x33 maps (1089 columns, 8 ranges) had split 512 + 577 columns between 2 threads.
+inline int64_t range_start(int64_t n, int64_t units, int64_t u, int64_t vec) {
+  return u >= units ? n : std::min(n, n * u / units / vec * vec);
 }
 
-// how many column ranges of at least two tiles each over `mats` matrices of n columns give
-// every thread a few (4 * threads() in all where the columns allow)
+// how many column ranges of at least two register tiles (`tile` columns) each over `mats`
+// matrices of n columns give every thread a few (4 * threads() in all where the columns allow)
 inline int64_t ranges_per_matrix(int64_t n, int64_t mats, int64_t tile) {
   const int64_t want = (4 * threads() + mats - 1) / mats;
   return std::max<int64_t>(1, std::min(want, n / (2 * tile)));
@@ -513,24 +514,27 @@ inline int64_t ranges_per_matrix(int64_t n, int64_t mats, int64_t tile) {
 
 // dst[n, group] = act(a[group] @ src[n, group] + bias) on planar matrices by gemm_bcast: a is
 // [G][rows][kd] contiguous, src kd planes a group, dst rows planes a group; the pixels split into
-// ranges of whole tiles over the threads
+// ranges over the threads, a thread's consecutive ranges of one matrix as one call (one
+// narrower tile and one tail a row of tiles, not one each range)
 template <class T>
 void planar_bcast(const Geo& g, const T* a, int64_t rows, int64_t kd, const Tensor& src,
                   const T* bias, Act act, const Tensor& dst) {
   const auto& K = kern<T>();
-  const int64_t hw = dst.size(2) * dst.size(3), tile = 4 * K.vec;
-  const int64_t mats = g.N * g.G, nch = ranges_per_matrix(hw, mats, tile);
+  const int64_t hw = dst.size(2) * dst.size(3);
+  const int64_t mats = g.N * g.G, nch = ranges_per_matrix(hw, mats, 4 * K.vec);
   const T* sp = ptr<T>(src);
   T* dp = ptr<T>(dst);
   const int64_t sc = src.stride(1), dc = dst.stride(1);
   at::parallel_for(0, mats * nch, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t m = u / nch, j0 = range_start(hw, nch, u % nch, tile);
-      const int64_t j1 = range_start(hw, nch, u % nch + 1, tile);
+    for (int64_t u = u0; u < u1;) {
+      const int64_t m = u / nch, ue = std::min(u1, (m + 1) * nch);
+      const int64_t j0 = range_start(hw, nch, u - m * nch, K.vec);
+      const int64_t j1 = range_start(hw, nch, ue - m * nch, K.vec);
       const int64_t n = m / g.G, grp = m % g.G;
       K.gemm_bcast(a + grp * rows * kd, kd, sp + n * src.stride(0) + grp * kd * sc, sc, kd,
                    bias ? bias + grp * rows : nullptr, true, act,
                    dp + n * dst.stride(0) + grp * rows * dc, dc, 0, rows, j0, j1);
+      u = ue;
     }
   });
 }
@@ -1262,11 +1266,11 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
           });
       } else if (use_gemm_bcast(PwLayout::planar)) {
         // y [K][m] = act(pw [K][CM] @ tile [CM][m] + b), the pixels split over the threads
-        const int64_t tw = 4 * ks.vec, units = ranges_per_matrix(m, 1, tw);
+        const int64_t units = ranges_per_matrix(m, 1, 4 * ks.vec);
         const T* pwp = ptr<T>(pwc);
         at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
           ks.gemm_bcast(pwp, g.K, tile, mp, g.K, b, true, act, d, y.stride(1), 0, K,
-                        range_start(m, units, u0, tw), range_start(m, units, u1, tw));
+                        range_start(m, units, u0, ks.vec), range_start(m, units, u1, ks.vec));
         });
       } else {
         Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)}, y.storage_offset() + off);

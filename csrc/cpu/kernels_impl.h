@@ -98,7 +98,10 @@ inline void stream_fence() {
 }
 template <class T>
 inline V<T> splat(T s) {
-  return V<T>{} + s;
+  // s - 0 is s exactly, so GCC folds it to a bare broadcast (a load-port vbroadcastss from
+  // memory); 0 + s is not (-0.0 + 0.0 is +0.0): that spent an add and a register shuffle on
+  // every splat, one per row and sum step in gemm_bcast
+  return s - V<T>{};
 }
 template <class T>
 inline T hsum(V<T> v) {
