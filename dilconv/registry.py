@@ -235,7 +235,8 @@ SEPARABLE_MAX_HW, SEPARABLE_MAX_CK = 48 * 48, 728 * 728
 
 def _cpu_pointwise_wins(p: Problem) -> bool:
     """Whether dilconv's register-tiled 1x1 kernel (csrc/cpu gemm_bcast: NCHW, bias and clamp in
-    registers; the forward and the input gradient, the weight gradient by BLAS) beats oneDNN:
+    registers; the forward and the input gradient, the weight gradient by it on small maps and
+    narrow sides, else by BLAS: csrc/cpu use_wgrad_bcast) beats oneDNN:
     measured on an AVX-512 AMD CPU (Zen 4) against oneDNN's fused conv + ReLU6 (what "auto"
     runs otherwise), each call right after oneDNN's, 2 threads. Forward at batch 1 on every
     DeepLabV3+ MobileNetV2 1x1 at 513^2: 1.4-2.2x with 16-32 input or 21-24 output channels

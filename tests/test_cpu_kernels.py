@@ -651,7 +651,9 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
     with the bias and the clamp applied per block; batch 2, groups, channel slices of bigger
     tensors (still matrices) in both layouts, few channels per group (forced path), and a layout
     that cannot use it; forward and both gradients. pointwise forces BLAS's GEMMs, bcast the
-    register-tiled kernel (NCHW; the default off Intel): row counts that leave 1-5 rows of a
+    register-tiled kernel (NCHW; the default off Intel; also the weight gradient, groups 1: the
+    narrower operand transposed into vector-padded pixel rows, x or gy, chunks of pixels summed
+    per thread, a single chunk below 256 pixels): row counts that leave 1-5 rows of a
     6-row tile, pixel counts that leave single vectors and a scalar tail, sums long enough for
     several column panels, maps split over the threads."""
     if path_env:

@@ -14,7 +14,8 @@
 //           maps, use_taps).
 //   pointwise  1x1 stride-1 unpadded convolutions as GEMMs straight on NCHW planes or
 //           channels-last pixel rows (use_pointwise): BLAS's, or on NCHW planes the
-//           register-tiled gemm_bcast (use_gemm_bcast) for the forward and the input gradient.
+//           register-tiled gemm_bcast (use_gemm_bcast) for the forward and the input gradient,
+//           and the weight gradient where that wins (use_wgrad_bcast).
 //   gemm    im2col/col2im per group and at::mm (BLAS): the other dense/wide-group convolutions.
 // DILCONV_CPU_PATH=direct|flat|planar|gemm|taps|pointwise|bcast forces a path and
 // DILCONV_CPU_ISA=avx2|base an instruction set (kernels.cpp), so the tests reach every variant.
@@ -838,11 +839,74 @@ void g_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor&
 }
 
 // pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] x[n, group]^T
+// NCHW 1x1 weight gradient by gemm_bcast: gw[k][c] = sum over images and pixels of
+// gy[n][k][p] x[n][c][p]. Both operands hold the sum's index (the pixels) along their rows;
+// gemm_bcast wants the output's columns contiguous in B, so the operand with fewer channels
+// (min(Cg, Kg)) is transposed, a chunk of pixels at a time, into [pixels][channels padded to
+// whole vectors] and the other one's planes are A's rows. The work splits over (image, chunk of
+// pixels) units, each summing into its own partial gradient, summed at the end: over pixels,
+// not output rows, so a narrow gradient (16 x 96 channels) still keeps both threads busy.
+// Where MKL's GEMMs (the batched call of wgrad_pointwise) ran slower (Zen 4, 2 images, 2
+// threads, each call right after MKL's): 16 -> 96 @257^2 8.6 -> 5.7 ms, 32 -> 16 @257^2 2.5 ->
+// 2.2, 65^2 maps 144 -> 32 / 32 -> 192 / 192 -> 32 1.1-1.2x, 33^2 maps up to 96 x 576 channels
+// 1.05-1.3x; not on wider 33^2 (320 -> 256 0.88x, 960 -> 320 0.97-1.05x) nor 129^2 with more
+// than 16 channels a side (304 -> 256 0.87x: transposing 256 planes of 129^2 costs ~13%).
+// With DILCONV_CPU_PATH=bcast (tests) wherever gemm_bcast runs.
+bool use_wgrad_bcast(const Geo& g) {
+  if (g.G != 1) return false;
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) return !std::strcmp(e, "bcast");
+  return std::min(g.C, g.K) <= 16 || (g.P * g.Q <= 65 * 65 && g.C * g.K <= 96 * 576);
+}
+
+template <class T>
+void wgrad_bcast(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const auto& K = kern<T>();
+  const int64_t hw = g.P * g.Q;
+  const bool cols_c = g.C <= g.K;  // the columns: input channels (x transposed), else gy's
+  const Tensor& nb = cols_c ? x : gy;  // transposed into B
+  const Tensor& na = cols_c ? gy : x;  // A's rows
+  const int64_t rows = cols_c ? g.K : g.C, cols = cols_c ? g.C : g.K;
+  const int64_t colsp = (cols + K.vec - 1) / K.vec * K.vec;
+  const int64_t chunks = std::clamp<int64_t>((2 * threads() + g.N - 1) / g.N, 1,
+                                             std::max<int64_t>(1, hw / 256));
+  const int64_t units = g.N * chunks, clen = (hw + chunks - 1) / chunks;
+  Tensor part = at::empty({units, rows, colsp}, gw.options());
+  Tensor bt = at::empty({units, clen, colsp}, gw.options());
+  const T *ap = ptr<T>(na), *bp = ptr<T>(nb);
+  T *pp = ptr<T>(part), *tp = ptr<T>(bt);
+  const int64_t as = na.stride(1), bs = nb.stride(1);
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = u / chunks, p0 = std::min(hw, u % chunks * clen);
+      const int64_t len = std::min(hw, p0 + clen) - p0;
+      T* b = tp + u * clen * colsp;
+      const T* src = bp + n * nb.stride(0) + p0;
+      // blocks of 16 channels x 64 pixels: rows read along, the block's writes within L1
+      for (int64_t q0 = 0; q0 < len; q0 += 64) {
+        const int64_t q1 = std::min(len, q0 + 64);
+        for (int64_t j0 = 0; j0 < colsp; j0 += 16)
+          for (int64_t j = j0; j < std::min(colsp, j0 + 16); ++j)
+            for (int64_t q = q0; q < q1; ++q) b[q * colsp + j] = j < cols ? src[j * bs + q] : T(0);
+      }
+      T* d = pp + u * rows * colsp;
+      if (len == 0) {
+        std::fill(d, d + rows * colsp, T(0));
+        continue;
+      }
+      K.gemm_bcast(ap + n * na.stride(0) + p0, as, b, colsp, len, nullptr, false, Act(), d,
+                   colsp, 0, rows, 0, colsp);
+    }
+  });
+  const Tensor sum = part.sum(0).narrow(1, 0, cols);  // [rows][cols]
+  gw.view({g.K, g.C}).copy_(cols_c ? sum : sum.t());
+}
+
 template <class T>
 void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x,
                      const Tensor& gw) {
-  const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
   const bool planar = l == PwLayout::planar;
+  if (planar && use_gemm_bcast(l) && use_wgrad_bcast(g)) return wgrad_bcast<T>(g, gy, x, gw);
+  const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
   // planes up to 129^2 (2 images): one batched GEMM per image's [K, C], then their sum, ran
   // faster than a GEMM accumulating image by image (24 -> 144 at 129^2 2.0 -> 1.7 ms, 32 -> 192
   // at 65^2 0.57 -> 0.40, 64 -> 384 at 33^2 0.51 -> 0.39; 16 -> 96 at 257^2 4.5 -> 5.7: not there)
