@@ -29,7 +29,8 @@ def main(args) -> int:
         if B._cpu_gemm_paths_win():
             gemm = "1x1/dense/transposed convs on dilconv's GEMM paths"
         elif B._avx512() and not B._intel():
-            gemm = (f"NCHW 1x1 convs up to {B.POINTWISE_MAX_CK} input x output channels and "
+            gemm = (f"NCHW 1x1 convs (in training up to {B.POINTWISE_MAX_CK} input x output "
+                    "channels) and "
                     f"the fused separable forward on maps up to {B.SEPARABLE_MAX_HW} pixels on "
                     "dilconv's register-tiled GEMM, dense/transposed convs on oneDNN")
         else:

@@ -228,7 +228,8 @@ def _cpu_gemm_paths_win() -> bool:
     return _avx512() and _intel()
 
 
-# the channel and map-size limits of the two rules below (python -m dilconv info prints them)
+# the channel and map-size limits of the two rules below (python -m dilconv info prints them;
+# POINTWISE_MAX_CK: training only)
 POINTWISE_MAX_CK = 576 * 160
 SEPARABLE_MAX_HW, SEPARABLE_MAX_CK = 48 * 48, 728 * 728
 
@@ -236,16 +237,17 @@ SEPARABLE_MAX_HW, SEPARABLE_MAX_CK = 48 * 48, 728 * 728
 def _cpu_pointwise_wins(p: Problem) -> bool:
     """Whether dilconv's register-tiled 1x1 kernel (csrc/cpu gemm_bcast: NCHW, bias and clamp in
     registers; the forward and the input gradient, the weight gradient by it on small maps and
-    narrow sides, else by BLAS: csrc/cpu use_wgrad_bcast) beats oneDNN:
-    measured on an AVX-512 AMD CPU (Zen 4) against oneDNN's fused conv + ReLU6 (what "auto"
-    runs otherwise), each call right after oneDNN's, 2 threads. Forward at batch 1 on every
-    DeepLabV3+ MobileNetV2 1x1 at 513^2: 1.4-2.2x with 16-32 input or 21-24 output channels
-    (16->96 @257^2, 24->144 / 144->24 / 96->24 / 256->21 @129^2, 32->192 @65^2), 1.0-1.2x up to
-    576->160 @33^2 and 304->256 @129^2, 0.94-1.0x at 960->160, 960->320 and 1280->256 @33^2
-    (left to oneDNN: c * k above 576 * 160). Backward at batch 2, same shapes: input gradient
-    0.98-2.0x, weight gradient 0.96-1.7x. Not measured on Intel (where MKL's GEMM runs these,
+    narrow sides, else by BLAS: csrc/cpu use_wgrad_bcast) beats oneDNN: measured on an AVX-512
+    AMD CPU (Zen 4) against oneDNN's fused conv + ReLU6 (what "auto" runs otherwise), each call
+    right after oneDNN's, 2 threads. Forward at batch 1 on every DeepLabV3+ MobileNetV2 1x1 at
+    513^2: 1.4-2.2x with 16-32 input or 21-24 output channels (16->96 @257^2, 24->144 / 144->24 /
+    96->24 / 256->21 @129^2, 32->192 @65^2), 1.1-1.4x on 64->384 ... 576->96 @33^2, 1.0-1.07x on
+    the widest (960->160, 160->960, 960->320, 1280->256 @33^2, 304->256 @129^2): every one in
+    inference. Training (batch 2, forward + both gradients) only up to c * k = POINTWISE_MAX_CK
+    (576 * 160): beyond, oneDNN's weight gradient ran 1.1-1.2x faster than MKL's GEMM (forward
+    and input gradient 0.95-1.05x of oneDNN). Not measured on Intel (where MKL's GEMM runs these,
     _cpu_gemm_paths_win) nor with AVX2."""
-    return _avx512() and not _intel() and p.c * p.k <= POINTWISE_MAX_CK
+    return _avx512() and not _intel() and (not p.requires_grad or p.c * p.k <= POINTWISE_MAX_CK)
 
 
 def _cpu_separable_wins(p: Problem) -> bool:
