@@ -838,7 +838,6 @@ void g_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor&
   gw.view({g.C, g.Cg, taps}).scatter_(1, rotation_index(g, taps), part.sum(0).permute({2, 1, 0}));
 }
 
-// pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] x[n, group]^T
 // NCHW 1x1 weight gradient by gemm_bcast: gw[k][c] = sum over images and pixels of
 // gy[n][k][p] x[n][c][p]. Both operands hold the sum's index (the pixels) along their rows;
 // gemm_bcast wants the output's columns contiguous in B, so the operand with fewer channels
@@ -901,6 +900,7 @@ void wgrad_bcast(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& 
   gw.view({g.K, g.C}).copy_(cols_c ? sum : sum.t());
 }
 
+// pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] x[n, group]^T
 template <class T>
 void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x,
                      const Tensor& gw) {
