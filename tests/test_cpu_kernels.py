@@ -129,6 +129,7 @@ def _layout(t, layout):
 
 
 def _close(a, ref, tol):
+    assert a.shape == ref.shape, f"shape {tuple(a.shape)} != {tuple(ref.shape)}"
     err = (a.double() - ref).abs().max().item() if ref.numel() else 0.0
     scale = ref.abs().max().item() if ref.numel() else 1.0
     assert err <= tol * max(scale, 1.0), f"max error {err} (scale {scale})"
@@ -701,6 +702,14 @@ def test_pointwise_gemm_on_planes(isa, path_env, dtype, monkeypatch):
             _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, tol)
             _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, tol)
             assert gx.is_contiguous(memory_format=_expected_format(gy))
+    # no input channels, an empty sum: the bias, clamped (the forced tiled kernel divided by the
+    # empty pass length). torch's F.conv2d returns no output channels here, so no reference.
+    x0, w0 = torch.randn(2, 0, 5, 7, dtype=dtype), torch.randn(20, 0, 1, 1, dtype=dtype)
+    b0 = torch.randn(20, dtype=dtype)
+    expect = b0.view(1, -1, 1, 1).expand(2, 20, 5, 7)
+    conf = ([1, 1], [0, 0], [1, 1], 1)
+    _close(ops.conv2d(x0, w0, b0, *conf), expect, tol)
+    _close(ops.conv2d_clamp(x0, w0, b0, *conf, 0.0, 6.0), expect.clamp(0.0, 6.0), tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

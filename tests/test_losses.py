@@ -328,6 +328,7 @@ _TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bf
 
 
 def _close(got, ref, tol):
+    assert got.shape == ref.shape, (tuple(got.shape), tuple(ref.shape))
     err = (got.double() - ref).abs().max().item() if ref.numel() else 0.0
     scale = max(ref.abs().max().item(), 1e-300) if ref.numel() else 1.0
     assert err <= tol * scale, (err, scale)

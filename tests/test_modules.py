@@ -23,6 +23,7 @@ def _skip_unsupported(fn):
 
 
 def _close(a, b, tol=1e-5):
+    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
     scale = max(b.abs().max().item(), 1e-30)
     assert (a - b).abs().max().item() <= tol * scale
 

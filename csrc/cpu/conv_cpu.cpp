@@ -883,17 +883,14 @@ void wgrad_bcast(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& 
       // blocks of 16 channels x 64 pixels: rows read along, the block's writes within L1
       for (int64_t q0 = 0; q0 < len; q0 += 64) {
         const int64_t q1 = std::min(len, q0 + 64);
-        for (int64_t j0 = 0; j0 < colsp; j0 += 16)
-          for (int64_t j = j0; j < std::min(colsp, j0 + 16); ++j)
-            for (int64_t q = q0; q < q1; ++q) b[q * colsp + j] = j < cols ? src[j * bs + q] : T(0);
+        for (int64_t j0 = 0; j0 < cols; j0 += 16)
+          for (int64_t j = j0; j < std::min(cols, j0 + 16); ++j)
+            for (int64_t q = q0; q < q1; ++q) b[q * colsp + j] = src[j * bs + q];
       }
-      T* d = pp + u * rows * colsp;
-      if (len == 0) {
-        std::fill(d, d + rows * colsp, T(0));
-        continue;
-      }
-      K.gemm_bcast(ap + n * na.stride(0) + p0, as, b, colsp, len, nullptr, false, Act(), d,
-                   colsp, 0, rows, 0, colsp);
+      if (colsp > cols)  // the padding columns: zero sums
+        for (int64_t q = 0; q < len; ++q) std::fill(b + q * colsp + cols, b + (q + 1) * colsp, T(0));
+      K.gemm_bcast(ap + n * na.stride(0) + p0, as, b, colsp, len, nullptr, false, Act(),
+                   pp + u * rows * colsp, colsp, 0, rows, 0, colsp);
     }
   });
   const Tensor sum = part.sum(0).narrow(1, 0, cols);  // [rows][cols]
@@ -905,7 +902,7 @@ template <class T>
 void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x,
                      const Tensor& gw) {
   const bool planar = l == PwLayout::planar;
-  if (planar && use_gemm_bcast(l) && use_wgrad_bcast(g)) return wgrad_bcast<T>(g, gy, x, gw);
+  if (use_gemm_bcast(l) && use_wgrad_bcast(g)) return wgrad_bcast<T>(g, gy, x, gw);  // planar
   const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
   // planes up to 129^2 (2 images): one batched GEMM per image's [K, C], then their sum, ran
   // faster than a GEMM accumulating image by image (24 -> 144 at 129^2 2.0 -> 1.7 ms, 32 -> 192

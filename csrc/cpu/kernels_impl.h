@@ -2016,10 +2016,20 @@ void gemm_bcast(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, cons
   // column block's B panel ([kc][cb], 64-96 KB) kept in L2 while every row tile passes over it
   // (Zen 4, 1x1 NCHW: 64-128 KB 1.1-1.4x faster than 16 KB on 24 -> 144 and 32 -> 192
   // channels, 4 MB 10-25% slower on 960 -> 160 and 304 -> 256)
-  const int64_t passes = kd > 384 ? (kd + 383) / 384 : 1;
+  // columns [jb, je) one by one: fewer than a vector, or an empty sum (no input channels: the
+  // bias alone, which the tiles, never entered, would not write)
+  auto one_by_one = [&](int64_t jb, int64_t je) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = jb; j < je; ++j) {
+        T s = !bias ? T(0) : bias_per_row ? bias[i] : bias[j];
+        for (int64_t c = 0; c < kd; ++c) s += A[i * as + c] * B[c * bs + j];
+        D[i * ds + j] = act ? act_s<T>(act, s) : s;
+      }
+  };
+  if (kd == 0) return one_by_one(j0, j1);
+  const int64_t passes = (kd + 383) / 384;
   const int64_t KC = (kd + passes - 1) / passes;
-  const int64_t kc_max = kd < KC ? kd : KC;
-  int64_t cb = (int64_t{65536} / (kc_max * int64_t(sizeof(T)))) / TW * TW;
+  int64_t cb = (int64_t{65536} / (KC * int64_t(sizeof(T)))) / TW * TW;
   if (cb < TW) cb = TW;
   // columns [jb, je) (whole vectors): every pass over the sum, every row tile
   auto block = [&](int64_t jb, int64_t je) {
@@ -2056,12 +2066,7 @@ void gemm_bcast(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, cons
     block(j1 - L, j1);
     return;
   }
-  for (int64_t i = i0; i < i1; ++i)  // fewer columns than a vector: one by one
-    for (int64_t j = j0; j < j1; ++j) {
-      T s = !bias ? T(0) : bias_per_row ? bias[i] : bias[j];
-      for (int64_t c = 0; c < kd; ++c) s += A[i * as + c] * B[c * bs + j];
-      D[i * ds + j] = act ? act_s<T>(act, s) : s;
-    }
+  one_by_one(j0, j1);
 }
 
 // ------------------------------------------------------------------------------------------
