@@ -458,13 +458,22 @@ def test_depthwise_channels_last(isa, c, dtype):
         wt = torch.randn(c, 1, *ks, dtype=dtype)
         b = torch.randn(c, dtype=dtype)
         xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
-        yr = F.conv2d(xr, wr, b.double(), st, p, d, c)
+        br = b.double().requires_grad_()
+        yr = F.conv2d(xr, wr, br, st, p, d, c)
         gy = torch.randn(yr.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
         yr.backward(gy.double())
         conf = (list(st), list(p), list(d), c)
         _close(ops.conv2d(x, wt, b, *conf), yr.detach(), tol)
         _close(ops.conv2d_input_grad(gy, wt, list(x.shape), *conf), xr.grad, tol)
         _close(ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf), wr.grad, tol)
+        # the backward op: fused (input gradient, then weight and bias gradients by chunks of
+        # rows) where the output has the input's size, whichever gradients are asked for
+        for mask in ([True, True, True], [False, True, True], [True, False, True]):
+            got = ops.conv2d_backward(gy, x, wt, *conf, mask)
+            for g, ref, m in zip(got, (xr.grad, wr.grad, br.grad), mask):
+                assert (g is None) == (not m)
+                if m:
+                    _close(g, ref, tol)
 
 
 def test_depthwise_channels_last_streaming(isa):

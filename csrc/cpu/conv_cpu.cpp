@@ -814,7 +814,7 @@ void dw_wgrad_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor
   const Strides gys = strides(gy), xs = strides(x);
   at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
-      K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, pp + i * g.R * g.S * g.C, rows * i / parts,
+      K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, pp + i * g.R * g.S * g.C, nullptr, rows * i / parts,
                       rows * (i + 1) / parts);
   });
   gw.view({g.C, g.R * g.S}).copy_(part.sum(0).t());
@@ -1128,8 +1128,9 @@ void dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Te
         const int64_t n = a / g.P, p0 = a % g.P;
         const int64_t p1 = std::min({g.P, p0 + chunk, p0 + (f1 - a)});
         if (gxp) K.dw_nhwc_fwd(f, gyp, gys, wtp, nullptr, false, gxp, gxs, n, p0, p1, taps.data());
-        if (gw.defined()) K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, acc, a, a + p1 - p0);
-        if (gb.defined()) K.dw_nhwc_colsum(g, gyp, gys, acc + rs * g.C, a, a + p1 - p0);
+        if (gw.defined() || gb.defined())
+          K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, gw.defined() ? acc : nullptr,
+                          gb.defined() ? acc + rs * g.C : nullptr, a, a + p1 - p0);
         a += p1 - p0;
       }
     }

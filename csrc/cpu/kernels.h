@@ -120,11 +120,10 @@ struct Kernels {
   void (*dw_nhwc_dgrad)(const Geo&, const T* gy, Strides gys, const T* wt, T* gx, Strides gxs,
                         int64_t n, int64_t i0, int64_t i1, int64_t* taps);
   // weight gradient: adds the sums over output rows [f0, f1) (flattened n * P + p) to part
-  // ([R * S][C])
+  // ([R * S][C]; nullable), and with gb (nullable) the bias gradient's (gy summed over those
+  // pixels) to gb ([C])
   void (*dw_nhwc_wgrad)(const Geo&, const T* gy, Strides gys, const T* x, Strides xs, T* part,
-                        int64_t f0, int64_t f1);
-  // bias gradient: adds gy summed over the pixels of output rows [f0, f1) to acc ([C])
-  void (*dw_nhwc_colsum)(const Geo&, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1);
+                        T* gb, int64_t f0, int64_t f1);
   // Grouped with Cg == Kg (g_nhwc_ok), channels-last: forward rows [p0, p1) of batch n (as
   // dw_nhwc_fwd) and weight-gradient partial sums over output rows [f0, f1) (as dw_nhwc_wgrad).
   // Weights and weight gradient are stored rotated, [R * S][Cg][C] with element (t, j, k) =

@@ -1561,178 +1561,177 @@ void dw_nhwc_dgrad(const Geo& g, const T* gy, Strides gys, const T* wt, T* gx, S
     }
 }
 
-// weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into
-// part [R * S][C]
-// Weight gradient of output pixels [0, nq) of one row where every tap reads inside the input:
-// per block of CB channel vectors the NT tap sums stay in registers and each gy vector is loaded
-// once for all taps. The last vector of a row of C channels may overlap its neighbour: its
-// already-counted lanes are masked out (tail_mask), and a block's vectors past the end are not
-// added at all.
+// Weight (and bias) gradient of nq output pixels of one row that all read the same NT taps
+// inside the input (tap t: input at xo[t] from the pixel's, its sums at part + po[t]): per block
+// of CB channel vectors the NT tap sums (and, with gb, the bias sum) stay in registers over a
+// chunk of QC pixels, each gy vector loaded once for all taps. Blocks start at multiples of
+// CB * L but the last, which ends at C (overlapping its neighbour when CB * L does not divide C):
+// lm, its lanes' mask, drops the channels the neighbour has counted (null: no overlap).
+// The vectors of a block are addressed from one pointer at constant offsets (per-vector channel
+// offsets had spilled the tap offsets from the registers).
 // With pf the next chunk's slices of gy and of the input columns it is first to read are
 // prefetched as in nhwc_row_blocked (xo by rows of S taps): where gy and x stream from memory
 // (nhwc_streams) that took 728ch 65^2 d2's forward + backward from 6.1x to 7.2x of torch, 960ch
 // 65^2 d4 6.5x -> 7.5x, 144ch 129^2 1.10 -> 1.26x (suite's callables, each call after torch's,
 // AVX-512 Zen 4); on cached ones (32ch 257^2, 960ch 33^2 d2) 3-7% slower.
-template <class T, int NT, int CB>
+template <class T, int NT, int CB, bool GB>
 void nhwc_wgrad_block(int64_t C, const T* a, int64_t pa, const T* b, const int64_t* xo,
-                      int64_t S, int64_t pb, int64_t nq, const V<T>& tail_mask, bool masked,
-                      bool pf, T* part) {
-  constexpr int64_t L = NV<T>;
+                      const int64_t* po, int64_t S, int64_t pb, int64_t nq, const V<T>* lm,
+                      bool pf, T* part, T* gb) {
+  constexpr int64_t L = NV<T>, BL = CB * L;
   constexpr int64_t QC = 16;  // pixels a chunk: rows read front to back (see nhwc_row_blocked)
-  const int64_t nv = (C + L - 1) / L;
+  const int64_t nb = (C + BL - 1) / BL;
+  int64_t o[NT];
+  for (int t = 0; t < NT; ++t) o[t] = xo[t];
   for (int64_t qc = 0; qc < nq; qc += QC)
-  for (int64_t v = 0; v < nv; v += CB) {
-    int64_t cs[CB];
-    for (int c = 0; c < CB; ++c) cs[c] = vstart<T>(v + c < nv ? v + c : nv - 1, C);
-    V<T> acc[NT][CB];
-    for (int t = 0; t < NT; ++t)
-      for (int c = 0; c < CB; ++c) acc[t][c] = V<T>{};
-    const int64_t qe = qc + QC < nq ? qc + QC : nq;
-    const int64_t nn = (qe + QC < nq ? qe + QC : nq) - qe;
-    const int64_t lo = cs[0], hi = cs[CB - 1] + L - 1;
-    if (pf) {
-      prefetch_slices<false>(a + qe * pa, pa, nn, lo, hi);
-      for (int64_t t = S - 1; t < NT; t += S)
-        prefetch_slices<false>(b + qe * pb + xo[t], pb, nn, lo, hi);
-    }
-    for (int64_t q = qc; q < qe; ++q) {
-      V<T> av[CB];
-      for (int c = 0; c < CB; ++c) av[c] = ld(a + q * pa + cs[c]);
-      const T* bq = b + q * pb;
-#pragma GCC unroll 9
-      for (int t = 0; t < NT; ++t)
-        for (int c = 0; c < CB; ++c) acc[t][c] += av[c] * ld(bq + xo[t] + cs[c]);
-    }
-    for (int c = 0; c < CB; ++c) {
-      if (v + c >= nv) break;
-      const bool last = masked && v + c == nv - 1;
-      for (int t = 0; t < NT; ++t) {
-        T* d = part + t * C + cs[c];
-        st(d, ld(d) + (last ? acc[t][c] * tail_mask : acc[t][c]));
+    for (int64_t v = 0; v < nb; ++v) {
+      const bool last = v == nb - 1;
+      const int64_t c0 = last ? C - BL : v * BL;
+      V<T> acc[NT][CB], gs[CB];
+      for (int c = 0; c < CB; ++c) {
+        gs[c] = V<T>{};
+        for (int t = 0; t < NT; ++t) acc[t][c] = V<T>{};
       }
+      const int64_t qe = qc + QC < nq ? qc + QC : nq;
+      if (pf) {
+        const int64_t nn = (qe + QC < nq ? qe + QC : nq) - qe;
+        prefetch_slices<false>(a + qe * pa, pa, nn, c0, c0 + BL - 1);
+        for (int64_t t = S - 1; t < NT; t += S)
+          prefetch_slices<false>(b + qe * pb + o[t], pb, nn, c0, c0 + BL - 1);
+      }
+      const T* ap = a + qc * pa + c0;
+      const T* bp = b + qc * pb + c0;
+      for (int64_t n = qe - qc; n > 0; --n, ap += pa, bp += pb) {
+        V<T> av[CB];
+        for (int c = 0; c < CB; ++c) {
+          av[c] = ld(ap + c * L);
+          if (GB) gs[c] += av[c];
+        }
+#pragma GCC unroll 9
+        for (int t = 0; t < NT; ++t)
+          for (int c = 0; c < CB; ++c) acc[t][c] += av[c] * ld(bp + o[t] + c * L);
+      }
+      if (last && lm)
+        for (int c = 0; c < CB; ++c) {
+          gs[c] *= lm[c];
+          for (int t = 0; t < NT; ++t) acc[t][c] *= lm[c];
+        }
+      for (int t = 0; t < NT; ++t)
+        for (int c = 0; c < CB; ++c) {
+          T* d = part + po[t] + c0 + c * L;
+          st(d, ld(d) + acc[t][c]);
+        }
+      if (GB)
+        for (int c = 0; c < CB; ++c) st(gb + c0 + c * L, ld(gb + c0 + c * L) + gs[c]);
     }
+}
+
+// gb[c] += gy summed over nq pixels pa apart from a (channel stride 1)
+template <class T>
+void nhwc_colsum(int64_t C, const T* a, int64_t pa, int64_t nq, T* gb) {
+  constexpr int64_t L = NV<T>;
+  for (int64_t q = 0; q < nq; ++q, a += pa) {
+    int64_t c = 0;
+    for (; c + L <= C; c += L) st(gb + c, ld(gb + c) + ld(a + c));
+    for (; c < C; ++c) gb[c] += a[c];
   }
 }
 
 // weight gradient partial sums over output rows [f0, f1) (flattened n * P + p) added into
-// part [R * S][C]
-// bias gradient: acc[c] += gy summed over the pixels of output rows [f0, f1) (flattened
-// n * P + p); channel stride 1
-template <class T>
-void dw_nhwc_colsum(const Geo& g, const T* gy, Strides gys, T* acc, int64_t f0, int64_t f1) {
-  constexpr int64_t L = NV<T>;
-  for (int64_t f = f0; f < f1; ++f) {
-    const T* row = gy + f / g.P * gys.n + f % g.P * gys.h;
-    for (int64_t q = 0; q < g.Q; ++q) {
-      const T* a = row + q * gys.w;
-      int64_t c = 0;
-      for (; c + L <= g.C; c += L) st(acc + c, ld(acc + c) + ld(a + c));
-      for (; c < g.C; ++c) acc[c] += a[c];
-    }
-  }
-}
-
+// part [R * S][C] (nullable: the bias gradient alone), and with gb (nullable) the bias
+// gradient's (gy summed) into gb [C].
+// As the forward (dw_nhwc_fwd), a row's columns fall into runs that read the same taps, each
+// run through nhwc_wgrad_block with those taps: border rows and columns had gone tap by tap (a
+// gy load and a multiply-add for each value and tap), and the bias gradient had been a pass of
+// its own over gy (the two: 30% of 960ch 33^2 d2's weight gradient).
 template <class T>
 void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
-                   int64_t f0, int64_t f1) {
-  const int64_t C = g.C;
-  if (C < NV<T>) {
+                   T* gb, int64_t f0, int64_t f1) {
+  const int64_t C = g.C, px = g.sw * xs.w;
+  auto rows_of = [&](int64_t p) { return inside_taps(p, g.sh, g.ph, g.dh, g.R, g.H); };
+  auto cols_of = [&](int64_t q) { return inside_taps(q, g.sw, g.pw, g.dw, g.S, g.W); };
+  if (!part) {  // the bias gradient alone
+    for (int64_t f = f0; f < f1; ++f)
+      nhwc_colsum<T>(C, gy + f / g.P * gys.n + f % g.P * gys.h, gys.w, g.Q, gb);
+    return;
+  }
+  if (C < NV<T>) {  // narrower than a vector: scalar
     for (int64_t f = f0; f < f1; ++f) {
       const int64_t n = f / g.P, p = f % g.P;
-      for (int64_t r = 0; r < g.R; ++r) {
-        const int64_t ih = p * g.sh + r * g.dh - g.ph;
-        if (ih < 0 || ih >= g.H) continue;
-        for (int64_t s = 0; s < g.S; ++s)
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const int64_t iw = q * g.sw + s * g.dw - g.pw;
-            if (iw < 0 || iw >= g.W) continue;
-            const T* a = gy + n * gys.n + p * gys.h + q * gys.w;
-            const T* b = x + n * xs.n + ih * xs.h + iw * xs.w;
+      const TapRange rr = rows_of(p);
+      for (int64_t q = 0; q < g.Q; ++q) {
+        const T* a = gy + n * gys.n + p * gys.h + q * gys.w;
+        const TapRange sr = cols_of(q);
+        for (int64_t r = rr.lo; r < rr.hi; ++r)
+          for (int64_t s = sr.lo; s < sr.hi; ++s) {
+            const T* bx = x + n * xs.n + (p * g.sh + r * g.dh - g.ph) * xs.h +
+                          (q * g.sw + s * g.dw - g.pw) * xs.w;
             T* d = part + (r * g.S + s) * C;
-            for (int64_t c = 0; c < C; ++c) d[c] += a[c] * b[c];
+            for (int64_t c = 0; c < C; ++c) d[c] += a[c] * bx[c];
           }
+        if (gb)
+          for (int64_t c = 0; c < C; ++c) gb[c] += a[c];
       }
     }
     return;
   }
-  const int64_t nv = (C + NV<T> - 1) / NV<T>;
-  // lanes of the last vector that its neighbour already covers
-  V<T> tail_mask;
-  const int64_t over = nv * NV<T> - C;
-  for (int64_t l = 0; l < NV<T>; ++l) tail_mask[l] = l < over ? T(0) : T(1);
-  const auto [qa, qb] = interior_columns(g);
-  const bool blocked = g.R * g.S <= 9 && qb > qa;
-  const bool stream = nhwc_streams<T>(g, xs.w, gys.w);
-  int64_t xo[9];
-  // sums of tap (r, s) over output columns [qlo, qhi) of row (n, p)
-  auto tap_cols = [&](int64_t n, int64_t p, int64_t r, int64_t s, int64_t qlo, int64_t qhi) {
-    if (qlo >= qhi) return;
-    const int64_t ih = p * g.sh + r * g.dh - g.ph;
-    const int64_t o = s * g.dw - g.pw;
-    T* d = part + (r * g.S + s) * C;
-    const T* arow = gy + n * gys.n + p * gys.h;
-    const T* brow = x + n * xs.n + ih * xs.h + o * xs.w;
-    for (int64_t v = 0; v < nv; v += 4) {
-      const int64_t u = nv - v < 4 ? nv - v : 4;
-      int64_t st4[4];
-      for (int64_t j = 0; j < u; ++j) st4[j] = vstart<T>(v + j, C);
-      const bool masked = over && v + u == nv;
-      auto go = [&](auto u_tag) {
-        constexpr int U = decltype(u_tag)::value;
-        V<T> acc[U];
-        for (int k = 0; k < U; ++k) acc[k] = V<T>{};
-        for (int64_t q = qlo; q < qhi; ++q) {
-          const T* a = arow + q * gys.w;
-          const T* b = brow + q * g.sw * xs.w;
-          for (int k = 0; k < U; ++k) acc[k] += ld(a + st4[k]) * ld(b + st4[k]);
-        }
-        if (masked) acc[U - 1] *= tail_mask;
-        for (int k = 0; k < U; ++k) st(d + st4[k], ld(d + st4[k]) + acc[k]);
-      };
-      switch (u) {
-        case 1: go(Int<1>{}); break;
-        case 2: go(Int<2>{}); break;
-        case 3: go(Int<3>{}); break;
-        default: go(Int<4>{}); break;
-      }
-    }
+  constexpr int CB0 = VB == 64 ? 2 : 1;  // 9 x CB sums + CB gy (+ CB bias) vectors in registers
+  const int CB = C >= CB0 * NV<T> ? CB0 : 1;
+  // the last block's lane masks (see nhwc_wgrad_block), for blocks of CB resp. 1 vectors
+  V<T> lm[CB0], lm1[1];
+  auto masks = [&](V<T>* m, int cb) {
+    const int64_t bl = cb * NV<T>;
+    for (int c = 0; c < cb; ++c)
+      for (int64_t l = 0; l < NV<T>; ++l)
+        m[c][l] = C - bl + c * NV<T> + l >= C / bl * bl ? T(1) : T(0);
+    return C % bl ? m : nullptr;
   };
+  const V<T>* lmc = masks(lm, CB);
+  const V<T>* lmc1 = masks(lm1, 1);
+  const bool stream = nhwc_streams<T>(g, xs.w, gys.w);
+  int64_t xo[9], po[9];
   for (int64_t f = f0; f < f1; ++f) {
     const int64_t n = f / g.P, p = f % g.P;
-    bool rows_ok = true;
-    for (int64_t r = 0; r < g.R; ++r) {
-      const int64_t ih = p * g.sh + r * g.dh - g.ph;
-      rows_ok = rows_ok && ih >= 0 && ih < g.H;
-    }
-    if (blocked && rows_ok) {
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s)
-          xo[r * g.S + s] = (p * g.sh + r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
-      const T* a = gy + n * gys.n + p * gys.h + qa * gys.w;
-      const T* b = x + n * xs.n + qa * g.sw * xs.w;
-      constexpr int CB = VB == 64 ? 2 : 1;  // 9 x CB sums + CB gy vectors in registers
-      auto go = [&](auto nt_tag) {
-        constexpr int NT = decltype(nt_tag)::value;
-        nhwc_wgrad_block<T, NT, CB>(C, a, gys.w, b, xo, g.S, g.sw * xs.w, qb - qa, tail_mask,
-                                    over > 0, stream, part);
-      };
-      with_taps(g.R * g.S, go);
-      // the border columns, tap by tap
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s) {
-          const auto [qlo, qhi] = tap_columns(g, s);
-          tap_cols(n, p, r, s, qlo, qa < qhi ? qa : qhi);
-          tap_cols(n, p, r, s, qb > qlo ? qb : qlo, qhi);
-        }
-      continue;
-    }
-    for (int64_t r = 0; r < g.R; ++r) {
-      const int64_t ih = p * g.sh + r * g.dh - g.ph;
-      if (ih < 0 || ih >= g.H) continue;
-      for (int64_t s = 0; s < g.S; ++s) {
-        const auto [qlo, qhi] = tap_columns(g, s);
-        tap_cols(n, p, r, s, qlo, qhi);
+    const TapRange rr = rows_of(p);
+    const T* arow = gy + n * gys.n + p * gys.h;
+    const T* brow = x + n * xs.n + p * g.sh * xs.h;
+    for (int64_t q0 = 0, q1; q0 < g.Q; q0 = q1) {
+      const TapRange sr = cols_of(q0);
+      for (q1 = q0 + 1; q1 < g.Q; ++q1) {
+        const TapRange s1 = cols_of(q1);
+        if (s1.lo != sr.lo || s1.hi != sr.hi) break;
       }
+      const int64_t nt = (rr.hi - rr.lo) * (sr.hi - sr.lo);
+      const T* a = arow + q0 * gys.w;
+      const T* b = brow + q0 * px;
+      if (nt == 0 || nt > 9) {  // only padding read, or too many taps for the registers
+        if (gb) nhwc_colsum<T>(C, a, gys.w, q1 - q0, gb);
+        for (int64_t r = rr.lo; r < rr.hi; ++r)
+          for (int64_t s = sr.lo; s < sr.hi; ++s) {
+            const int64_t o = (r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
+            const int64_t pt = (r * g.S + s) * C;
+            nhwc_wgrad_block<T, 1, 1, false>(C, a, gys.w, b, &o, &pt, 1, px, q1 - q0,
+                                             lmc1, false, part, nullptr);
+          }
+        continue;
+      }
+      int64_t k = 0;
+      for (int64_t r = rr.lo; r < rr.hi; ++r)
+        for (int64_t s = sr.lo; s < sr.hi; ++s, ++k) {
+          xo[k] = (r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
+          po[k] = (r * g.S + s) * C;
+        }
+      with_taps(nt, [&](auto nt_tag) {
+        constexpr int NT = decltype(nt_tag)::value;
+        auto go = [&](auto cb_tag, auto gb_tag) {
+          nhwc_wgrad_block<T, NT, decltype(cb_tag)::value, decltype(gb_tag)::value != 0>(
+              C, a, gys.w, b, xo, po, sr.hi - sr.lo, px, q1 - q0, lmc, stream, part, gb);
+        };
+        if (CB == CB0 && gb) go(Int<CB0>{}, Int<1>{});
+        else if (CB == CB0) go(Int<CB0>{}, Int<0>{});
+        else if (gb) go(Int<1>{}, Int<1>{});
+        else go(Int<1>{}, Int<0>{});
+      });
     }
   }
 }
@@ -2611,7 +2610,6 @@ Kernels<T> make(const char* isa) {
   k.dw_nhwc_fwd = &dw_nhwc_fwd<T>;
   k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
-  k.dw_nhwc_colsum = &dw_nhwc_colsum<T>;
   k.g_nhwc_fwd = &g_nhwc_fwd<T>;
   k.g_nhwc_wgrad = &g_nhwc_wgrad<T>;
   k.bias_act = &bias_act<T>;

@@ -4,7 +4,8 @@
 // reference: dw_flat_bwd (the fused stride-1 backward, worked in chunks of rows) with each
 // subset of gradients, the planar weight gradient (stride 1 and 2), and the channels-last
 // forward and weight gradient (dw_nhwc_fwd, dw_nhwc_wgrad: column runs by taps, more than 9
-// taps, pixels that read only padding, overlapping last vectors, the streaming path); and the
+// taps, pixels that read only padding, overlapping last vectors, the streaming path; the bias
+// gradient folded into the weight gradient's pass, and alone); and the
 // small GEMM of the 1x1 convolutions (gemm_bcast: row and column remainders, column sub-ranges,
 // both bias kinds, with inputs and output ending exactly where the last row's range ends).
 // Prints "bad N" (N results outside the tolerance); exits non-zero on any.
@@ -142,12 +143,13 @@ int run_nhwc(const Kernels<T>& K, const ClCase& k) {
   const auto x = randn<T>(xn), gy = randn<T>(yn), wt = randn<T>(RS * k.C), bias = randn<T>(k.C);
   const Strides xs{int64_t(k.H) * k.W * k.C, 1, int64_t(k.W) * k.C, k.C};
   const Strides ys{g.P * g.Q * k.C, 1, g.Q * k.C, k.C};
-  std::vector<double> yr(yn), gwr(RS * k.C, 0);
+  std::vector<double> yr(yn), gwr(RS * k.C, 0), gbr(k.C, 0);
   for (int n = 0; n < k.N; ++n)
     for (int p = 0; p < g.P; ++p)
       for (int q = 0; q < g.Q; ++q)
         for (int c = 0; c < k.C; ++c) {
           const size_t yi = ((size_t(n) * g.P + p) * g.Q + q) * k.C + c;
+          gbr[c] += gy[yi];
           double a = bias[c];
           for (int r = 0; r < k.R; ++r)
             for (int s = 0; s < k.S; ++s) {
@@ -182,10 +184,22 @@ int run_nhwc(const Kernels<T>& K, const ClCase& k) {
       K.dw_nhwc_fwd(g, xb.get(), xs, wtb.get(), bb.get(), false, y.get(), ys, n, p0, p1,
                     taps.get());
   check("nhwc forward", y.get(), yr);
+  // the weight gradient alone, with the bias gradient, and the bias gradient alone (part null)
   auto part = exact<T>(RS * k.C);
+  auto gb = exact<T>(k.C);
+  const int64_t rows = int64_t(k.N) * g.P;
   std::fill(part.get(), part.get() + RS * k.C, T(0));
-  K.dw_nhwc_wgrad(g, gyb.get(), ys, xb.get(), xs, part.get(), 0, int64_t(k.N) * g.P);
+  K.dw_nhwc_wgrad(g, gyb.get(), ys, xb.get(), xs, part.get(), nullptr, 0, rows);
   check("nhwc weight gradient", part.get(), gwr);
+  std::fill(part.get(), part.get() + RS * k.C, T(0));
+  std::fill(gb.get(), gb.get() + k.C, T(0));
+  K.dw_nhwc_wgrad(g, gyb.get(), ys, xb.get(), xs, part.get(), gb.get(), 0, rows / 2);
+  K.dw_nhwc_wgrad(g, gyb.get(), ys, xb.get(), xs, part.get(), gb.get(), rows / 2, rows);
+  check("nhwc weight gradient (with the bias's)", part.get(), gwr);
+  check("nhwc bias gradient", gb.get(), gbr);
+  std::fill(gb.get(), gb.get() + k.C, T(0));
+  K.dw_nhwc_wgrad(g, gyb.get(), ys, xb.get(), xs, nullptr, gb.get(), 0, rows);
+  check("nhwc bias gradient alone", gb.get(), gbr);
   return bad;
 }
 
