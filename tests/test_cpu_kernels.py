@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import dilconv
 from dilconv import _ext
+from tolerance import assert_close_rel
 
 pytestmark = pytest.mark.skipif("cpu" not in dilconv.backends(), reason="backend 'cpu' not built")
 ops = torch.ops.dilconv
@@ -129,10 +130,7 @@ def _layout(t, layout):
 
 
 def _close(a, ref, tol):
-    assert a.shape == ref.shape, f"shape {tuple(a.shape)} != {tuple(ref.shape)}"
-    err = (a.double() - ref).abs().max().item() if ref.numel() else 0.0
-    scale = ref.abs().max().item() if ref.numel() else 1.0
-    assert err <= tol * max(scale, 1.0), f"max error {err} (scale {scale})"
+    assert_close_rel(a, ref, tol, floor=1.0)
 
 
 def _expected_format(t):
