@@ -443,15 +443,17 @@ def test_opcheck(layout):
 def test_depthwise_channels_last(isa, c, dtype):
     """The channel-vectorised depthwise kernels: channel counts below, between and at multiples
     of the vector width (overlapping last vector), strides, dilation, padding beyond the kernel
-    (output pixels that read no input: the bias alone), 7x7 (more taps than the kernels keep in
-    registers; border runs of 4-6 columns and rows).
+    (output pixels that read no input: the bias alone), 7x7 and 3x11 (more taps than the kernels
+    keep in registers: the weight gradient by tap rows, resp. 9 and 2 taps of a row, at a time;
+    border runs of 4-6 columns and rows).
     Pixel strides of 2 KiB (256 doubles, 512 floats) take the channels-inner interior
     (nhwc_row_channels_inner); wide pixels (160 doubles, 300 floats: >= 1152 bytes) one row at a
     time in the AVX-512 variant, four rows of a phase elsewhere."""
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for (ks, st, p, d, h, w) in [((3, 3), (1, 1), (2, 2), (2, 2), 9, 11), ((5, 3), (2, 3), (1, 4), (1, 2), 10, 13),
                                  ((1, 7), (1, 1), (0, 3), (1, 1), 4, 9), ((3, 3), (1, 1), (24, 24), (24, 24), 5, 6),
-                                 ((7, 7), (1, 1), (3, 3), (1, 1), 9, 10), ((3, 3), (1, 1), (3, 4), (1, 1), 4, 5)]:
+                                 ((7, 7), (1, 1), (3, 3), (1, 1), 9, 10), ((3, 3), (1, 1), (3, 4), (1, 1), 4, 5),
+                                 ((3, 11), (1, 1), (1, 5), (1, 1), 5, 14)]:
         x = torch.randn(2, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
         wt = torch.randn(c, 1, *ks, dtype=dtype)
         b = torch.randn(c, dtype=dtype)

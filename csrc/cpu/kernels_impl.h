@@ -1641,9 +1641,9 @@ void nhwc_colsum(int64_t C, const T* a, int64_t pa, int64_t nq, T* gb) {
 // part [R * S][C] (nullable: the bias gradient alone), and with gb (nullable) the bias
 // gradient's (gy summed) into gb [C].
 // As the forward (dw_nhwc_fwd), a row's columns fall into runs that read the same taps, each
-// run through nhwc_wgrad_block with those taps: border rows and columns had gone tap by tap (a
-// gy load and a multiply-add for each value and tap), and the bias gradient had been a pass of
-// its own over gy (the two: 30% of 960ch 33^2 d2's weight gradient).
+// run through nhwc_wgrad_block with those taps (at most 9 at a time): border rows and columns
+// had gone tap by tap (a gy load and a multiply-add for each value and tap), and the bias
+// gradient had been a pass of its own over gy (the two: 30% of 960ch 33^2 d2's weight gradient).
 template <class T>
 void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides xs, T* part,
                    T* gb, int64_t f0, int64_t f1) {
@@ -1677,17 +1677,13 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   }
   constexpr int CB0 = VB == 64 ? 2 : 1;  // 9 x CB sums + CB gy (+ CB bias) vectors in registers
   const int CB = C >= CB0 * NV<T> ? CB0 : 1;
-  // the last block's lane masks (see nhwc_wgrad_block), for blocks of CB resp. 1 vectors
-  V<T> lm[CB0], lm1[1];
-  auto masks = [&](V<T>* m, int cb) {
-    const int64_t bl = cb * NV<T>;
-    for (int c = 0; c < cb; ++c)
-      for (int64_t l = 0; l < NV<T>; ++l)
-        m[c][l] = C - bl + c * NV<T> + l >= C / bl * bl ? T(1) : T(0);
-    return C % bl ? m : nullptr;
-  };
-  const V<T>* lmc = masks(lm, CB);
-  const V<T>* lmc1 = masks(lm1, 1);
+  // the last block's lane masks (see nhwc_wgrad_block); null where CB vectors divide C
+  V<T> lm[CB0];
+  const int64_t bl = CB * NV<T>;
+  for (int c = 0; c < CB; ++c)
+    for (int64_t l = 0; l < NV<T>; ++l)
+      lm[c][l] = C - bl + c * NV<T> + l >= C / bl * bl ? T(1) : T(0);
+  const V<T>* lmc = C % bl ? lm : nullptr;
   const bool stream = nhwc_streams<T>(g, xs.w, gys.w);
   int64_t xo[9], po[9];
   for (int64_t f = f0; f < f1; ++f) {
@@ -1704,34 +1700,39 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
       const int64_t nt = (rr.hi - rr.lo) * (sr.hi - sr.lo);
       const T* a = arow + q0 * gys.w;
       const T* b = brow + q0 * px;
-      if (nt == 0 || nt > 9) {  // only padding read, or too many taps for the registers
+      if (nt == 0) {  // only padding read: the bias gradient alone
         if (gb) nhwc_colsum<T>(C, a, gys.w, q1 - q0, gb);
-        for (int64_t r = rr.lo; r < rr.hi; ++r)
-          for (int64_t s = sr.lo; s < sr.hi; ++s) {
-            const int64_t o = (r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
-            const int64_t pt = (r * g.S + s) * C;
-            nhwc_wgrad_block<T, 1, 1, false>(C, a, gys.w, b, &o, &pt, 1, px, q1 - q0,
-                                             lmc1, false, part, nullptr);
-          }
         continue;
       }
-      int64_t k = 0;
-      for (int64_t r = rr.lo; r < rr.hi; ++r)
-        for (int64_t s = sr.lo; s < sr.hi; ++s, ++k) {
-          xo[k] = (r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
-          po[k] = (r * g.S + s) * C;
+      // the run's taps in groups of at most 9, whose sums fit in the registers: all at once,
+      // else whole tap rows (a 7x7 kernel: a row at a time, 7 passes over gy instead of one
+      // a tap) or 9 taps of a longer row; the bias gradient with the first group
+      const int64_t ns = sr.hi - sr.lo;
+      const int64_t gr = ns <= 9 ? 9 / ns : 1, gs = ns <= 9 ? ns : 9;
+      T* gbk = gb;
+      for (int64_t r0 = rr.lo; r0 < rr.hi; r0 += gr)
+        for (int64_t s0 = sr.lo; s0 < sr.hi; s0 += gs) {
+          const int64_t r1 = r0 + gr < rr.hi ? r0 + gr : rr.hi;
+          const int64_t s1 = s0 + gs < sr.hi ? s0 + gs : sr.hi;
+          int64_t k = 0;
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t s = s0; s < s1; ++s, ++k) {
+              xo[k] = (r * g.dh - g.ph) * xs.h + (s * g.dw - g.pw) * xs.w;
+              po[k] = (r * g.S + s) * C;
+            }
+          with_taps(k, [&](auto nt_tag) {
+            constexpr int NT = decltype(nt_tag)::value;
+            auto go = [&](auto cb_tag, auto gb_tag) {
+              nhwc_wgrad_block<T, NT, decltype(cb_tag)::value, decltype(gb_tag)::value != 0>(
+                  C, a, gys.w, b, xo, po, s1 - s0, px, q1 - q0, lmc, stream, part, gbk);
+            };
+            if (CB == CB0 && gbk) go(Int<CB0>{}, Int<1>{});
+            else if (CB == CB0) go(Int<CB0>{}, Int<0>{});
+            else if (gbk) go(Int<1>{}, Int<1>{});
+            else go(Int<1>{}, Int<0>{});
+          });
+          gbk = nullptr;
         }
-      with_taps(nt, [&](auto nt_tag) {
-        constexpr int NT = decltype(nt_tag)::value;
-        auto go = [&](auto cb_tag, auto gb_tag) {
-          nhwc_wgrad_block<T, NT, decltype(cb_tag)::value, decltype(gb_tag)::value != 0>(
-              C, a, gys.w, b, xo, po, sr.hi - sr.lo, px, q1 - q0, lmc, stream, part, gb);
-        };
-        if (CB == CB0 && gb) go(Int<CB0>{}, Int<1>{});
-        else if (CB == CB0) go(Int<CB0>{}, Int<0>{});
-        else if (gb) go(Int<1>{}, Int<1>{});
-        else go(Int<1>{}, Int<0>{});
-      });
     }
   }
 }

@@ -260,11 +260,12 @@ int main(int argc, char** argv) {
   // channels-last: N, C, H, W, R, S, stride, dilation, padding: narrower than a vector, an
   // overlapping last vector, wide pixels (300 floats), 7x7 (more than 9 taps), 1x3, padding
   // beyond the kernel's reach (pixels that read only padding), stride 2, and x + y over 20 MiB
-  // (the prefetching path; float only)
+  // (the prefetching path; float only), 3x11 (rows of more than 9 taps: the weight gradient 9
+  // taps of a row at a time)
   const ClCase cl_cases[] = {
       {2, 5, 9, 11, 3, 3, 1, 2, 2},   {2, 40, 9, 11, 3, 3, 1, 2, 2},  {1, 300, 13, 12, 3, 3, 1, 2, 2},
       {1, 24, 11, 10, 7, 7, 1, 1, 3}, {1, 40, 6, 17, 1, 3, 1, 1, 1},  {1, 40, 4, 5, 3, 3, 1, 1, 3},
-      {2, 40, 10, 13, 3, 3, 2, 1, 1}, {1, 40, 264, 260, 3, 3, 1, 2, 2},
+      {2, 40, 10, 13, 3, 3, 2, 1, 1}, {1, 40, 264, 260, 3, 3, 1, 2, 2}, {1, 40, 7, 16, 3, 11, 1, 1, 5},
   };
   for (const ClCase& c : cl_cases) {
     if (!broken) bad += run_nhwc<float>(kernels_f32(), c);
