@@ -250,6 +250,20 @@ def _cpu_pointwise_wins(p: Problem) -> bool:
     return _avx512() and not _intel() and (not p.requires_grad or p.c * p.k <= POINTWISE_MAX_CK)
 
 
+def _cpu_pixels_pointwise_wins(p: Problem) -> bool:
+    """Whether the same register-tiled kernel over channels-last pixel rows (csrc/cpu
+    use_pixels_bcast: the pixels as its rows, bias and clamp in registers) beats what "auto" runs
+    otherwise in channels-last inference, oneDNN's inference convolution with packed weights and
+    the activation fused (dilconv.modules, `onednn-packed`): measured on an AVX-512 AMD CPU
+    (Zen 4), batch 1, bias + ReLU6, 2 threads, alternated in one process: on 257x257 maps with
+    at most 32 channels a side 1.38-1.43x (16 -> 96, 32 -> 16); elsewhere on DeepLabV3+
+    MobileNetV2's 1x1s 0.90-1.01x (24 -> 144 / 144 -> 24 @129^2 0.96-1.01x, 33^2 maps 0.91-1.00x,
+    256 -> 21 and 304 -> 256 @129^2 0.90-0.92x), so those stay with oneDNN; training too (its
+    weight gradient is BLAS's). Not measured on Intel nor with AVX2."""
+    return (_avx512() and not _intel() and not p.requires_grad and min(p.c, p.k) <= 32
+            and p.h * p.w >= 256 * 256)
+
+
 def _cpu_separable_wins(p: Problem) -> bool:
     """Whether the fused separable forward (its pointwise half by gemm_bcast, as
     _cpu_pointwise_wins) beats "auto"'s unfused pair (dilconv's depthwise, oneDNN's or dilconv's
@@ -399,6 +413,9 @@ def cpu_auto_policy(p: Problem) -> bool:
         if _cpu_gemm_paths_win():
             return p.requires_grad or p.c * p.k <= 960 * 320
         return _cpu_pointwise_wins(p)
+    if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)
+            and p.channels_last):
+        return _cpu_pixels_pointwise_wins(p)
     if cg <= 8:
         # grouped with few channels per group: NCHW the planar stencils; channels-last the
         # channel-vectorised kernels, which need as many outputs as inputs a group (2 or 4 here)

@@ -339,15 +339,18 @@ def test_separable(mid_relu, out_relu, layout):
         assert grads[0].is_contiguous(memory_format=_expected_format(gy))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("path_env", [None, "pointwise", "bcast"])
-def test_separable_fused_forward_tiles(path_env, monkeypatch):
+def test_separable_fused_forward_tiles(path_env, layout, monkeypatch):
     # the fused forward in 8 MB tiles of output rows (300 mid channels x 129 columns: 54 rows a
     # tile, 3 tiles), its NCHW tile's rows padded to an odd number of cache lines, the pointwise
     # GEMM by BLAS (pointwise) or gemm_bcast (bcast; the default off Intel) over sums of 300
-    # channels (two passes) and 129-pixel rows (a last partial vector)
+    # channels (two passes) and 129-pixel rows (a last partial vector); channels-last, gemm_bcast
+    # over chunks of a tile's pixels (96 a chunk: 72 full chunks and a partial one a tile) into
+    # 21 output channels (a vector and a last partial one)
     if path_env:
         monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
-    x = torch.randn(1, 300, 120, 129)
+    x = _layout(torch.randn(1, 300, 120, 129), layout)
     dw, dwb = torch.randn(300, 1, 3, 3), torch.randn(300)
     pw, pwb = torch.randn(21, 300, 1, 1) / 10, torch.randn(21)
     ref = _sep_ref(*(t.double() for t in (x, dw, dwb, pw, pwb)), (1, 1), (2, 2), (2, 2), True, True)
@@ -622,7 +625,13 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True)) == gemm_wins  # training: every 1x1
     assert cpu_auto_policy(pointwise(304, 256, 129, grad=True)) == avx512
     assert cpu_auto_policy(pointwise(960, 320, 33, grad=True)) == gemm_wins  # wide: not tiled
-    assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True))
+    # channels-last 1x1: the kernel over pixel rows on an AVX-512 AMD CPU in inference on 257^2
+    # maps with <= 32 channels a side; oneDNN elsewhere, and in training
+    assert cpu_auto_policy(pointwise(16, 96, 257, cl=True)) == tiled
+    assert cpu_auto_policy(pointwise(32, 16, 257, cl=True)) == tiled
+    assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True, grad=True))
+    assert not cpu_auto_policy(pointwise(24, 144, 129, cl=True))
+    assert not cpu_auto_policy(pointwise(96, 48, 257, cl=True))
 
     def sep(d, grad=False, cl=False):
         return Problem("separable_conv2d", "cpu", torch.float32, 1, 728, 33, 33, 256, 3, 3, (1, 1),

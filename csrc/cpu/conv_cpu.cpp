@@ -13,9 +13,10 @@
 //           input: dense convolutions whose taps mostly read padding (large dilation on small
 //           maps, use_taps).
 //   pointwise  1x1 stride-1 unpadded convolutions as GEMMs straight on NCHW planes or
-//           channels-last pixel rows (use_pointwise): BLAS's, or on NCHW planes the
-//           register-tiled gemm_bcast (use_gemm_bcast) for the forward and the input gradient,
-//           and the weight gradient where that wins (use_wgrad_bcast).
+//           channels-last pixel rows (use_pointwise): BLAS's, or the register-tiled
+//           gemm_bcast for the forward and the input gradient, over NCHW planes (use_gemm_bcast)
+//           or channels-last pixel rows (use_pixels_bcast), and the NCHW weight gradient where
+//           that wins (use_wgrad_bcast).
 //   gemm    im2col/col2im per group and at::mm (BLAS): the other dense/wide-group convolutions.
 // DILCONV_CPU_PATH=direct|flat|planar|gemm|taps|pointwise|bcast forces a path and
 // DILCONV_CPU_ISA=avx2|base an instruction set (kernels.cpp), so the tests reach every variant.
@@ -31,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <tuple>
 
 #include "cpu/host.h"
 #include "cpu/kernels.h"
@@ -540,6 +542,57 @@ void planar_bcast(const Geo& g, const T* a, int64_t rows, int64_t kd, const Tens
   });
 }
 
+// channels-last pointwise GEMMs by gemm_bcast with the pixels as its rows (AVX-512 off Intel,
+// as use_gemm_bcast): d[pixel][j] = act(a[pixel] . b[:, j] + bias[j]), b [kd][cols] contiguous (the
+// weight, transposed for the forward), the bias per column. BLAS's GEMM plus a separate bias and
+// clamp pass over y ran at 0.35-0.9x of this (Zen 4, 2 threads, in one process, alternated: 1x1
+// forward 16 -> 96 @257^2 2.9 -> 1.8 ms, 256 -> 21 @129^2 3.9 -> 2.2, 304 -> 256 @129^2 17.8 ->
+// 15.4, 960 -> 160 @33^2 2.2 -> 2.0; input gradients 1.1-2.9x). DILCONV_CPU_PATH=bcast forces.
+bool use_pixels_bcast(PwLayout l) {
+  if (l != PwLayout::pixels) return false;
+  if (const char* e = std::getenv("DILCONV_CPU_PATH")) return !std::strcmp(e, "bcast");
+  return !cpu_is_intel() && kernels_f32().vec == 16;
+}
+
+// rows [0, rows) of d = act(a @ b + bias) (row pitches as, ds) for `mats` matrices, matrix m's
+// (a, b, bias, d) given by mat(m). Each matrix's rows split into `per` chunks whose rows of a
+// (<= ~128 KiB) stay in the L2 while every column block of b passes over them, at least 4 a
+// thread in all and, while few, as many as a multiple of the threads (3 chunks of 33^2 pixels
+// on 2 threads had run 0.7x), boundaries at whole 6-row tiles.
+template <class T, class Mat>
+void pixels_bcast(int64_t mats, int64_t rows, int64_t kd, int64_t cols, int64_t as, int64_t ds,
+                  Act act, Mat&& mat) {
+  const auto& K = kern<T>();
+  const int64_t nt = threads(), most = std::max<int64_t>(1, rows / 12);
+  const int64_t chunk = std::clamp<int64_t>(int64_t{32768} / std::max<int64_t>(kd, 1), 48, 1024);
+  int64_t per = std::min(most, std::max((rows + chunk - 1) / chunk, (4 * nt + mats - 1) / mats));
+  while (mats * per < 16 * nt && (mats * per) % nt && per < most) ++per;
+  at::parallel_for(0, mats * per, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t m = u / per, i = u % per;
+      const int64_t r0 = rows * i / per / 6 * 6, r1 = i + 1 == per ? rows : rows * (i + 1) / per / 6 * 6;
+      const auto [a, b, bias, d] = mat(m);
+      K.gemm_bcast(a, as, b, cols, kd, bias, false, act, d, ds, r0, r1, 0, cols);
+    }
+  });
+}
+
+// the same over the images and groups of channels-last tensors: dst[n, :, group] =
+// act(src[n, :, group] @ b[group] + bias[group]), b [G][kd][cols]
+template <class T>
+void pixels_bcast(const Geo& g, const T* b, int64_t kd, int64_t cols, const Tensor& src,
+                  const T* bias, Act act, const Tensor& dst) {
+  const T* sp = ptr<T>(src);
+  T* dp = ptr<T>(dst);
+  pixels_bcast<T>(g.N * g.G, dst.size(2) * dst.size(3), kd, cols, src.stride(3), dst.stride(3),
+                  act, [&](int64_t m) {
+    const int64_t n = m / g.G, grp = m % g.G;
+    return std::make_tuple(sp + n * src.stride(0) + grp * kd * src.stride(1), b + grp * kd * cols,
+                           bias ? bias + grp * cols : nullptr,
+                           dp + n * dst.stride(0) + grp * cols * dst.stride(1));
+  });
+}
+
 // y = W x per group and batch, by GEMMs over blocks of pixels whose output (~1 MiB) is still in
 // cache when the epilogue adds the bias and applies act: the whole-tensor passes of the GEMM
 // path (im2col copy, bias, activation) disappear. planar: [Kg, m] = [Kg, Cg] @ [Cg, m];
@@ -550,6 +603,10 @@ void fwd_pointwise(const Geo& g, PwLayout l, const Tensor& x, const Tensor& w, c
   if (use_gemm_bcast(l)) {
     const Tensor wc = w.contiguous();
     return planar_bcast<T>(g, ptr<T>(wc), g.Kg, g.Cg, x, ptr<T>(bias), act, y);
+  }
+  if (use_pixels_bcast(l)) {
+    const Tensor wt = w.view({g.G, g.Kg, g.Cg}).transpose(1, 2).contiguous();  // [G][Cg][Kg]
+    return pixels_bcast<T>(g, ptr<T>(wt), g.Cg, g.Kg, x, ptr<T>(bias), act, y);
   }
   const auto& K = kern<T>();
   const int64_t hw = g.P * g.Q;
@@ -721,6 +778,10 @@ void dgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& w
   if (use_gemm_bcast(l)) {
     const Tensor wt = w2.transpose(1, 2).contiguous();  // [G][Cg][Kg]
     return planar_bcast<T>(g, ptr<T>(wt), g.Cg, g.Kg, gy, nullptr, false, gx);
+  }
+  if (use_pixels_bcast(l)) {
+    const Tensor wc = w.contiguous();  // [G][Kg][Cg]
+    return pixels_bcast<T>(g, ptr<T>(wc), g.Kg, g.Cg, gy, nullptr, Act(), gx);
   }
   if (l == PwLayout::planar && use_batched_gemm(g, g.K)) {  // one batched GEMM
     Tensor out = batch_matrices(gx, g.C);
@@ -1278,7 +1339,8 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
   const int64_t row_bytes = g.Q * g.K * static_cast<int64_t>(sizeof(T));
   const int64_t rows = std::clamp<int64_t>((8 << 20) / std::max<int64_t>(1, row_bytes), 1, g.P);
   const Tensor wt = nhwc ? taps_by_channel(dw, g) : dw;
-  const Tensor pwc = pw.contiguous();  // [K][CM], gemm_bcast's A
+  const Tensor pwc = pw.contiguous();  // [K][CM], gemm_bcast's A (NCHW)
+  const Tensor pwt = nhwc ? pw.t().contiguous() : Tensor();  // [CM][K], its B (channels-last)
   const T *xp = ptr<T>(x), *wp = ptr<T>(wt), *bp = ptr<T>(dwb);
   const Strides xs = strides(x);
   // NCHW tile: channel rows mp apart, an odd number of cache lines, so that the GEMM's panel of
@@ -1317,7 +1379,13 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
       T* d = ptr<T>(y) + off;
       const T* b = ptr<T>(pwb);
       const Act act(out_relu);
-      if (y.stride(1) == 1) {
+      if (nhwc && y.stride(1) == 1 && use_pixels_bcast(PwLayout::pixels)) {
+        // y rows [m][K] = act(tile [m][CM] @ pw^T + b)
+        const T* pwtp = ptr<T>(pwt);
+        pixels_bcast<T>(1, m, g.K, K, g.K, y.stride(3), act, [&](int64_t) {
+          return std::make_tuple(static_cast<const T*>(tile), pwtp, b, d);
+        });
+      } else if (y.stride(1) == 1) {
         // y rows [m][K] (channels-last): dst^T = mid^T @ pw^T, so the GEMM writes y in place
         // (a [K, m] destination with strides (1, K) would go through a temporary and a copy)
         Tensor dst_t = y.as_strided({m, K}, {y.stride(3), y.stride(1)}, y.storage_offset() + off);
