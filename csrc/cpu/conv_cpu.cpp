@@ -534,9 +534,9 @@ void planar_bcast(const Geo& g, const T* a, int64_t rows, int64_t kd, const Tens
       const int64_t j0 = range_start(hw, nch, u - m * nch, K.vec);
       const int64_t j1 = range_start(hw, nch, ue - m * nch, K.vec);
       const int64_t n = m / g.G, grp = m % g.G;
-      K.gemm_bcast(a + grp * rows * kd, kd, sp + n * src.stride(0) + grp * kd * sc, sc, kd,
+      K.gemm_bcast(a + grp * rows * kd, kd, 1, sp + n * src.stride(0) + grp * kd * sc, sc, kd,
                    bias ? bias + grp * rows : nullptr, true, act,
-                   dp + n * dst.stride(0) + grp * rows * dc, dc, 0, rows, j0, j1);
+                   dp + n * dst.stride(0) + grp * rows * dc, dc, 0, rows, j0, j1, false);
       u = ue;
     }
   });
@@ -572,7 +572,7 @@ void pixels_bcast(int64_t mats, int64_t rows, int64_t kd, int64_t cols, int64_t 
       const int64_t m = u / per, i = u % per;
       const int64_t r0 = rows * i / per / 6 * 6, r1 = i + 1 == per ? rows : rows * (i + 1) / per / 6 * 6;
       const auto [a, b, bias, d] = mat(m);
-      K.gemm_bcast(a, as, b, cols, kd, bias, false, act, d, ds, r0, r1, 0, cols);
+      K.gemm_bcast(a, as, 1, b, cols, kd, bias, false, act, d, ds, r0, r1, 0, cols, false);
     }
   });
 }
@@ -950,12 +950,52 @@ void wgrad_bcast(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& 
       }
       if (colsp > cols)  // the padding columns: zero sums
         for (int64_t q = 0; q < len; ++q) std::fill(b + q * colsp + cols, b + (q + 1) * colsp, T(0));
-      K.gemm_bcast(ap + n * na.stride(0) + p0, as, b, colsp, len, nullptr, false, Act(),
-                   pp + u * rows * colsp, colsp, 0, rows, 0, colsp);
+      K.gemm_bcast(ap + n * na.stride(0) + p0, as, 1, b, colsp, len, nullptr, false, Act(),
+                   pp + u * rows * colsp, colsp, 0, rows, 0, colsp, false);
     }
   });
   const Tensor sum = part.sum(0).narrow(1, 0, cols);  // [rows][cols]
   gw.view({g.K, g.C}).copy_(cols_c ? sum : sum.t());
+}
+
+// Channels-last 1x1 weight gradient by gemm_bcast (use_pixels_bcast): gw[k][c] = sum over images
+// and pixels of gy[n][p][k] x[n][p][c]. The pixels are the sum's index: the operand with more
+// channels is B as it lies (pixel rows), the other one A read down its channels' columns (as = 1,
+// acs = its pixel stride), so nothing is transposed. (image, group, chunk of pixels) units each
+// sum into their own partial gradient, summed at the end.
+template <class T>
+void wgrad_pixels(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
+  const auto& K = kern<T>();
+  const int64_t hw = g.P * g.Q, mats = g.N * g.G;
+  const bool cols_c = g.Cg >= g.Kg;  // the columns: x's channels (rows gy's), else the reverse
+  const Tensor& nb = cols_c ? x : gy;
+  const Tensor& na = cols_c ? gy : x;
+  const int64_t rows = cols_c ? g.Kg : g.Cg, cols = cols_c ? g.Cg : g.Kg;
+  const int64_t chunks = std::clamp<int64_t>((2 * threads() + mats - 1) / mats, 1,
+                                             std::max<int64_t>(1, hw / 256));
+  const int64_t units = mats * chunks;
+  Tensor part = at::empty({g.N, g.G, chunks, rows, cols}, gw.options());
+  const T *ap = ptr<T>(na), *bp = ptr<T>(nb);
+  T* pp = ptr<T>(part);
+  // the sum in steps of `sub` pixels, each step's rows of A and B (~384 KiB) in the L2 while
+  // every column block passes over them (one call over a whole chunk, its passes inside each
+  // column block, had streamed the chunk's rows from memory once per column block: 304 -> 256
+  // @129^2 0.89x of BLAS's)
+  const int64_t sub = std::clamp<int64_t>(int64_t{98304} / (rows + cols), 32, 384);
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t m = u / chunks, i = u % chunks, n = m / g.G, grp = m % g.G;
+      const int64_t p0 = hw * i / chunks, p1 = hw * (i + 1) / chunks;
+      const T* a = ap + n * na.stride(0) + grp * rows * na.stride(1);
+      const T* b = bp + n * nb.stride(0) + grp * cols * nb.stride(1);
+      for (int64_t q = p0; q < p1 || q == p0; q += sub)  // (an empty chunk: zeros)
+        K.gemm_bcast(a + q * na.stride(3), na.stride(1), na.stride(3), b + q * nb.stride(3),
+                     nb.stride(3), std::min(sub, p1 - q), nullptr, false, Act(),
+                     pp + u * rows * cols, cols, 0, rows, 0, cols, q > p0);
+    }
+  });
+  const Tensor sum = part.sum(IntArrayRef{0, 2});  // [G][rows][cols]
+  gw.view({g.G, g.Kg, g.Cg}).copy_(cols_c ? sum : sum.transpose(1, 2));
 }
 
 // pointwise (use_pointwise): gw[group] = sum over n of gy[n, group] x[n, group]^T
@@ -964,6 +1004,7 @@ void wgrad_pointwise(const Geo& g, PwLayout l, const Tensor& gy, const Tensor& x
                      const Tensor& gw) {
   const bool planar = l == PwLayout::planar;
   if (use_gemm_bcast(l) && use_wgrad_bcast(g)) return wgrad_bcast<T>(g, gy, x, gw);  // planar
+  if (use_pixels_bcast(l)) return wgrad_pixels<T>(g, gy, x, gw);
   const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg});
   // planes up to 129^2 (2 images): one batched GEMM per image's [K, C], then their sum, ran
   // faster than a GEMM accumulating image by image (24 -> 144 at 129^2 2.0 -> 1.7 ms, 32 -> 192
@@ -1399,8 +1440,8 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
         const int64_t units = ranges_per_matrix(m, 1, 4 * ks.vec);
         const T* pwp = ptr<T>(pwc);
         at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-          ks.gemm_bcast(pwp, g.K, tile, mp, g.K, b, true, act, d, y.stride(1), 0, K,
-                        range_start(m, units, u0, ks.vec), range_start(m, units, u1, ks.vec));
+          ks.gemm_bcast(pwp, g.K, 1, tile, mp, g.K, b, true, act, d, y.stride(1), 0, K,
+                        range_start(m, units, u0, ks.vec), range_start(m, units, u1, ks.vec), false);
         });
       } else {
         Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)}, y.storage_offset() + off);

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>  // gemm_bcast: columns kept aside
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // streaming stores (kernels_impl.h: st_stream)

@@ -137,11 +137,12 @@ struct Kernels {
   void (*bias_act)(T* y, int64_t pitch, int64_t r0, int64_t r1, int64_t cols, const T* bias,
                    bool bias_per_row, Act act);
   // small GEMM with the epilogue fused (1x1 convolutions with a short sum or few outputs):
-  // D[i][j] = act(bias + sum_c A[i * as + c] * B[c * bs + j]) for rows [i0, i1) and columns
-  // [j0, j1) (D, A, B at row / column 0; D rows ds apart); bias per row or per column, nullable
-  void (*gemm_bcast)(const T* A, int64_t as, const T* B, int64_t bs, int64_t kd, const T* bias,
-                     bool bias_per_row, Act act, T* D, int64_t ds, int64_t i0, int64_t i1,
-                     int64_t j0, int64_t j1);
+  // D[i][j] = act(bias + sum_c A[i * as + c * acs] * B[c * bs + j]) for rows [i0, i1) and
+  // columns [j0, j1) (D, A, B at row / column 0; D rows ds apart); bias per row or per column,
+  // nullable; accumulate: D's values instead of the bias start the sums
+  void (*gemm_bcast)(const T* A, int64_t as, int64_t acs, const T* B, int64_t bs, int64_t kd,
+                     const T* bias, bool bias_per_row, Act act, T* D, int64_t ds, int64_t i0,
+                     int64_t i1, int64_t j0, int64_t j1, bool accumulate);
   // bilinear resize of one image (channels-last: rows of W * C values, cc = C) or one plane
   // (cc = 1); xo/xl (2 per output column: input offsets in values, weights) and yi/yl (2 per
   // output row: input rows, weights) are torch's coefficients. Forward: output rows [r0, r1),

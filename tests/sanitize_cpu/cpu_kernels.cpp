@@ -204,12 +204,17 @@ int run_nhwc(const Kernels<T>& K, const ClCase& k) {
 }
 
 // gemm_bcast on rows [i0, i1), columns [j0, j1) of D = act(bias + A B), A [i1][kd] (row pitch
-// as = kd + 1), B rows bs apart, D rows ds apart; B and D end where their last row's range ends
-// (a vector load or store past j1 is out of bounds); D outside the range must stay untouched
+// as = kd + 1) or, a_cols, stored by columns [kd][i1] (as = 1, column pitch acs = i1 + 1: the
+// channels-last weight gradient), B rows bs apart, D rows ds apart; B and D end where their last
+// row's range ends (a vector load or store past j1 is out of bounds); D outside the range must
+// stay untouched; accumulate: the sums start from D's values (a column tail recomputed over
+// finished columns must not add twice)
 template <class T>
 int run_gemm(const Kernels<T>& K, int64_t i0, int64_t i1, int64_t kd, int64_t j0, int64_t j1,
-             int64_t bs, int64_t ds, bool per_row, bool act) {
-  const int64_t as = kd + 1, an = i1 * as, bn = (kd - 1) * bs + j1, dn = (i1 - 1) * ds + j1;
+             int64_t bs, int64_t ds, bool per_row, bool act, bool a_cols, bool accumulate) {
+  const int64_t as = a_cols ? 1 : kd + 1, acs = a_cols ? i1 + 1 : 1;
+  const int64_t an = a_cols ? (kd - 1) * acs + i1 : i1 * as;
+  const int64_t bn = (kd - 1) * bs + j1, dn = (i1 - 1) * ds + j1;
   const auto a = randn<T>(an), b = randn<T>(bn), bias = randn<T>(per_row ? i1 : j1);
   auto ab = exact<T>(an), bb = exact<T>(bn), biasb = exact<T>(int64_t(bias.size()));
   auto d = exact<T>(dn);
@@ -217,14 +222,17 @@ int run_gemm(const Kernels<T>& K, int64_t i0, int64_t i1, int64_t kd, int64_t j0
   std::copy(b.begin(), b.end(), bb.get());
   std::copy(bias.begin(), bias.end(), biasb.get());
   std::fill(d.get(), d.get() + dn, T(-7));
+  auto start = [&](int64_t i, int64_t j) { return T(0.25 * double((i * 3 + j) % 7) - 0.5); };
+  for (int64_t i = i0; i < i1 && accumulate; ++i)
+    for (int64_t j = j0; j < j1; ++j) d[i * ds + j] = start(i, j);
   const Act clamp = act ? Act(-0.5, 1.0) : Act();
-  K.gemm_bcast(ab.get(), as, bb.get(), bs, kd, biasb.get(), per_row, clamp, d.get(), ds, i0, i1,
-               j0, j1);
+  K.gemm_bcast(ab.get(), as, acs, bb.get(), bs, kd, biasb.get(), per_row, clamp, d.get(), ds, i0,
+               i1, j0, j1, accumulate);
   std::vector<double> ref(dn, -7.0);
   for (int64_t i = i0; i < i1; ++i)
     for (int64_t j = j0; j < j1; ++j) {
-      double s = per_row ? bias[i] : bias[j];
-      for (int64_t c = 0; c < kd; ++c) s += double(a[i * as + c]) * b[c * bs + j];
+      double s = accumulate ? double(start(i, j)) : per_row ? bias[i] : bias[j];
+      for (int64_t c = 0; c < kd; ++c) s += double(a[i * as + c * acs]) * b[c * bs + j];
       ref[i * ds + j] = act ? std::fmin(std::fmax(s, -0.5), 1.0) : s;
     }
   const double e = max_error(d.get(), ref);
@@ -281,11 +289,11 @@ int main(int argc, char** argv) {
   };
   if (!broken)
     for (const auto& c : gemm_cases)
-      for (int variant = 0; variant < 4; ++variant) {
+      for (int variant = 0; variant < 16; ++variant) {
         bad += run_gemm<float>(kernels_f32(), c[0], c[1], c[2], c[3], c[4], c[5], c[6],
-                               variant & 1, variant & 2);
+                               variant & 1, variant & 2, variant & 4, variant & 8);
         bad += run_gemm<double>(kernels_f64(), c[0], c[1], c[2], c[3], c[4], c[5], c[6],
-                                variant & 1, variant & 2);
+                                variant & 1, variant & 2, variant & 4, variant & 8);
       }
   std::printf("isa %s: bad %d\n", kernels_f32().isa, bad);
   return bad != 0;
