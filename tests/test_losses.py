@@ -328,9 +328,6 @@ def _ce_case(n, c, h, w, dtype, layout, scale=3.0, ignore_frac=0.2, seed=0):
 _TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
-_close = assert_close_rel
-
-
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
@@ -356,7 +353,7 @@ def _check_loss_and_grad(got, ref, xf, xr, t, reduction, layout):
     assert got.dtype == dtype and got.shape == ref.shape
     if reduction == "mean" and not (t != IGN).any():
         ref = ref.new_zeros(())  # the all-void / empty batch gives 0 (see above)
-    _close(got, ref.detach(), _TOL[dtype])
+    assert_close_rel(got, ref.detach(), _TOL[dtype])
     if got.numel() == 0:
         return
     gout = torch.randn(ref.shape, dtype=torch.float64)
@@ -366,7 +363,7 @@ def _check_loss_and_grad(got, ref, xf, xr, t, reduction, layout):
     assert xf.grad.dtype == dtype and xf.grad.shape == xf.shape
     if layout == "channels_last":  # the gradient keeps the logits' layout
         assert xf.grad.is_contiguous(memory_format=torch.channels_last)
-    _close(xf.grad, xr.grad if xr.grad is not None else torch.zeros_like(xr), _TOL[dtype])
+    assert_close_rel(xf.grad, xr.grad if xr.grad is not None else torch.zeros_like(xr), _TOL[dtype])
 
 
 def _loss_and_grad_vs_float64(x, t, reduction="mean", backend="cpu"):
@@ -376,10 +373,10 @@ def _loss_and_grad_vs_float64(x, t, reduction="mean", backend="cpu"):
     xf = x.detach().clone().requires_grad_()
     got = losses.cross_entropy(xf, t, reduction=reduction, backend=backend)
     assert got.dtype == x.dtype
-    _close(got, ref.detach(), _TOL[x.dtype])
+    assert_close_rel(got, ref.detach(), _TOL[x.dtype])
     ref.backward()
     got.backward()
-    _close(xf.grad, xr.grad, _TOL[x.dtype])
+    assert_close_rel(xf.grad, xr.grad, _TOL[x.dtype])
 
 
 @needs_ext
@@ -415,7 +412,7 @@ def test_fused_cross_entropy_nan_logit_gives_nan(fused_only, dtype):
     got = losses.cross_entropy(xf, t, reduction="none", backend="cpu")
     assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().sum() == 2
     ok = ~ref.isnan()
-    _close(got[ok], ref[ok].detach(), _TOL[dtype])
+    assert_close_rel(got[ok], ref[ok].detach(), _TOL[dtype])
     g = torch.rand(ref.shape, dtype=torch.float64)
     ref.backward(g)
     got.backward(g.to(dtype))
@@ -457,7 +454,8 @@ def test_fused_cross_entropy_all_ignored_and_fallbacks():
         ref = F.cross_entropy(x.double(), t, ignore_index=IGN,
                               weight=w.double() if "weight" in kw else None,
                               label_smoothing=kw.get("label_smoothing", 0.0))
-        _close(losses.cross_entropy(x, t, backend=kw.pop("backend", "cpu"), **kw), ref, 1e-5)
+        got = losses.cross_entropy(x, t, backend=kw.pop("backend", "cpu"), **kw)
+        assert_close_rel(got, ref, 1e-5)
 
 
 @needs_ext
@@ -538,10 +536,10 @@ def test_resized_cross_entropy_half_precision(fused_only, dtype):
     xf = x.detach().clone().requires_grad_()
     got = losses.cross_entropy(xf, t, upsample="bilinear", backend="auto")
     assert got.dtype == dtype
-    _close(got, ref.detach(), _TOL[dtype])
+    assert_close_rel(got, ref.detach(), _TOL[dtype])
     ref.backward()
     got.backward()
-    _close(xf.grad, xr.grad, _TOL[dtype])
+    assert_close_rel(xf.grad, xr.grad, _TOL[dtype])
 
 
 @needs_ext
@@ -579,9 +577,9 @@ def test_resized_cross_entropy_fallbacks():
         ref = F.cross_entropy(up, t, ignore_index=IGN, weight=w.double() if "weight" in kw else None,
                               label_smoothing=kw.get("label_smoothing", 0.0))
         got = losses.cross_entropy(x, t, upsample="bilinear", backend=kw.pop("backend", "cpu"), **kw)
-        _close(got, ref, 1e-5)
+        assert_close_rel(got, ref, 1e-5)
     ts = torch.randint(0, 4, (2, 5, 6))
-    _close(losses.cross_entropy(x, ts, upsample="bilinear", backend="cpu"),
+    assert_close_rel(losses.cross_entropy(x, ts, upsample="bilinear", backend="cpu"),
            F.cross_entropy(x.double(), ts, ignore_index=IGN), 1e-5)
 
 
@@ -643,8 +641,8 @@ def test_models_hand_the_loss_their_logits_before_the_last_resize(backend):
             b = losses.cross_entropy(lowres["out"], t, upsample="bilinear")
             ga = torch.autograd.grad(a, list(net.parameters()), allow_unused=True)
             gb = torch.autograd.grad(b, list(low.parameters()), allow_unused=True)
-        _close(b, a.detach(), 1e-12)
+        assert_close_rel(b, a.detach(), 1e-12)
         assert [u is None for u in gb] == [v is None for v in ga]  # (the aux head: unused)
         for u, v in zip(gb, ga):
             if u is not None:
-                _close(u, v, 1e-10)
+                assert_close_rel(u, v, 1e-10)

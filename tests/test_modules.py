@@ -23,9 +23,6 @@ def _skip_unsupported(fn):
         raise
 
 
-_close = assert_close_rel
-
-
 CONV_ARGS = [
     dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, dilation=2),
     dict(in_channels=4, out_channels=6, kernel_size=(1, 5), padding="same", dilation=(1, 2)),
@@ -62,12 +59,12 @@ def test_conv_module_matches_nn_conv2d(backend, kw):
     xr = x.detach().clone().requires_grad_()
     y = _skip_unsupported(lambda: mod(x))
     yr = ref(xr)
-    _close(y, yr)
+    assert_close_rel(y, yr)
     g = torch.randn_like(yr)
     y.backward(g)
     yr.backward(g)
-    _close(x.grad, xr.grad)
-    _close(mod.weight.grad, ref.weight.grad)
+    assert_close_rel(x.grad, xr.grad)
+    assert_close_rel(mod.weight.grad, ref.weight.grad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -80,11 +77,11 @@ def test_conv_transpose_module_matches_nn(backend):
     assert list(mod.state_dict()) == list(ref.state_dict())
     assert torch.equal(mod.weight, ref.weight)
     x = torch.randn(2, 4, 5, 6)
-    _close(_skip_unsupported(lambda: mod(x)), ref(x))
+    assert_close_rel(_skip_unsupported(lambda: mod(x)), ref(x))
     # output_size selects output_padding, as in torch
     y = _skip_unsupported(lambda: mod(x, output_size=[11, 13]))
     assert y.shape[-2:] == (11, 13)
-    _close(y, ref(x, output_size=[11, 13]))
+    assert_close_rel(y, ref(x, output_size=[11, 13]))
 
 
 def test_depthwise_module_arguments():
@@ -117,7 +114,7 @@ def test_separable_module_matches_two_convs(backend, mid_norm):
                                                       out_relu=True, backend=backend).eval()
     assert mod.depthwise.weight is dw.weight  # shared, not copied
     x = torch.randn(2, 6, 13, 12)
-    _close(_skip_unsupported(lambda: mod(x)), ref(x))
+    assert_close_rel(_skip_unsupported(lambda: mod(x)), ref(x))
     # its state_dict is that of the two convs (+ norm) under documented names
     keys = set(mod.state_dict())
     assert {"depthwise.weight", "pointwise.weight", "pointwise.bias"} <= keys
@@ -127,7 +124,7 @@ def test_separable_module_matches_two_convs(backend, mid_norm):
                                              mid_norm=mid_norm, depthwise_bias=not mid_norm,
                                              mid_relu=True, out_relu=True, backend=backend).eval()
     fresh.load_state_dict(mod.state_dict())
-    _close(_skip_unsupported(lambda: fresh(x)), ref(x))
+    assert_close_rel(_skip_unsupported(lambda: fresh(x)), ref(x))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -141,7 +138,7 @@ def test_separable_module_training_mode_uses_batch_statistics(backend):
         if hasattr(mod, "backend"):
             mod.backend = "torch"
     x = torch.randn(3, 4, 9, 9)
-    _close(_skip_unsupported(lambda: m(x)), ref(x))
+    assert_close_rel(_skip_unsupported(lambda: m(x)), ref(x))
     assert torch.allclose(m.mid_norm.running_mean, ref[1].running_mean)
 
 
@@ -161,10 +158,10 @@ def test_convert_torchvision_model(backend):
     xr = x.detach().clone().requires_grad_()
     y = _skip_unsupported(lambda: converted(x))
     yr = ref(xr)
-    _close(y, yr, 1e-4)  # a deep network: fp32 rounding accumulates over ~50 layers
+    assert_close_rel(y, yr, 1e-4)  # a deep network: fp32 rounding accumulates over ~50 layers
     y.sum().backward()
     yr.sum().backward()
-    _close(x.grad, xr.grad, 1e-4)
+    assert_close_rel(x.grad, xr.grad, 1e-4)
 
 
 def test_convert_transposed_and_bare_conv():
@@ -198,7 +195,7 @@ def test_autocast_like_torch(backend):
         yr = ref(x)
         y = _skip_unsupported(lambda: mod(x))
     assert y.dtype == yr.dtype == torch.bfloat16
-    _close(y.float(), yr.float(), 2e-2)
+    assert_close_rel(y.float(), yr.float(), 2e-2)
 
 
 # --- conv -> BatchNorm -> activation runs folded in inference (ConvNormActSequential) ---------
@@ -269,7 +266,7 @@ def test_conv_norm_act_folds_batchnorm_in_inference(backend, kind, act, channels
     if backend != "torch":
         assert not calls, "BatchNorm ran: the fold did not happen"
     assert y.dtype == x.dtype and y.shape == ref.shape
-    _close(y.double(), ref, tol=1e-5)
+    assert_close_rel(y.double(), ref, tol=1e-5)
     assert torch.equal(y, y2)
     if act is nn.ReLU6:
         assert (y == 6).any() and (y == 0).any()
@@ -288,12 +285,12 @@ def test_conv_norm_act_fold_cache_follows_parameter_updates(backend):
             mod[1].running_var.mul_(3.0)
             mod[1].running_mean.add_(0.25)
             mod[1].bias.sub_(0.5)
-        _close(fused(x), plain(x))
+        assert_close_rel(fused(x), plain(x))
         # a state_dict load replaces them too
         other, _ = _conv_chain("dense", nn.ReLU, "torch")
         plain.load_state_dict(other.state_dict())
         fused.load_state_dict(other.state_dict())
-        _close(fused(x), plain(x))
+        assert_close_rel(fused(x), plain(x))
         # so does a new Parameter object, even one allocated where the old one was
         for mod in (fused, plain):
             del mod[0].weight
@@ -301,7 +298,7 @@ def test_conv_norm_act_fold_cache_follows_parameter_updates(backend):
         fused[0].weight = nn.Parameter(torch.randn(7, 6, 1, 5))
         torch.manual_seed(7)
         plain[0].weight = nn.Parameter(torch.randn(7, 6, 1, 5))
-        _close(fused(x), plain(x))
+        assert_close_rel(fused(x), plain(x))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -324,7 +321,7 @@ def test_conv_norm_act_training_and_hooks_run_unfused(backend, monkeypatch):
     x = torch.randn(3, 6, 7, 7)
     # training: batch statistics, running statistics updated exactly as nn.Sequential does
     y = _skip_unsupported(lambda: fused(x))
-    _close(y, plain(x))
+    assert_close_rel(y, plain(x))
     assert torch.allclose(fused[1].running_mean, plain[1].running_mean)
     assert torch.allclose(fused[1].running_var, plain[1].running_var)
     # eval with a forward hook on the norm: the hook must see the norm run
@@ -333,7 +330,7 @@ def test_conv_norm_act_training_and_hooks_run_unfused(backend, monkeypatch):
     fused[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
     calls = _count_batch_norm_calls(monkeypatch)
     with torch.no_grad():
-        _close(fused(x), plain(x))
+        assert_close_rel(fused(x), plain(x))
     assert seen == [torch.Size([3, 7, 7, 7])] and calls
 
 
@@ -367,7 +364,7 @@ def test_models_fold_their_batchnorms_in_inference(monkeypatch):
     with torch.no_grad():
         y = m(x)["out"]
     assert not calls
-    _close(y.double(), ref, tol=1e-4)
+    assert_close_rel(y.double(), ref, tol=1e-4)
 
 
 @pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6], ids=["none", "relu", "relu6"])
@@ -396,21 +393,21 @@ def test_conv_norm_act_auto_channels_last_uses_packed_onednn(conv_kw, act):
         assert seen == ["onednn-packed"] * 3  # from the first call on (its pick decided then)
         for y in ys:
             assert y.is_contiguous(memory_format=torch.channels_last)
-            _close(y.double(), ref)
+            assert_close_rel(y.double(), ref)
         if act is nn.ReLU6:
             assert (ys[-1] == 6).any() and (ys[-1] == 0).any()
     with torch.no_grad():  # new weights: repacked
         fused[0].weight.mul_(-2)
         plain[0].weight.mul_(-2)
         with dilconv.use_backend("auto"):
-            _close(fused(x).double(), plain(x.double()))
+            assert_close_rel(fused(x).double(), plain(x.double()))
     # grad mode on (or NCHW): the plain F.conv2d path
     with dilconv.use_backend("auto"), record_resolution() as seen:
         y = fused(x)
         y2 = fused(x.contiguous())
     assert "onednn-packed" not in seen
-    _close(y.double(), plain(x.double()))
-    _close(y2.double(), plain(x.double()))
+    assert_close_rel(y.double(), plain(x.double()))
+    assert_close_rel(y2.double(), plain(x.double()))
 
 
 @pytest.mark.parametrize("act", [None, nn.ReLU, nn.ReLU6], ids=["none", "relu", "relu6"])
@@ -437,7 +434,7 @@ def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act, monkeypat
     assert seen == (["torch"] if act is None else ["onednn-fused"]) * 3
     for y in ys:
         assert y.is_contiguous()
-        _close(y.double(), ref)
+        assert_close_rel(y.double(), ref)
     if act is nn.ReLU6:
         assert (ys[-1] == 6).any() and (ys[-1] == 0).any()
     # an output one byte under the threshold: F.conv2d + the activation
@@ -446,7 +443,7 @@ def test_conv_norm_act_auto_nchw_fuses_the_activation_into_onednn(act, monkeypat
     with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
         y = fused(x)
     assert seen == ["torch"]
-    _close(y.double(), ref)
+    assert_close_rel(y.double(), ref)
 
 
 def test_plain_conv_auto_channels_last_inference_uses_packed_onednn():
@@ -464,12 +461,12 @@ def test_plain_conv_auto_channels_last_inference_uses_packed_onednn():
     assert seen == ["onednn-packed"] * 3
     for y in ys:
         assert y.is_contiguous(memory_format=torch.channels_last)
-        _close(y.double(), ref(x.double()))
+        assert_close_rel(y.double(), ref(x.double()))
     with torch.no_grad():  # an in-place weight update is seen (the packed copy is redone)
         conv.weight.mul_(-1)
         ref.weight.mul_(-1)
         with dilconv.use_backend("auto"):
-            _close(conv(x).double(), ref(x.double()))
+            assert_close_rel(conv(x).double(), ref(x.double()))
 
 
 def test_packed_onednn_falls_back_when_the_private_op_fails(monkeypatch):
@@ -491,7 +488,7 @@ def test_packed_onednn_falls_back_when_the_private_op_fails(monkeypatch):
 
     with dilconv.use_backend("auto"), torch.no_grad(), record_resolution() as seen:
         for _ in range(3):
-            _close(conv(x), ref(x))
+            assert_close_rel(conv(x), ref(x))
     assert "onednn-packed" not in seen
     if seen[0] == "torch":  # the packed path was tried on the second call, failed, switched off
         assert M._ONEDNN_OK is False
@@ -530,7 +527,7 @@ def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatc
     for y in ys:
         assert y.is_contiguous(memory_format=fmt)
         assert (y == 0).any() and (y > 0).any()
-        _close(y.double(), ref)
+        assert_close_rel(y.double(), ref)
 
     # the functional op, with gradients (float64 gradcheck through both halves)
     g = torch.Generator().manual_seed(3)
@@ -550,5 +547,5 @@ def test_auto_unfused_separable_runs_as_two_auto_convs(channels_last, monkeypatc
     with record_resolution() as seen:
         y = f(*args)
     assert len(seen) == 2  # two convs, not one separable op
-    _close(y, f_ref(*args), tol=1e-12)
+    assert_close_rel(y, f_ref(*args), tol=1e-12)
     assert torch.autograd.gradcheck(f, args, fast_mode=False)

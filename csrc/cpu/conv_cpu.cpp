@@ -1213,8 +1213,10 @@ void dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Te
   const Tensor wt = taps_by_channel(flipped_weight(w, g), f);
   const int64_t rs = g.R * g.S, rows = g.N * g.P;
   const int64_t parts = std::min(threads(), rows);
-  // per part: [R * S][C] weight-gradient sums, then [C] bias-gradient sums
-  Tensor part = at::zeros({parts, rs + 1, g.C}, gy.options());
+  // per part: [R * S][C] weight-gradient sums (where asked for: rw rows), then [C] bias-gradient
+  // sums
+  const int64_t rw = gw.defined() ? rs : 0;
+  Tensor part = at::zeros({parts, rw + 1, g.C}, gy.options());
   const T *gyp = ptr<T>(gy), *xp = ptr<T>(x), *wtp = ptr<T>(wt);
   T *gxp = ptr<T>(gx), *pp = ptr<T>(part);
   const Strides gys = strides(gy), xs = strides(x), gxs = gx.defined() ? strides(gx) : Strides{};
@@ -1224,7 +1226,7 @@ void dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Te
   at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
     std::vector<int64_t> taps(4 * rs);
     for (int64_t i = b; i < e; ++i) {
-      T* acc = pp + i * (rs + 1) * g.C;
+      T* acc = pp + i * (rw + 1) * g.C;
       const int64_t f1 = rows * (i + 1) / parts;
       for (int64_t a = rows * i / parts; a < f1;) {
         const int64_t n = a / g.P, p0 = a % g.P;
@@ -1232,14 +1234,14 @@ void dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Te
         if (gxp) K.dw_nhwc_fwd(f, gyp, gys, wtp, nullptr, false, gxp, gxs, n, p0, p1, taps.data());
         if (gw.defined() || gb.defined())
           K.dw_nhwc_wgrad(g, gyp, gys, xp, xs, gw.defined() ? acc : nullptr,
-                          gb.defined() ? acc + rs * g.C : nullptr, a, a + p1 - p0);
+                          gb.defined() ? acc + rw * g.C : nullptr, a, a + p1 - p0);
         a += p1 - p0;
       }
     }
   });
   const Tensor sums = part.sum(0);
   if (gw.defined()) gw.view({g.C, rs}).copy_(sums.narrow(0, 0, rs).t());
-  if (gb.defined()) gb.copy_(sums[rs]);
+  if (gb.defined()) gb.copy_(sums[rw]);
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,

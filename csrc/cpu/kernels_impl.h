@@ -1677,8 +1677,9 @@ void dw_nhwc_wgrad(const Geo& g, const T* gy, Strides gys, const T* x, Strides x
   }
   constexpr int CB0 = VB == 64 ? 2 : 1;  // 9 x CB sums + CB gy (+ CB bias) vectors in registers
   const int CB = C >= CB0 * NV<T> ? CB0 : 1;
-  // the last block's lane masks (see nhwc_wgrad_block); null where CB vectors divide C
-  V<T> lm[CB0];
+  // the last block's lane masks (see nhwc_wgrad_block); null where CB vectors divide C (the
+  // entries past CB are never read)
+  V<T> lm[CB0] = {};
   const int64_t bl = CB * NV<T>;
   for (int c = 0; c < CB; ++c)
     for (int64_t l = 0; l < NV<T>; ++l)
