@@ -570,7 +570,8 @@ void pixels_bcast(int64_t mats, int64_t rows, int64_t kd, int64_t cols, int64_t 
   at::parallel_for(0, mats * per, 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t m = u / per, i = u % per;
-      const int64_t r0 = rows * i / per / 6 * 6, r1 = i + 1 == per ? rows : rows * (i + 1) / per / 6 * 6;
+      auto edge = [&](int64_t e) { return e == per ? rows : rows * e / per / 6 * 6; };
+      const int64_t r0 = edge(i), r1 = edge(i + 1);
       const auto [a, b, bias, d] = mat(m);
       K.gemm_bcast(a, as, 1, b, cols, kd, bias, false, act, d, ds, r0, r1, 0, cols, false);
     }
@@ -1443,7 +1444,8 @@ void sep_fwd_fused(const Geo& g, int64_t K, const Tensor& x, const Tensor& dw, c
         const T* pwp = ptr<T>(pwc);
         at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
           ks.gemm_bcast(pwp, g.K, 1, tile, mp, g.K, b, true, act, d, y.stride(1), 0, K,
-                        range_start(m, units, u0, ks.vec), range_start(m, units, u1, ks.vec), false);
+                        range_start(m, units, u0, ks.vec), range_start(m, units, u1, ks.vec),
+                        false);
         });
       } else {
         Tensor dst = y.as_strided({K, m}, {y.stride(1), y.stride(3)}, y.storage_offset() + off);
