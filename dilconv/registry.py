@@ -258,10 +258,11 @@ def _cpu_pixels_pointwise_wins(p: Problem) -> bool:
     (Zen 4), batch 1, bias + ReLU6, 2 threads, alternated in one process: on 257x257 maps with
     at most 32 channels a side 1.38-1.43x (16 -> 96, 32 -> 16); elsewhere on DeepLabV3+
     MobileNetV2's 1x1s 0.90-1.01x (24 -> 144 / 144 -> 24 @129^2 0.96-1.01x, 33^2 maps 0.91-1.00x,
-    256 -> 21 and 304 -> 256 @129^2 0.90-0.92x), so those stay with oneDNN; training too (its
-    weight gradient is BLAS's). Not measured on Intel nor with AVX2."""
-    return (_avx512() and not _intel() and not p.requires_grad and min(p.c, p.k) <= 32
-            and p.h * p.w >= 256 * 256)
+    256 -> 21 and 304 -> 256 @129^2 0.90-0.92x), so those stay with oneDNN. Training (forward +
+    backward through autograd, 2 images, the weight gradient by the same kernel) against torch:
+    the same 257^2 shapes 1.19-1.22x (16 -> 96, 96 -> 16, 32 -> 16), the others 0.90-1.04x
+    (256 -> 21 @129^2 1.12x, not taken). Not measured on Intel nor with AVX2."""
+    return _avx512() and not _intel() and min(p.c, p.k) <= 32 and p.h * p.w >= 256 * 256
 
 
 def _cpu_separable_wins(p: Problem) -> bool:
@@ -345,7 +346,8 @@ def cpu_auto_policy(p: Problem) -> bool:
         CPU by the register-tiled kernel instead (_cpu_pointwise_wins): forward 1.0-2.2x, the
         gradients 0.96-2.0x, up to 576->160 channels; channels-last by the same kernel over
         pixel rows, inference on 257x257 maps with <= 32 channels a side
-        (_cpu_pixels_pointwise_wins: 1.4x of oneDNN's packed-weight fused convolution);
+        (_cpu_pixels_pointwise_wins: 1.4x of oneDNN's packed-weight fused convolution;
+        training there 1.2x);
       * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,
         2.6x forward + backward; channels-last with 2 or 4 channels in and out a group
         (channel-vectorised, one shuffle per input vector and channel; AVX2 EPYC, 28^2-112^2

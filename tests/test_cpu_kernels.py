@@ -625,12 +625,13 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True)) == gemm_wins  # training: every 1x1
     assert cpu_auto_policy(pointwise(304, 256, 129, grad=True)) == avx512
     assert cpu_auto_policy(pointwise(960, 320, 33, grad=True)) == gemm_wins  # wide: not tiled
-    # channels-last 1x1: the kernel over pixel rows on an AVX-512 AMD CPU in inference on 257^2
-    # maps with <= 32 channels a side; oneDNN elsewhere, and in training
+    # channels-last 1x1: the kernel over pixel rows on an AVX-512 AMD CPU on 257^2 maps with
+    # <= 32 channels a side (inference and training); oneDNN elsewhere
     assert cpu_auto_policy(pointwise(16, 96, 257, cl=True)) == tiled
     assert cpu_auto_policy(pointwise(32, 16, 257, cl=True)) == tiled
-    assert not cpu_auto_policy(pointwise(16, 96, 257, cl=True, grad=True))
+    assert cpu_auto_policy(pointwise(16, 96, 257, cl=True, grad=True)) == tiled
     assert not cpu_auto_policy(pointwise(24, 144, 129, cl=True))
+    assert not cpu_auto_policy(pointwise(24, 144, 129, cl=True, grad=True))
     assert not cpu_auto_policy(pointwise(96, 48, 257, cl=True))
 
     def sep(d, grad=False, cl=False):
