@@ -346,7 +346,7 @@ def test_separable_fused_forward_tiles(path_env, layout, monkeypatch):
     # tile, 3 tiles), its NCHW tile's rows padded to an odd number of cache lines, the pointwise
     # GEMM by BLAS (pointwise) or gemm_bcast (bcast; the default off Intel) over sums of 300
     # channels (two passes) and 129-pixel rows (a last partial vector); channels-last, gemm_bcast
-    # over chunks of a tile's pixels (96 a chunk: 72 full chunks and a partial one a tile) into
+    # over chunks of a tile's pixels (64 chunks of ~108 pixels, edges at whole 6-row tiles) into
     # 21 output channels (a vector and a last partial one)
     if path_env:
         monkeypatch.setenv("DILCONV_CPU_PATH", path_env)
