@@ -39,6 +39,7 @@ def _check_common(op, input, weight, bias, stride, dilation, groups):
             f"{list(input.shape)}")
     if weight.dim() != 4:
         raise RuntimeError(f"{op}: expected a 4D weight, but got weight of size {list(weight.shape)}")
+    _check_has_channels(op, input)
     if input.device != weight.device or (bias is not None and bias.device != weight.device):
         raise RuntimeError(
             f"{op}: input, weight and bias must be on the same device, got input on {input.device}, "
@@ -53,6 +54,14 @@ def _check_common(op, input, weight, bias, stride, dilation, groups):
         raise RuntimeError(f"{op}: non-positive stride is not supported (stride={list(stride)})")
     if any(d <= 0 for d in dilation):
         raise RuntimeError(f"{op}: dilation should be greater than zero (dilation={list(dilation)})")
+
+
+def _check_has_channels(op, input):
+    # an empty sum over no input channels: torch's conv2d answers with no output channels, its
+    # transposed conv refuses, the kernels would answer with the bias; every backend refuses
+    if input.shape[-3] == 0:
+        raise RuntimeError(f"{op}: expected an input with at least one channel, got input of size "
+                           f"{list(input.shape)}")
 
 
 def _autocast(*tensors):
@@ -221,7 +230,9 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, cla
         return None
     if name == "torch" or hit == "torch":
         # torch checks its own arguments (same exceptions) and casts under autocast itself: the
-        # checks below would only add Python time to every call
+        # checks below would only add Python time to every call (but for the one torch lacks)
+        if name == "torch" and isinstance(input, torch.Tensor) and input.dim() in (3, 4):
+            _check_has_channels("conv2d", input)
         if _backends.PICK_OBSERVERS:
             _backends.observe_pick("torch")
         y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -291,6 +302,8 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     key = _auto_key("conv_transpose2d", input, weight, bias, stride, padding, output_padding,
                     groups, dilation) if name == "auto" else None
     if name == "torch" or (key is not None and _backends.AUTO_PICKS.get(key) == "torch"):
+        if name == "torch" and isinstance(input, torch.Tensor) and input.dim() in (3, 4):
+            _check_has_channels("conv_transpose2d", input)
         if _backends.PICK_OBSERVERS:
             _backends.observe_pick("torch")
         return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)

@@ -686,6 +686,7 @@ BAD_T = {
     "zero_stride": ((2, 4, 5, 5), (4, 3, 3, 3), dict(stride=0)),
     "groups_not_dividing": ((2, 4, 5, 5), (4, 3, 3, 3), dict(groups=3)),
     "negative_output_size": ((1, 4, 1, 1), (4, 3, 3, 3), dict(padding=3)),
+    "zero_input_channels": ((1, 0, 5, 5), (0, 3, 3, 3), {}),
 }
 
 
@@ -698,6 +699,23 @@ def test_conv_transpose2d_bad_input_raises_like_torch(backend, case):
         F.conv_transpose2d(x, w, **kw)
     with pytest.raises(torch_exc.type):
         DF.conv_transpose2d(x, w, **kw, backend=backend)
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("backend", ALL)
+def test_zero_input_channels_is_a_clear_error(backend, unbatched):
+    # torch's conv2d answers [N, 0, P, Q] here (no output channels), which no backend copies
+    x = torch.randn(1, 0, 8, 8)[0 if unbatched else slice(None)]
+    for call in (lambda: DF.conv2d(x, torch.randn(6, 0, 3, 3), torch.randn(6), backend=backend),
+                 lambda: DF.conv2d_clamp(x, torch.randn(6, 0, 3, 3), backend=backend),
+                 lambda: DF.conv2d(x, torch.randn(6, 0, 1, 1), groups=3, backend=backend),
+                 lambda: DF.conv_transpose2d(x, torch.randn(0, 6, 3, 3), backend=backend),
+                 lambda: DF.depthwise_separable_conv2d(x, torch.randn(0, 1, 3, 3),
+                                                       torch.randn(6, 0, 1, 1), backend=backend)):
+        with pytest.raises(RuntimeError, match="at least one channel"):
+            call()
+        with pytest.raises(RuntimeError, match="at least one channel"):
+            call()  # a second call of the signature too (picks are remembered)
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -741,6 +759,15 @@ def test_direct_op_call_with_bad_shapes_raises(backend):
         conv(x, torch.randn(4, 4, 3, 3, device=dev), None, [1, 1], [-1, 0], [1, 1], 1)
     with pytest.raises(RuntimeError):
         conv(x, torch.randn(4, 4, 9, 9, device=dev), None, [1, 1], [0, 0], [1, 1], 1)  # too big
+    convt = getattr(torch.ops.dilconv, "conv_transpose2d" + suffix)
+    # no input channels (the GEMM planner had divided by 0): refused, or the bias's broadcast
+    try:
+        out = convt(torch.randn(1, 0, 8, 8, device=dev), torch.randn(0, 4, 3, 3, device=dev),
+                    torch.ones(4, device=dev), [1, 1], [0, 0], [0, 0], 1, [1, 1])
+    except RuntimeError as e:
+        assert "channels" in str(e)
+    else:
+        assert torch.equal(out, torch.ones(1, 4, 10, 10, device=dev))
     dgrad = getattr(torch.ops.dilconv, "conv2d_input_grad" + suffix)
     with pytest.raises(RuntimeError):  # input_size inconsistent with grad_output
         dgrad(torch.randn(1, 4, 6, 6, device=dev), torch.randn(4, 4, 3, 3, device=dev), [1, 4, 20, 20],
