@@ -419,6 +419,65 @@ def test_separable_gradcheck(backend, p):
         raise
 
 
+def _channel_slice(t, channels_last):
+    """t's values in a channel slice of a wider tensor: unit channel stride but not
+    channels-last contiguous (channels_last), or NCHW with gaps between images (not). The
+    gradient a torch.cat or a chunk hands back is such a slice."""
+    n, c, h, w = t.shape
+    big = torch.randn(n, c + 5, h, w, dtype=t.dtype)
+    if channels_last:
+        big = big.contiguous(memory_format=torch.channels_last)
+    view = big[:, 2:2 + c]
+    view.copy_(t)
+    return view
+
+
+# (op, C, K, groups, kernel, stride, dilation): the depthwise cases take the fused backward
+SLICED = [("conv2d", 24, 24, 24, 3, 1, 2), ("conv2d", 16, 32, 16, 3, 1, 1),
+          ("conv2d", 24, 24, 24, 3, 2, 1), ("conv2d", 32, 32, 32, 5, 1, 1),
+          ("conv2d", 16, 16, 4, 3, 1, 1), ("conv2d", 16, 24, 1, 1, 1, 1),
+          ("conv2d", 16, 20, 1, 3, 1, 2), ("separable", 16, 24, 16, 3, 1, 2),
+          ("transposed", 16, 12, 1, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("case", SLICED, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("backend", ALL)
+def test_gradients_of_channel_slices(backend, case):
+    # input and output gradient as channel slices (either layout): the channels-last depthwise
+    # backward had written an NCHW input gradient as if channels-last when the output gradient
+    # was a channels-last slice (NaN / wrong values, not an error)
+    op, c, k, g, ks, st, dl = case
+    pad = dl * (ks - 1) // 2
+    x0 = torch.randn(2, c, 7, 9, dtype=torch.float64)
+    if op == "conv2d":
+        w0 = torch.randn(k, c // g, ks, ks, dtype=torch.float64)
+        params = [w0, torch.randn(k, dtype=torch.float64)]
+        ref_f = lambda x, w, b: F.conv2d(x, w, b, st, pad, dl, g)  # noqa: E731
+        f = lambda x, w, b: DF.conv2d(x, w, b, st, pad, dl, g, backend=backend)  # noqa: E731
+    elif op == "separable":
+        params = [torch.randn(c, 1, ks, ks, dtype=torch.float64),
+                  torch.randn(k, c, 1, 1, dtype=torch.float64)]
+        ref_f = lambda x, dw, pw: F.conv2d(F.conv2d(x, dw, None, st, pad, dl, c), pw)  # noqa: E731
+        f = lambda x, dw, pw: DF.depthwise_separable_conv2d(  # noqa: E731
+            x, dw, pw, stride=st, padding=pad, dilation=dl, backend=backend)
+    else:
+        params = [torch.randn(c, k, ks, ks, dtype=torch.float64), torch.randn(k, dtype=torch.float64)]
+        ref_f = lambda x, w, b: F.conv_transpose2d(x, w, b, st, 1, 1)  # noqa: E731
+        f = lambda x, w, b: DF.conv_transpose2d(x, w, b, st, 1, 1, backend=backend)  # noqa: E731
+    leaves = [x0.clone().requires_grad_(), *(t.clone().requires_grad_() for t in params)]
+    y_ref = ref_f(*leaves)
+    gy0 = torch.randn_like(y_ref)
+    refs = torch.autograd.grad(y_ref, leaves, gy0)
+    for x_cl, gy_cl in [(True, True), (False, True), (True, False), (False, False)]:
+        ins = [_channel_slice(x0.float(), x_cl).requires_grad_(),
+               *(t.float().requires_grad_() for t in params)]
+        y = call(f, *ins)
+        grads = torch.autograd.grad(y, ins, _channel_slice(gy0.float(), gy_cl))
+        assert_close(y, y_ref, torch.float32)
+        for i, (got, ref) in enumerate(zip(grads, refs)):
+            assert_close(got, ref, torch.float32, f"gradient {i} (x {x_cl}, gy {gy_cl})")
+
+
 # ------------------------------------------------------------------------------------------------
 # conv2d_clamp: conv2d then clamp (the activations after a folded BatchNorm)
 

@@ -1202,8 +1202,10 @@ bool use_dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, int64_t v
 // Channels-last: each thread takes a range of rows (N * P == N * H) and walks it a few rows at a
 // time, input gradient (a forward of gy with the flipped weights) then weight and bias gradient
 // of the same rows, so the second and third reads of those gy rows hit the L2.
-bool use_dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x) {
-  return use_nhwc(g, gy, x) && g.sh == 1 && g.sw == 1 && g.P == g.H && g.Q == g.W;
+bool use_dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gx) {
+  // gx follows gy's memory format, which a channels-last view (a channel slice: unit channel
+  // stride, not channels-last contiguous) does not carry: then gx is NCHW, not for this kernel
+  return use_nhwc(g, gy, x) && (!gx.defined() || use_nhwc(g, gy, gx)) && g.sh == 1 && g.sw == 1 && g.P == g.H && g.Q == g.W;
 }
 
 template <class T>
@@ -1270,7 +1272,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     const Tensor gy = to_compute(grad_output, ct), x = to_compute(input, ct);
     const Tensor w = to_compute(weight, ct).contiguous();
     const bool fuse = gy.numel() > 0 && (mask[0] || mask[1]);
-    if (fuse && use_dw_bwd_nhwc_fused(g, gy, x)) {
+    if (fuse && use_dw_bwd_nhwc_fused(g, gy, x, gx)) {
       dw_bwd_nhwc_fused<T>(g, gy, x, w, gx, gw, gb);
       return;
     }
@@ -1530,7 +1532,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       dgrad_any<T>(pg, gy, pw, gm4);
       if (mid_relu) gm4.mul_(mid.gt(0));
       // the depthwise backward: one pass over gm4 where the fused kernels apply
-      if (use_dw_bwd_nhwc_fused(g, gm4, x)) {
+      if (use_dw_bwd_nhwc_fused(g, gm4, x, gx)) {
         dw_bwd_nhwc_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
       } else if (use_dw_bwd_fused(g, gm4, x, kern<T>().vec)) {
         dw_bwd_fused<T>(g, gm4, x, dw, gx, gdw, gdb);
