@@ -30,6 +30,11 @@ def _pair(name: str, v: IntOr2) -> tuple[int, int]:
     return v
 
 
+# strides, paddings and dilations beyond this (every backend's kernels' bound) are refused:
+# sizes computed from 2^61-2^63 wrap in the kernels' 64-bit arithmetic
+MAX_GEOMETRY = 2**24
+
+
 def _check_common(op, input, weight, bias, stride, dilation, groups):
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError(f"{op}: input and weight must be tensors")
@@ -54,6 +59,9 @@ def _check_common(op, input, weight, bias, stride, dilation, groups):
         raise RuntimeError(f"{op}: non-positive stride is not supported (stride={list(stride)})")
     if any(d <= 0 for d in dilation):
         raise RuntimeError(f"{op}: dilation should be greater than zero (dilation={list(dilation)})")
+    if max(*stride, *dilation) > MAX_GEOMETRY:
+        raise RuntimeError(f"{op}: stride and dilation must be at most {MAX_GEOMETRY}, got "
+                           f"stride={list(stride)}, dilation={list(dilation)}")
 
 
 def _check_has_channels(op, input):
@@ -83,6 +91,8 @@ def _autocast(*tensors):
 def _check_padding(op, padding):
     if any(p < 0 for p in padding):
         raise RuntimeError(f"{op}: negative padding is not supported (padding={list(padding)})")
+    if any(p > MAX_GEOMETRY for p in padding):
+        raise RuntimeError(f"{op}: padding must be at most {MAX_GEOMETRY}, got {list(padding)}")
 
 
 def _check_bias(op, bias, k):
@@ -331,6 +341,9 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     _check_bias(op, bias, k)
     kernel = tuple(weight.shape[2:])
     hw = input.shape[-2:]
+    if hw[0] < 1 or hw[1] < 1:  # (as torch)
+        raise RuntimeError(f"{op}: expected a non-empty spatial input, got input of size "
+                           f"{list(input.shape)}")
     out_hw = [conv_transpose_out_size(hw[i], kernel[i], stride[i], padding[i], output_padding[i],
                                       dilation[i]) for i in range(2)]
     if out_hw[0] <= 0 or out_hw[1] <= 0:

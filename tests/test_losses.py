@@ -398,6 +398,23 @@ def test_fused_cross_entropy_extreme_logits(fused_only):
 
 
 @needs_ext
+@pytest.mark.parametrize("offset", [1e6, 1e30])
+def test_fused_cross_entropy_loss_of_offset_logits(fused_only, offset):
+    """Logits far from zero (float32): the loss from the differences to the pixel's largest
+    logit, as torch's log_softmax; lse - x_k had lost them to lse's rounding (1e30: a loss of
+    0 where it is log(C)). Vector part and scalar tail (63 pixels a row)."""
+    x, t = _ce_case(2, 5, 3, 21, torch.float64, "nchw", ignore_frac=0.0)
+    x = x.detach()
+    if offset == 1e30:
+        x = torch.zeros_like(x)  # every class equal: log(C) a pixel
+    xo = (x + offset).float()
+    ref = F.cross_entropy(xo.double() - offset, t, reduction="none")  # exact differences
+    for backend in ("cpu", "auto"):
+        got = losses.cross_entropy(xo, t, reduction="none", backend=backend)
+        assert_close_rel(got, ref, 1e-5, floor=1.0)
+
+
+@needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_cross_entropy_nan_logit_gives_nan(fused_only, dtype):
     """A NaN logit makes its pixel's loss NaN, as torch's (not a finite number), and leaves the

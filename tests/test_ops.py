@@ -746,6 +746,7 @@ BAD_T = {
     "groups_not_dividing": ((2, 4, 5, 5), (4, 3, 3, 3), dict(groups=3)),
     "negative_output_size": ((1, 4, 1, 1), (4, 3, 3, 3), dict(padding=3)),
     "zero_input_channels": ((1, 0, 5, 5), (0, 3, 3, 3), {}),
+    "empty_map": ((2, 4, 0, 5), (4, 3, 3, 3), dict(stride=2)),
 }
 
 
@@ -775,6 +776,56 @@ def test_zero_input_channels_is_a_clear_error(backend, unbatched):
             call()
         with pytest.raises(RuntimeError, match="at least one channel"):
             call()  # a second call of the signature too (picks are remembered)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_huge_strides_paddings_dilations(backend):
+    # sizes computed from 2^61-2^63 had wrapped in int64 past the checks (out-of-bounds reads,
+    # a segfault, hangs); beyond 2^24 every dilconv backend refuses them
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    calls = [lambda: DF.conv2d(x, torch.randn(5, 4, 3, 3), stride=2**62, padding=1, backend=backend),
+             lambda: DF.conv2d(x, w, stride=2**62, padding=2**61, groups=4, backend=backend),
+             lambda: DF.conv2d(x, w, padding=2**62, dilation=2**62, groups=4, backend=backend),
+             lambda: DF.conv_transpose2d(x, torch.randn(4, 3, 3, 3), stride=2**62, padding=2**61,
+                                         backend=backend),
+             lambda: DF.conv_transpose2d(x, torch.randn(4, 3, 3, 3), padding=2**62,
+                                         dilation=2**62, backend=backend),
+             lambda: DF.depthwise_separable_conv2d(x, w, torch.randn(5, 4, 1, 1), stride=2**62,
+                                                   backend=backend)]
+    for f in calls:
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            f()
+    # a stride far beyond the map (one output pixel a row and column) is exact and cheap
+    x = torch.randn(2, 3, 6, 6)
+    wd = torch.randn(4, 3, 3, 3)
+    out = call(lambda: DF.conv2d(x, wd, None, 10**6, 1, backend=backend))
+    assert_close(out, F.conv2d(x.double(), wd.double(), None, 10**6, 1), torch.float32)
+    # padding and dilation 2^20 (a 3x3 kernel spanning 2^21 columns over a 6x7 map, only its
+    # centre tap reading the map): exact, with the input gradient, in bounded memory (the CPU
+    # kernels had packed the padded window: terabytes)
+    x = torch.randn(2, 8, 6, 7)
+    big = 2**20
+    for conv, ref in [
+            (lambda x: DF.conv2d(x, wd.repeat(2, 1, 1, 1)[:, :2], None, 1, big, big, 4, backend=backend),
+             lambda x: F.conv2d(x, wd.repeat(2, 1, 1, 1)[:, :2].double(), None, 1, big, big, 4)),
+            (lambda x: DF.conv2d(x.contiguous(memory_format=torch.channels_last), wd[:, :1].repeat(2, 1, 1, 1),
+                                 None, 1, big, big, 8, backend=backend),
+             lambda x: F.conv2d(x, wd[:, :1].repeat(2, 1, 1, 1).double(), None, 1, big, big, 8)),
+            (lambda x: DF.depthwise_separable_conv2d(x, wd[:, :1].repeat(2, 1, 1, 1), wd[:, :2, :1, :1].repeat(1, 4, 1, 1),
+                                                     padding=big, dilation=big, backend=backend),
+             lambda x: F.conv2d(F.conv2d(x, wd[:, :1].repeat(2, 1, 1, 1).double(), None, 1, big, big, 8),
+                                wd[:, :2, :1, :1].repeat(1, 4, 1, 1).double())),
+            (lambda x: DF.conv_transpose2d(x, wd.repeat(2, 1, 1, 1)[:8], None, 1, big, 0, 1, big, backend=backend),
+             lambda x: F.conv_transpose2d(x, wd.repeat(2, 1, 1, 1)[:8].double(), None, 1, big, 0, 1, big))]:
+        xr = x.double().requires_grad_()
+        yr = ref(xr)
+        gy = torch.randn_like(yr)
+        yr.backward(gy)
+        xx = x.clone().requires_grad_()
+        y = call(conv, xx)
+        y.backward(gy.float())
+        assert_close(y, yr, torch.float32)
+        assert_close(xx.grad, xr.grad, torch.float32, "input gradient")
 
 
 @pytest.mark.parametrize("backend", ALL)

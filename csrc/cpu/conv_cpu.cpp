@@ -46,9 +46,14 @@ using at::Tensor;
 // ------------------------------------------------------------------------------------------
 // argument checks (the Python layer validates already; ops can also be called directly)
 
+// strides, paddings and dilations up to 2^24 (the CUDA kernels' bound too): sizes computed from
+// them stay far from int64 overflow (2^62 had wrapped past every check into out-of-bounds reads)
+constexpr int64_t kMaxGeometry = int64_t{1} << 24;
+
 void check_pair(const char* op, const char* name, IntArrayRef v, int64_t min) {
   TORCH_CHECK(v.size() == 2, op, ": expected ", name, " to have 2 elements, got ", v.size());
-  TORCH_CHECK(v[0] >= min && v[1] >= min, op, ": ", name, " must be >= ", min, ", got ", v);
+  TORCH_CHECK(v[0] >= min && v[1] >= min && v[0] <= kMaxGeometry && v[1] <= kMaxGeometry, op,
+              ": ", name, " must be in [", min, ", ", kMaxGeometry, "], got ", v);
 }
 
 void check_float(const char* op, const Tensor& t, const char* name, const Tensor& ref) {
@@ -87,6 +92,10 @@ Geo make_geo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t P, i
   g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1];
   g.dh = dilation[0], g.dw = dilation[1];
   g.G = groups, g.Cg = C / groups, g.Kg = K / groups;
+  // a single output row (column) reads one window whatever the stride: the kernels' packed
+  // windows are stride times wider, so a stride of 10^6 on a small map had taken a GB of scratch
+  if (P == 1) g.sh = 1;
+  if (Q == 1) g.sw = 1;
   return g;
 }
 
@@ -105,12 +114,17 @@ T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 // path choice
 
 bool use_direct(const Geo& g) {
+  // The direct kernels pack the padded window, which grows with the dilation: a kernel that
+  // spans far more than the map (padding and dilation 2^20 on a 6x6 map had asked for
+  // terabytes) goes to the per-tap paths instead, which skip the taps that read only padding.
+  const bool window_ok = (g.R - 1) * g.dh <= 4 * (g.H + g.P) + 256 &&
+                         (g.S - 1) * g.dw <= 4 * (g.W + g.Q) + 256;
   if (const char* e = std::getenv("DILCONV_CPU_PATH")) {
     if (!std::strcmp(e, "direct") || !std::strcmp(e, "planar") || !std::strcmp(e, "flat"))
-      return true;
+      return window_ok;
     if (!std::strcmp(e, "gemm") || !std::strcmp(e, "taps")) return false;
   }
-  return g.Cg <= 8;
+  return g.Cg <= 8 && window_ok;
 }
 
 // stride-1 depthwise with few taps: the flattened-window kernel unless its halo columns cost more
@@ -1309,6 +1323,8 @@ Tensor conv_transpose2d(const Tensor& input, const Tensor& weight, const std::op
   TORCH_CHECK(weight.size(0) == C && C % groups == 0, op, ": weight ", weight.sizes(),
               " does not match input ", input.sizes(), " with groups=", groups);
   TORCH_CHECK(R > 0 && S > 0, op, ": empty kernel ", weight.sizes());
+  // (as torch: an empty map would otherwise answer with the bias on a map of one row)
+  TORCH_CHECK(H > 0 && W > 0, op, ": empty spatial input ", input.sizes());
   const int64_t K = weight.size(1) * groups;
   check_bias(op, bias, input, K);
   const int64_t Ho = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (R - 1) + output_padding[0] + 1;
@@ -1473,7 +1489,19 @@ Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
   if (y.numel() == 0) return finish(y, input.scalar_type());
   with_type(ct, [&](auto t) {
     using T = decltype(t);
-    sep_fwd_fused<T>(g, a.K, to_compute(input, ct), to_compute(dw_weight, ct).contiguous(),
+    const Tensor x = to_compute(input, ct);
+    if (!use_nhwc(g, x, y) && !use_direct(g)) {
+      // a window mostly of padding (use_direct): the two convs apart, the depthwise per tap
+      const Tensor dwb = dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor();
+      Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, y.options(), out_format(input));
+      fwd_any<T>(g, x, to_compute(dw_weight, ct).contiguous(), dwb, mid_relu, mid);
+      const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+      const Geo pg = make_geo(g.N, g.K, g.P, g.Q, a.K, g.P, g.Q, 1, 1, one, zero, one, 1);
+      fwd_any<T>(pg, mid, to_compute(pw_weight, ct).contiguous(),
+                 pw_bias ? to_compute(*pw_bias, ct).contiguous() : Tensor(), out_relu, y);
+      return;
+    }
+    sep_fwd_fused<T>(g, a.K, x, to_compute(dw_weight, ct).contiguous(),
                      dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
                      to_compute(pw_weight, ct).reshape({a.K, g.K}),
                      pw_bias ? to_compute(*pw_bias, ct).contiguous() : Tensor(), out_relu, y);

@@ -2558,12 +2558,14 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     }
     V<T> sum{};
     for (int64_t c = 0; c < C; ++c) sum += vexp_neg<T>(ld(xb + c * rs) - mx);
-    const V<T> l = mx + vlog_ge1<T>(sum);
+    // the loss as (max - x_k) + log(sum): lse - x_k cancels where the logits are large (1e30
+    // had given 0 for log(C))
+    const V<T> lg = vlog_ge1<T>(sum), l = mx + lg;
     for (int64_t i = 0; i < L; ++i) {
       const int64_t k = t[p + i];
       const bool ok = k >= 0 && k < C;
       bad += !ok && k != ignore;
-      loss[p + i] = ok && k != ignore ? l[i] - xb[k * rs + i] : T(0);
+      loss[p + i] = ok && k != ignore ? (mx[i] - xb[k * rs + i]) + lg[i] : T(0);
       lse[p + i] = l[i];
     }
   }
@@ -2573,12 +2575,12 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     for (int64_t c = 1; c < C; ++c) mx = xp[c * cs] > mx ? xp[c * cs] : mx;
     double sum = 0;
     for (int64_t c = 0; c < C; ++c) sum += __builtin_exp(double(xp[c * cs] - mx));
-    const T l = mx + T(__builtin_log(sum));
+    const T lg = T(__builtin_log(sum));
     const int64_t k = t[p];
     const bool ok = k >= 0 && k < C;
     bad += !ok && k != ignore;
-    loss[p] = ok && k != ignore ? l - xp[k * cs] : T(0);
-    lse[p] = l;
+    loss[p] = ok && k != ignore ? (mx - xp[k * cs]) + lg : T(0);
+    lse[p] = mx + lg;
   }
   return bad;
 }
