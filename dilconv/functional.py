@@ -72,6 +72,13 @@ def _check_has_channels(op, input):
                            f"{list(input.shape)}")
 
 
+def _check_has_outputs(op, weight, k):
+    # (as torch, which refuses them; the kernels would answer an empty tensor)
+    if k == 0:
+        raise RuntimeError(f"{op}: expected a weight with at least one output channel, got "
+                           f"weight of size {list(weight.shape)}")
+
+
 def _autocast(*tensors):
     """Under torch.autocast, cast like torch does for conv2d (a lower-precision op): floating
     tensors other than float64 go to the autocast dtype, so activations that autocast already made
@@ -270,6 +277,7 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend, cla
     _check_padding(op, pad)
     k, cg = weight.shape[0], weight.shape[1]
     c = input.shape[-3]
+    _check_has_outputs(op, weight, k)
     if k % groups != 0:
         raise RuntimeError(
             f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
@@ -338,6 +346,7 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if c % groups != 0:
         raise RuntimeError(f"{op}: input channels ({c}) must be divisible by groups ({groups})")
     k = weight.shape[1] * groups
+    _check_has_outputs(op, weight, k)
     _check_bias(op, bias, k)
     kernel = tuple(weight.shape[2:])
     hw = input.shape[-2:]
@@ -405,6 +414,7 @@ def depthwise_separable_conv2d(input: torch.Tensor, dw_weight: torch.Tensor, pw_
         hw = [hw[0] + extra[0], hw[1] + extra[1]]
     _check_fits(op, hw, pad, kernel, dilation)
     k = pw_weight.shape[0]
+    _check_has_outputs(op, pw_weight, k)
 
     def run(x):
         if extra is not None:

@@ -712,6 +712,7 @@ def _bad_conv_cases():
         "bad_padding_string": (x, w, None, 1, "full", 1, 1),
         "stride_of_3": (x, w, None, (1, 1, 1), 0, 1, 1),
         "zero_groups": (x, w, None, 1, 0, 1, 0),
+        "zero_output_channels": (x, torch.randn(0, 4, 3, 3), None, 1, 0, 1, 1),
     }
 
 
@@ -747,6 +748,7 @@ BAD_T = {
     "negative_output_size": ((1, 4, 1, 1), (4, 3, 3, 3), dict(padding=3)),
     "zero_input_channels": ((1, 0, 5, 5), (0, 3, 3, 3), {}),
     "empty_map": ((2, 4, 0, 5), (4, 3, 3, 3), dict(stride=2)),
+    "zero_output_channels": ((2, 4, 5, 5), (4, 0, 3, 3), {}),
 }
 
 
@@ -840,6 +842,8 @@ def test_separable_bad_input(backend):
         DF.depthwise_separable_conv2d(x, dw, torch.randn(6, 4, 3, 3), backend=backend)
     with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
         DF.depthwise_separable_conv2d(x, dw, pw, dilation=5, backend=backend)
+    with pytest.raises(RuntimeError, match="at least one output channel"):
+        DF.depthwise_separable_conv2d(x, dw, torch.randn(0, 4, 1, 1), backend=backend)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
