@@ -229,21 +229,23 @@ TORCH_LIBRARY(dilconv, m) {
         "Tensor mean, Tensor invstd, float min, float max, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
   // pixel-wise cross-entropy of (N, C, H, W) logits against (N, H, W) integer targets (no class
-  // weights, no label smoothing): (loss, lse), each (N, H, W) in the compute dtype: loss =
+  // weights, no label smoothing): (loss, lsum), each (N, H, W) in the compute dtype: loss =
   // log-sum-exp over the classes minus the target's logit (0 where target == ignore_index),
-  // lse the log-sum-exp the backward reuses. The caller reduces. CPU only. Plain names only.
+  // lsum = log(sum_c exp(x_c - max_c x_c)), which the backward reuses with the max it
+  // recomputes (exact differences where logits are large). The caller reduces. CPU only.
+  // Plain names only.
   m.def("cross_entropy(Tensor logits, Tensor target, int ignore_index) -> (Tensor, Tensor)");
   // the logits' gradient for a per-pixel loss gradient `grad` ((N, H, W)): grad * (softmax -
   // one-hot), 0 where target == ignore_index; the logits' dtype and memory format
-  m.def("cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lse, "
+  m.def("cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lsum, "
         "int ignore_index) -> Tensor");
   // cross_entropy of the logits bilinearly resized to the target's (H, W) (F.interpolate with
-  // align_corners, then the loss) without the resized logits in memory: (loss, lse) of the
+  // align_corners, then the loss) without the resized logits in memory: (loss, lsum) of the
   // target's size; and the low-resolution logits' gradient (their dtype and memory format).
   // CPU only. Plain names only.
   m.def("resize_cross_entropy(Tensor logits, Tensor target, bool align_corners, "
         "int ignore_index) -> (Tensor, Tensor)");
-  m.def("resize_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lse, "
+  m.def("resize_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor lsum, "
         "bool align_corners, int ignore_index) -> Tensor");
 }
 

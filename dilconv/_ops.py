@@ -148,7 +148,7 @@ def _fake_cross_entropy(logits, target, ignore_index):
     return logits.new_empty(shape, dtype=dt), logits.new_empty(shape, dtype=dt)
 
 
-def _fake_cross_entropy_backward(grad, logits, target, lse, ignore_index):
+def _fake_cross_entropy_backward(grad, logits, target, lsum, ignore_index):
     return _empty(logits, logits.shape, output_memory_format(logits))
 
 
@@ -158,7 +158,7 @@ def _fake_resize_cross_entropy(logits, target, align_corners, ignore_index):
     return logits.new_empty(target.shape, dtype=dt), logits.new_empty(target.shape, dtype=dt)
 
 
-def _fake_resize_cross_entropy_backward(grad, logits, target, lse, align_corners, ignore_index):
+def _fake_resize_cross_entropy_backward(grad, logits, target, lsum, align_corners, ignore_index):
     return _empty(logits, logits.shape, output_memory_format(logits))
 
 
@@ -443,8 +443,9 @@ def _autograd_formulas(suffix: str):
         return (gx if need[0] else None, gw if ctx.has_weight and need[1] else None,
                 gb if ctx.has_bias and need[2] else None, None, None, None)
 
-    # cross_entropy(logits, target, ignore_index) -> (loss, lse): lse is saved for the backward,
-    # not differentiated; under create_graph the gradient is built from torch ops
+    # cross_entropy(logits, target, ignore_index) -> (loss, lsum): lsum (the log-sum-exp less
+    # the max) is saved for the backward, not differentiated; under create_graph the gradient
+    # is built from torch ops
     def ce_setup(ctx, inputs, output):
         logits, target, ignore_index = inputs
         ctx.mark_non_differentiable(output[1])
@@ -455,12 +456,12 @@ def _autograd_formulas(suffix: str):
     def ce_backward(ctx, grad, _):
         if grad is None:
             return None, None, None
-        logits, target, lse = ctx.saved_tensors
+        logits, target, lsum = ctx.saved_tensors
         if torch.is_grad_enabled():
             return cross_entropy_grad_reference(grad, logits, target, ctx.ignore_index), None, None
-        return _op("cross_entropy_backward", "")(grad, logits, target, lse, ctx.ignore_index), None, None
+        return _op("cross_entropy_backward", "")(grad, logits, target, lsum, ctx.ignore_index), None, None
 
-    # resize_cross_entropy(logits, target, align_corners, ignore_index) -> (loss, lse): as
+    # resize_cross_entropy(logits, target, align_corners, ignore_index) -> (loss, lsum): as
     # cross_entropy
     def rce_setup(ctx, inputs, output):
         logits, target, align_corners, ignore_index = inputs
@@ -472,11 +473,11 @@ def _autograd_formulas(suffix: str):
     def rce_backward(ctx, grad, _):
         if grad is None:
             return None, None, None, None
-        logits, target, lse = ctx.saved_tensors
+        logits, target, lsum = ctx.saved_tensors
         if torch.is_grad_enabled():
             gx = resize_cross_entropy_grad_reference(grad, logits, target, *ctx.conf)
         else:
-            gx = _op("resize_cross_entropy_backward", "")(grad, logits, target, lse, *ctx.conf)
+            gx = _op("resize_cross_entropy_backward", "")(grad, logits, target, lsum, *ctx.conf)
         return gx, None, None, None
 
     if fused is not None:

@@ -400,18 +400,38 @@ def test_fused_cross_entropy_extreme_logits(fused_only):
 @needs_ext
 @pytest.mark.parametrize("offset", [1e6, 1e30])
 def test_fused_cross_entropy_loss_of_offset_logits(fused_only, offset):
-    """Logits far from zero (float32): the loss from the differences to the pixel's largest
-    logit, as torch's log_softmax; lse - x_k had lost them to lse's rounding (1e30: a loss of
-    0 where it is log(C)). Vector part and scalar tail (63 pixels a row)."""
+    """Logits far from zero (float32): the loss and its gradient from the differences to the
+    pixel's largest logit, as torch's log_softmax; lse - x_k and exp(x_c - lse) had lost them to
+    lse's rounding (1e30: a loss of 0 where it is log(C), a gradient of 1 - [c == k] where it is
+    1/C - [c == k]; 1e6: gradient errors of ~3e-2). Vector part and scalar tail (63 pixels a
+    row), plain and resized (resize_cross_entropy: the same kernels on a block of the resized
+    logits)."""
     x, t = _ce_case(2, 5, 3, 21, torch.float64, "nchw", ignore_frac=0.0)
-    x = x.detach()
+    x = (x.detach() * 2).round() / 2  # halves: x + 1e6 and its 2x interpolations exact in float32
     if offset == 1e30:
         x = torch.zeros_like(x)  # every class equal: log(C) a pixel
     xo = (x + offset).float()
-    ref = F.cross_entropy(xo.double() - offset, t, reduction="none")  # exact differences
+    gout = torch.rand(t.shape, dtype=torch.float64) + 0.5
+    xr = (xo.double() - offset).requires_grad_()  # exact differences
+    ref = F.cross_entropy(xr, t, reduction="none")
+    ref.backward(gout)
     for backend in ("cpu", "auto"):
-        got = losses.cross_entropy(xo, t, reduction="none", backend=backend)
+        xf = xo.clone().requires_grad_()
+        got = losses.cross_entropy(xf, t, reduction="none", backend=backend)
         assert_close_rel(got, ref, 1e-5, floor=1.0)
+        got.backward(gout.float())
+        assert_close_rel(xf.grad, xr.grad, 1e-5)
+    # the same logits as the low-resolution half of a 2x upsampling (align_corners: the
+    # resized logits at even positions are these exactly)
+    t2 = torch.randint(0, 5, (2, 5, 41))
+    xr = (xo.double() - offset).requires_grad_()
+    ref = F.cross_entropy(F.interpolate(xr, size=(5, 41), mode="bilinear", align_corners=True), t2)
+    ref.backward()
+    xf = xo.clone().requires_grad_()
+    got = losses.cross_entropy(xf, t2, upsample="bilinear", align_corners=True, backend="cpu")
+    assert_close_rel(got, ref, 1e-5)
+    got.backward()
+    assert_close_rel(xf.grad, xr.grad, 1e-5)
 
 
 @needs_ext
@@ -448,13 +468,13 @@ def test_fused_cross_entropy_gradcheck_and_opcheck(fused_only):
     xd = x.detach()
     torch.library.opcheck(torch.ops.dilconv.cross_entropy.default, (x, t, IGN))
     torch.library.opcheck(torch.ops.dilconv.cross_entropy.default, (xd.float(), t, IGN))
-    _, lse = torch.ops.dilconv.cross_entropy(xd, t, IGN)
+    _, lsum = torch.ops.dilconv.cross_entropy(xd, t, IGN)
     g = torch.randn(t.shape, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.dilconv.cross_entropy_backward.default, (g, xd, t, lse, IGN))
+    torch.library.opcheck(torch.ops.dilconv.cross_entropy_backward.default, (g, xd, t, lsum, IGN))
     xcl = xd.contiguous(memory_format=torch.channels_last)  # the gradient follows the layout
     torch.library.opcheck(torch.ops.dilconv.cross_entropy.default, (xcl.requires_grad_(), t, IGN))
     torch.library.opcheck(torch.ops.dilconv.cross_entropy_backward.default,
-                          (g, xcl.detach(), t, lse, IGN))
+                          (g, xcl.detach(), t, lsum, IGN))
 
 
 @needs_ext
@@ -484,9 +504,9 @@ def test_fused_cross_entropy_bad_input():
         with pytest.raises(ValueError, match="target labels must be in"):
             losses.cross_entropy(x, tb, backend="cpu")
         # the backward op called directly with the same targets: an error, no write out of bounds
-        _, lse = torch.ops.dilconv.cross_entropy(x, t, IGN)
+        _, lsum = torch.ops.dilconv.cross_entropy(x, t, IGN)
         with pytest.raises(ValueError, match="target labels must be in"):
-            torch.ops.dilconv.cross_entropy_backward(torch.ones(t.shape), x, tb, lse, IGN)
+            torch.ops.dilconv.cross_entropy_backward(torch.ones(t.shape), x, tb, lsum, IGN)
     with pytest.raises(ValueError, match="does not match"):
         losses.cross_entropy(x, t[:, :4], backend="cpu")
     with pytest.raises(ValueError, match="integer"):
@@ -501,9 +521,9 @@ def test_fused_cross_entropy_bad_input():
         torch.ops.dilconv.cross_entropy(x[:, :0], t, IGN)
     with pytest.raises(RuntimeError, match="integer class labels"):
         torch.ops.dilconv.cross_entropy(x, t.float(), IGN)
-    _, lse = torch.ops.dilconv.cross_entropy(x, t, IGN)
+    _, lsum = torch.ops.dilconv.cross_entropy(x, t, IGN)
     with pytest.raises(RuntimeError, match="grad"):
-        torch.ops.dilconv.cross_entropy_backward(torch.ones(1, 5, 5), x, t, lse, IGN)
+        torch.ops.dilconv.cross_entropy_backward(torch.ones(1, 5, 5), x, t, lsum, IGN)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -574,12 +594,12 @@ def test_resized_cross_entropy_gradcheck_and_opcheck(fused_only):
     op, bwd = torch.ops.dilconv.resize_cross_entropy.default, torch.ops.dilconv.resize_cross_entropy_backward.default
     torch.library.opcheck(op, (x, t, False, IGN))
     torch.library.opcheck(op, (xd.float(), t, True, IGN))
-    _, lse = torch.ops.dilconv.resize_cross_entropy(xd, t, False, IGN)
+    _, lsum = torch.ops.dilconv.resize_cross_entropy(xd, t, False, IGN)
     g = torch.randn(t.shape, dtype=torch.float64)
-    torch.library.opcheck(bwd, (g, xd, t, lse, False, IGN))
+    torch.library.opcheck(bwd, (g, xd, t, lsum, False, IGN))
     xcl = xd.contiguous(memory_format=torch.channels_last)  # the gradient follows the layout
     torch.library.opcheck(op, (xcl.requires_grad_(), t, False, IGN))
-    torch.library.opcheck(bwd, (g, xcl.detach(), t, lse, False, IGN))
+    torch.library.opcheck(bwd, (g, xcl.detach(), t, lsum, False, IGN))
 
 
 @needs_ext
@@ -604,14 +624,14 @@ def test_resized_cross_entropy_fallbacks():
 def test_resized_cross_entropy_bad_input():
     x, _ = _ce_case(1, 4, 5, 6, torch.float32, "nchw")
     t = torch.randint(0, 4, (1, 11, 13))
-    _, lse = torch.ops.dilconv.resize_cross_entropy(x, t, False, IGN)
+    _, lsum = torch.ops.dilconv.resize_cross_entropy(x, t, False, IGN)
     for bad in (7, 4, -1):
         tb = t.clone()
         tb[0, 2, 3] = bad
         with pytest.raises(ValueError, match="target labels must be in"):
             losses.cross_entropy(x, tb, upsample="bilinear", backend="cpu")
         with pytest.raises(ValueError, match="target labels must be in"):
-            torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(t.shape), x, tb, lse, False, IGN)
+            torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(t.shape), x, tb, lsum, False, IGN)
     with pytest.raises(ValueError, match="upsample"):
         losses.cross_entropy(x, t, upsample="nearest", backend="cpu")
     for backend in ("cpu", "torch"):
@@ -628,9 +648,9 @@ def test_resized_cross_entropy_bad_input():
     with pytest.raises(RuntimeError, match="empty"):
         torch.ops.dilconv.resize_cross_entropy(x[:, :, :0], t, False, IGN)
     with pytest.raises(RuntimeError, match="grad"):
-        torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(1, 11, 12), x, t, lse, False, IGN)
-    with pytest.raises(RuntimeError, match="lse"):
-        torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(t.shape), x, t, lse[:, :3], False, IGN)
+        torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(1, 11, 12), x, t, lsum, False, IGN)
+    with pytest.raises(RuntimeError, match="lsum"):
+        torch.ops.dilconv.resize_cross_entropy_backward(torch.ones(t.shape), x, t, lsum[:, :3], False, IGN)
 
 
 @needs_ext

@@ -175,15 +175,16 @@ struct Kernels {
                         bool stream);
   // Cross-entropy over C classes of m pixels: x the logits (class c of pixel p at
   // x[p * ps + c * cs]: plain NCHW ps = 1, channels-last cs = 1), t the int64 targets.
-  // Forward: per pixel lse = log(sum_c exp(x_c)) and loss = lse - x_t (0 where t == ignore);
-  // returns how many targets are neither ignore nor in [0, C) (the caller raises). Backward:
-  // gx_c = g * (exp(x_c - lse) - [c == t]), 0 where t == ignore (at gx[p * gps + c * gcs]);
+  // Forward: per pixel lsum = log(sum_c exp(x_c - max)) and loss = (max - x_t) + lsum (0 where
+  // t == ignore); returns how many targets are neither ignore nor in [0, C) (the caller raises).
+  // Backward, the max recomputed: gx_c = g * (exp((x_c - max) - lsum) - [c == t]), 0 where
+  // t == ignore (at gx[p * gps + c * gcs]);
   // returns the bad targets likewise (their one-hot term is not written). scratch: C * vec
   // values forward, 2 * C * vec backward (used where a stride is not 1).
   int64_t (*ce_fwd)(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, int64_t m,
-                    int64_t ignore, T* loss, T* lse, T* scratch);
+                    int64_t ignore, T* loss, T* lsum, T* scratch);
   int64_t (*ce_bwd)(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, const T* g,
-                    const T* lse, int64_t m, int64_t ignore, T* gx, int64_t gcs, int64_t gps,
+                    const T* lsum, int64_t m, int64_t ignore, T* gx, int64_t gcs, int64_t gps,
                     T* scratch);
   const char* isa;
 };

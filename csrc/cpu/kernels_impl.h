@@ -2469,7 +2469,7 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
 // cross-entropy (kernels.h): vectors along the pixels, the classes a loop; exp and log as
 // polynomials (no libm vector calls without -ffast-math), accurate to a few ulp of T.
 
-// exp(r) for r <= ~0 (the argument here is x - max or x - lse): 2^n exp(f), n = round(r / ln2),
+// exp(r) for r <= ~0 (the argument here is x - max or (x - max) - lsum): 2^n exp(f), n = round(r / ln2),
 // f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
 // double, 7 for float: the next term is below half an ulp); 0 below the smallest normal's log,
 // the argument capped above at the largest finite result's (never reached from x - max)
@@ -2542,9 +2542,14 @@ DILCONV_INLINE const T* ce_rows(const T* x, int64_t cs, int64_t ps, int64_t C, i
   return scratch;
 }
 
+// The loss of pixels [0, m) (0 where ignored) and lsum = log(sum_c exp(x_c - max)), which the
+// backward takes with the max it recomputes: the softmax as exp((x_c - max) - lsum), exact
+// differences, where exp(x_c - lse) lost them to the rounding of lse = max + lsum (logits of
+// 1e6: gradient errors of 1e-3; 1e30: 1/C for every class). Returns the count of labels
+// outside [0, C) that are not `ignore`.
 template <class T>
 int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, int64_t m,
-               int64_t ignore, T* loss, T* lse, T* scratch) {
+               int64_t ignore, T* loss, T* lsum, T* scratch) {
   constexpr int64_t L = NV<T>;
   int64_t bad = 0;
   int64_t p = 0;
@@ -2560,13 +2565,13 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     for (int64_t c = 0; c < C; ++c) sum += vexp_neg<T>(ld(xb + c * rs) - mx);
     // the loss as (max - x_k) + log(sum): lse - x_k cancels where the logits are large (1e30
     // had given 0 for log(C))
-    const V<T> lg = vlog_ge1<T>(sum), l = mx + lg;
+    const V<T> lg = vlog_ge1<T>(sum);
     for (int64_t i = 0; i < L; ++i) {
       const int64_t k = t[p + i];
       const bool ok = k >= 0 && k < C;
       bad += !ok && k != ignore;
       loss[p + i] = ok && k != ignore ? (mx[i] - xb[k * rs + i]) + lg[i] : T(0);
-      lse[p + i] = l[i];
+      lsum[p + i] = lg[i];
     }
   }
   for (; p < m; ++p) {  // the last pixels, one at a time (libm)
@@ -2580,14 +2585,14 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     const bool ok = k >= 0 && k < C;
     bad += !ok && k != ignore;
     loss[p] = ok && k != ignore ? (mx - xp[k * cs]) + lg : T(0);
-    lse[p] = mx + lg;
+    lsum[p] = lg;
   }
   return bad;
 }
 
 template <class T>
 int64_t ce_bwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, const T* g,
-               const T* lse, int64_t m, int64_t ignore, T* gx, int64_t gcs, int64_t gps,
+               const T* lsum, int64_t m, int64_t ignore, T* gx, int64_t gcs, int64_t gps,
                T* scratch) {
   constexpr int64_t L = NV<T>;
   int64_t bad = 0;
@@ -2596,13 +2601,19 @@ int64_t ce_bwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     V<T> gv = ld(g + p);
     for (int64_t i = 0; i < L; ++i)
       if (t[p + i] == ignore) gv[i] = T(0);
-    const V<T> l = ld(lse + p);
+    const V<T> l = ld(lsum + p);
     int64_t rs;
     const T* xb = ce_rows(x, cs, ps, C, p, scratch, rs);
+    V<T> mx = ld(xb);
+    for (int64_t c = 1; c < C; ++c) {
+      const V<T> v = ld(xb + c * rs);
+      mx = mx > v ? mx : v;
+    }
     // the gradient rows: in place where its pixels are contiguous, else in scratch, then spread
     T* gb = gps == 1 ? gx + p : scratch + C * L;
     const int64_t grs = gps == 1 ? gcs : L;
-    for (int64_t c = 0; c < C; ++c) st(gb + c * grs, gv * vexp_neg<T>(ld(xb + c * rs) - l));
+    for (int64_t c = 0; c < C; ++c)
+      st(gb + c * grs, gv * vexp_neg<T>((ld(xb + c * rs) - mx) - l));
     for (int64_t i = 0; i < L; ++i) {
       const int64_t k = t[p + i];
       if (k >= 0 && k < C) gb[k * grs + i] -= gv[i];
@@ -2619,7 +2630,10 @@ int64_t ce_bwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     T* gp_ = gx + p * gps;
     const bool ign = t[p] == ignore;
     const T gp = ign ? T(0) : g[p];
-    for (int64_t c = 0; c < C; ++c) gp_[c * gcs] = gp * T(__builtin_exp(double(xp[c * cs] - lse[p])));
+    T mx = xp[0];
+    for (int64_t c = 1; c < C; ++c) mx = xp[c * cs] > mx ? xp[c * cs] : mx;
+    for (int64_t c = 0; c < C; ++c)
+      gp_[c * gcs] = gp * T(__builtin_exp(double(xp[c * cs] - mx) - double(lsum[p])));
     if (t[p] >= 0 && t[p] < C) gp_[t[p] * gcs] -= gp;
     else bad += !ign;
   }

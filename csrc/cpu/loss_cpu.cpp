@@ -93,7 +93,7 @@ std::tuple<Tensor, Tensor> cross_entropy(const Tensor& logits, const Tensor& tar
   const Tensor t = target.to(at::kLong).contiguous();
   const auto opts = logits.options().dtype(ct);
   Tensor loss = at::empty({N, logits.size(2), logits.size(3)}, opts);
-  Tensor lse = at::empty({N, logits.size(2), logits.size(3)}, opts);
+  Tensor lsum = at::empty({N, logits.size(2), logits.size(3)}, opts);
   const int64_t xn = x.stride(0), xc = x.stride(1);
   int64_t bad = 0;
   auto body = [&](auto tag) {
@@ -101,7 +101,7 @@ std::tuple<Tensor, Tensor> cross_entropy(const Tensor& logits, const Tensor& tar
     const auto& K = kern<T>();
     const T* xp = x.data_ptr<T>();
     const int64_t* tp = t.data_ptr<int64_t>();
-    T *lp = loss.data_ptr<T>(), *sp = lse.data_ptr<T>();
+    T *lp = loss.data_ptr<T>(), *sp = lsum.data_ptr<T>();
     bad = for_units<T>(N, hw, C * K.vec, [&](int64_t n, int64_t p0, int64_t m, T* scratch) {
       return K.ce_fwd(xp + n * xn + p0 * ps, xc, ps, C, tp + n * hw + p0, m, ignore_index,
                       lp + n * hw + p0, sp + n * hw + p0, scratch);
@@ -111,20 +111,20 @@ std::tuple<Tensor, Tensor> cross_entropy(const Tensor& logits, const Tensor& tar
   else body(float{});
   TORCH_CHECK_VALUE(bad == 0, op, ": target labels must be in [0, ", C, ") or ignore_index ",
                     ignore_index, "; ", bad, " are not");
-  return {loss, lse};
+  return {loss, lsum};
 }
 
 Tensor cross_entropy_backward(const Tensor& grad, const Tensor& logits, const Tensor& target,
-                              const Tensor& lse, int64_t ignore_index) {
+                              const Tensor& lsum, int64_t ignore_index) {
   const char* op = "dilconv::cross_entropy_backward";
   check_target(op, logits, target);
   check_pixels(op, grad, logits, "grad");
-  check_pixels(op, lse, logits, "lse");
+  check_pixels(op, lsum, logits, "lsum");
   const int64_t N = logits.size(0), C = logits.size(1), hw = logits.size(2) * logits.size(3);
   const auto ct = compute_type(logits.scalar_type());
   const auto [x, ps] = pixel_rows(logits, ct);
   const Tensor t = target.to(at::kLong).contiguous();
-  const Tensor g = grad.to(ct).contiguous(), l = lse.to(ct).contiguous();
+  const Tensor g = grad.to(ct).contiguous(), l = lsum.to(ct).contiguous();
   // the gradient in the logits' layout (dilconv._ops.output_memory_format)
   const auto fmt = out_format(logits);
   Tensor gx = at::empty(logits.sizes(), logits.options().dtype(ct).memory_format(fmt));
@@ -197,8 +197,8 @@ std::tuple<Tensor, Tensor> resize_cross_entropy(const Tensor& logits, const Tens
   const Tensor x = logits.to(ct).contiguous();
   const Tensor t = target.to(at::kLong).contiguous();
   const auto opts = logits.options().dtype(ct);
-  Tensor loss = at::empty(target.sizes(), opts), lse = at::empty(target.sizes(), opts);
-  if (target.numel() == 0) return {loss, lse};
+  Tensor loss = at::empty(target.sizes(), opts), lsum = at::empty(target.sizes(), opts);
+  if (target.numel() == 0) return {loss, lsum};
   const ResizeCE r(x, t, align_corners);
   const int64_t rows = std::max<int64_t>(1, kResizeBlock / r.OW);
   const int64_t nb = (r.OH + rows - 1) / rows, hw = r.OH * r.OW;
@@ -209,7 +209,7 @@ std::tuple<Tensor, Tensor> resize_cross_entropy(const Tensor& logits, const Tens
     const std::vector<T> xl(r.ax.lam.begin(), r.ax.lam.end()), yl(r.ay.lam.begin(), r.ay.lam.end());
     const T* xp = x.data_ptr<T>();
     const int64_t* tp = t.data_ptr<int64_t>();
-    T *lp = loss.data_ptr<T>(), *sp = lse.data_ptr<T>();
+    T *lp = loss.data_ptr<T>(), *sp = lsum.data_ptr<T>();
     at::parallel_for(0, r.N * nb, 1, [&](int64_t b, int64_t e) {
       std::vector<T> up(r.C * rows * r.OW), slots(2 * r.OW);
       int64_t local = 0;
@@ -227,15 +227,15 @@ std::tuple<Tensor, Tensor> resize_cross_entropy(const Tensor& logits, const Tens
   else body(float{});
   TORCH_CHECK_VALUE(bad.load() == 0, op, ": target labels must be in [0, ", r.C,
                     ") or ignore_index ", ignore_index, "; ", bad.load(), " are not");
-  return {loss, lse};
+  return {loss, lsum};
 }
 
 Tensor resize_cross_entropy_backward(const Tensor& grad, const Tensor& logits,
-                                     const Tensor& target, const Tensor& lse,
+                                     const Tensor& target, const Tensor& lsum,
                                      bool align_corners, int64_t ignore_index) {
   const char* op = "dilconv::resize_cross_entropy_backward";
   check_resize_target(op, logits, target);
-  for (const auto& [v, name] : {std::pair{&grad, "grad"}, std::pair{&lse, "lse"}}) {
+  for (const auto& [v, name] : {std::pair{&grad, "grad"}, std::pair{&lsum, "lsum"}}) {
     check_dim(op, *v, name, 3);
     check_dtype(op, *v);
     TORCH_CHECK(v->sizes() == target.sizes(), op, ": ", name, " ", v->sizes(),
@@ -244,7 +244,7 @@ Tensor resize_cross_entropy_backward(const Tensor& grad, const Tensor& logits,
   const auto ct = compute_type(logits.scalar_type());
   const Tensor x = logits.to(ct).contiguous();
   const Tensor t = target.to(at::kLong).contiguous();
-  const Tensor g = grad.to(ct).contiguous(), l = lse.to(ct).contiguous();
+  const Tensor g = grad.to(ct).contiguous(), l = lsum.to(ct).contiguous();
   Tensor gx = at::empty(x.sizes(), x.options());
   if (target.numel() == 0) {
     gx.zero_();
