@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include "cpu/kernels.h"
+#include "arg_bounds.h"
 
 // A bare Python module so that `import dilconv._C` loads this library (and its op
 // registrations) without pulling pybind11 into the build.
@@ -200,6 +201,8 @@ TORCH_LIBRARY(dilconv, m) {
   m.def("cpu_isa() -> str", [] { return std::string(dilconv::cpu::kernels_f32().isa); });
   // the CPU's maker ("intel", "amd" or "other"), for the auto policy and reports
   m.def("cpu_vendor() -> str", [] { return std::string(dilconv::cpu::cpu_vendor()); });
+  // the largest stride, padding or dilation the ops take (dilconv.functional.MAX_GEOMETRY)
+  m.def("max_geometry() -> int", [] { return dilconv::kMaxGeometry; });
   define_ops(m, "");      // backends "cpu" (CPU key) and "cuda" (CUDA key)
   define_ops(m, "_emu");  // backend "cuda-emu" (CPU key)
   // (grad_input, grad_weight, grad_bias); an output whose output_mask entry is false is None

@@ -30,8 +30,9 @@ def _pair(name: str, v: IntOr2) -> tuple[int, int]:
     return v
 
 
-# strides, paddings and dilations beyond this (every backend's kernels' bound) are refused:
-# sizes computed from 2^61-2^63 wrap in the kernels' 64-bit arithmetic
+# strides, paddings and dilations beyond this (every backend's kernels' bound: the C++ ops'
+# kMaxGeometry, torch.ops.dilconv.max_geometry()) are refused: sizes computed from 2^61-2^63
+# wrap in the kernels' 64-bit arithmetic
 MAX_GEOMETRY = 2**24
 
 

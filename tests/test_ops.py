@@ -780,6 +780,25 @@ def test_zero_input_channels_is_a_clear_error(backend, unbatched):
             call()  # a second call of the signature too (picks are remembered)
 
 
+@pytest.mark.skipif("cpu" not in dilconv.backends(), reason="dilconv's C++ extension is not built")
+def test_one_geometry_bound():
+    """dilconv.functional's bound is the C++ ops' (one constant): the raw ops of the cpu and
+    cuda-emu backends take a stride, padding or dilation of MAX_GEOMETRY and refuse one more."""
+    bound = DF.MAX_GEOMETRY
+    assert torch.ops.dilconv.max_geometry() == bound
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    ops = [torch.ops.dilconv.conv2d] + (
+        [torch.ops.dilconv.conv2d_emu] if "cuda-emu" in dilconv.backends() else [])
+    for op in ops:
+        # one output pixel a row and column: the centre tap on x[2, 2] (zeros elsewhere)
+        y = op(x, w, None, [bound, bound], [1, 1], [1, 1], 1)
+        assert_close(y, F.conv2d(x.double(), w.double(), None, bound, 1), torch.float32)
+        for args in (([bound + 1, 1], [1, 1], [1, 1]), ([1, 1], [bound + 1, 0], [1, 1]),
+                     ([1, 1], [1, 1], [1, bound + 1])):
+            with pytest.raises(RuntimeError, match=str(bound)):
+                op(x, w, None, *args, 1)
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
 def test_huge_strides_paddings_dilations(backend):
     # sizes computed from 2^61-2^63 had wrapped in int64 past the checks (out-of-bounds reads,

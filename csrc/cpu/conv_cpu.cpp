@@ -36,6 +36,7 @@
 
 #include "cpu/host.h"
 #include "cpu/kernels.h"
+#include "arg_bounds.h"
 
 namespace dilconv::cpu {
 namespace {
@@ -45,10 +46,6 @@ using at::Tensor;
 
 // ------------------------------------------------------------------------------------------
 // argument checks (the Python layer validates already; ops can also be called directly)
-
-// strides, paddings and dilations up to 2^24 (the CUDA kernels' bound too): sizes computed from
-// them stay far from int64 overflow (2^62 had wrapped past every check into out-of-bounds reads)
-constexpr int64_t kMaxGeometry = int64_t{1} << 24;
 
 void check_pair(const char* op, const char* name, IntArrayRef v, int64_t min) {
   TORCH_CHECK(v.size() == 2, op, ": expected ", name, " to have 2 elements, got ", v.size());
@@ -1219,7 +1216,8 @@ bool use_dw_bwd_fused(const Geo& g, const Tensor& gy, const Tensor& x, int64_t v
 bool use_dw_bwd_nhwc_fused(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gx) {
   // gx follows gy's memory format, which a channels-last view (a channel slice: unit channel
   // stride, not channels-last contiguous) does not carry: then gx is NCHW, not for this kernel
-  return use_nhwc(g, gy, x) && (!gx.defined() || use_nhwc(g, gy, gx)) && g.sh == 1 && g.sw == 1 && g.P == g.H && g.Q == g.W;
+  return use_nhwc(g, gy, x) && (!gx.defined() || use_nhwc(g, gy, gx)) && g.sh == 1 &&
+         g.sw == 1 && g.P == g.H && g.Q == g.W;
 }
 
 template <class T>
@@ -1387,6 +1385,21 @@ SepArgs sep_check(const char* op, const Tensor& input, const Tensor& dw_weight,
   return {make_geo(N, C, H, W, CM, P, Q, R, S, stride, padding, dilation, C), K};
 }
 
+// the pointwise half of a separable conv (g its depthwise half, K outputs) as the 1x1
+// convolution it is, for conv2d's pointwise paths
+Geo pointwise_geo(const Geo& g, int64_t K) {
+  const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+  return make_geo(g.N, g.K, g.P, g.Q, K, g.P, g.Q, 1, 1, one, zero, one, 1);
+}
+
+// the unfused forward's depthwise half, mid = act(dw(x) + dw_bias), in memory format fmt
+template <class T>
+Tensor sep_mid(const Geo& g, const Tensor& x, const Tensor& dw, const Tensor& dwb, bool mid_relu,
+               at::MemoryFormat fmt) {
+  Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, x.options(), fmt);
+  fwd_any<T>(g, x, dw, dwb, mid_relu, mid);
+  return mid;
+}
 
 // Fused forward: per tile of output rows, the depthwise result for all mid channels is computed
 // into a cache-sized buffer (never written out as a whole tensor), then multiplied by the
@@ -1492,12 +1505,10 @@ Tensor separable_conv2d(const Tensor& input, const Tensor& dw_weight,
     const Tensor x = to_compute(input, ct);
     if (!use_nhwc(g, x, y) && !use_direct(g)) {
       // a window mostly of padding (use_direct): the two convs apart, the depthwise per tap
-      const Tensor dwb = dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor();
-      Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, y.options(), out_format(input));
-      fwd_any<T>(g, x, to_compute(dw_weight, ct).contiguous(), dwb, mid_relu, mid);
-      const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
-      const Geo pg = make_geo(g.N, g.K, g.P, g.Q, a.K, g.P, g.Q, 1, 1, one, zero, one, 1);
-      fwd_any<T>(pg, mid, to_compute(pw_weight, ct).contiguous(),
+      const Tensor mid = sep_mid<T>(g, x, to_compute(dw_weight, ct).contiguous(),
+                                    dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(),
+                                    mid_relu, out_format(input));
+      fwd_any<T>(pointwise_geo(g, a.K), mid, to_compute(pw_weight, ct).contiguous(),
                  pw_bias ? to_compute(*pw_bias, ct).contiguous() : Tensor(), out_relu, y);
       return;
     }
@@ -1539,13 +1550,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> separable_conv2d_backward(
       const Tensor dw = to_compute(dw_weight, ct).contiguous();
       // mid and its gradient in the layout of grad_output, so that channels-last training
       // runs the channel-vectorised depthwise kernels and either layout the pointwise paths
-      Tensor mid = empty_fmt({g.N, g.K, g.P, g.Q}, opts, out_format(grad_output));
-      fwd_any<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(), mid_relu,
-                 mid);
-      // the pointwise half as the 1x1 convolution it is (its forward, when out_relu needs the
-      // output's sign, and both gradients: the pointwise paths of conv2d)
-      const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
-      const Geo pg = make_geo(g.N, g.K, g.P, g.Q, a.K, g.P, g.Q, 1, 1, one, zero, one, 1);
+      const Tensor mid =
+          sep_mid<T>(g, x, dw, dw_bias ? to_compute(*dw_bias, ct).contiguous() : Tensor(),
+                     mid_relu, out_format(grad_output));
+      // the pointwise half's forward (when out_relu needs the output's sign) and both gradients
+      const Geo pg = pointwise_geo(g, a.K);
       const Tensor pw = to_compute(pw_weight, ct).contiguous();  // [K, CM, 1, 1]
       Tensor gy = to_compute(grad_output, ct).contiguous(out_format(grad_output));
       if (out_relu) {

@@ -32,6 +32,7 @@
 
 #include "kernels/depthwise_api.h"
 #include "kernels/gemm_api.h"
+#include "arg_bounds.h"
 
 namespace DC_TARGET_NS {
 namespace glue {
@@ -89,8 +90,8 @@ inline void check_count(int64_t numel, const char* what, const char* op) {
 inline std::array<int, 2> pair(at::IntArrayRef v, const char* what, const char* op, int64_t lo) {
   TORCH_CHECK(v.size() == 2, "dilconv ", op_name(op), ": ", what, " must have 2 values, got ", v);
   for (auto x : v)
-    TORCH_CHECK(x >= lo && x <= (1 << 24), "dilconv ", op_name(op), ": ", what, " must be in [",
-                lo, ", 2**24], got ", v);
+    TORCH_CHECK(x >= lo && x <= dilconv::kMaxGeometry, "dilconv ", op_name(op), ": ", what,
+                " must be in [", lo, ", ", dilconv::kMaxGeometry, "], got ", v);
   return {int(v[0]), int(v[1])};
 }
 
