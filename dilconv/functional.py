@@ -496,6 +496,8 @@ def batch_norm_act(input: torch.Tensor, running_mean: Optional[torch.Tensor],
         raise RuntimeError(f"batch_norm_act: need min <= max (not NaN), got min={min}, max={max}")
     if input.dim() != 4:
         raise ValueError(f"batch_norm_act: expected a 4-D input (N, C, H, W), got {tuple(input.shape)}")
+    if not eps > 0:  # as torch's (eps = 0 turns a constant channel into 0 / 0)
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     c = input.shape[1]
     if input.numel() // (c if c > 0 else 1) <= 1:  # torch's message for the same case
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "

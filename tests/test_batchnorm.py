@@ -167,7 +167,14 @@ def test_batch_norm_act_bad_input():
         DF.batch_norm_act(torch.randn(2, 3, 4), None, None, backend="cpu")
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         DF.batch_norm_act(torch.randn(1, 3, 1, 1), None, None, backend="cpu")
+    for backend in ("torch", "cpu"):  # eps = 0 or less, NaN: torch's refusal on every backend
+        for eps in (0.0, -1e-5, float("nan")):
+            with pytest.raises(ValueError, match="eps must be positive"):
+                DF.batch_norm_act(x, None, None, eps=eps, backend=backend)
     op = torch.ops.dilconv.batch_norm_act
+    for eps in (0.0, float("nan")):
+        with pytest.raises(ValueError, match="eps must be positive"):
+            op(x, None, None, eps, 0.0, 6.0)
     with pytest.raises(RuntimeError, match=r"weight of shape \[3\]"):
         op(x, torch.randn(4), None, 1e-5, 0.0, 6.0)
     with pytest.raises(RuntimeError, match="min <= max"):

@@ -183,7 +183,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input,
   check_channel_vec(op, weight, "weight", C);
   check_channel_vec(op, bias, "bias", C);
   check_bounds(op, min, max);
-  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  // as torch's training-mode batch_norm: eps = 0 turns a constant channel into 0 / 0
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be positive during training, got ", eps);
   const auto st = input.scalar_type(), ct = compute_type(st);
   auto fmt = out_format(input);
   if (fmt == at::MemoryFormat::ChannelsLast && C > kMaxNhwcChannels)
