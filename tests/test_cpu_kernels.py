@@ -27,12 +27,13 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["auto", "direct", "flat", "planar", "gemm", "taps", "pointwise"])
+@pytest.fixture(params=["auto", "direct", "flat", "planar", "gemm", "taps", "pointwise", "bcast"])
 def path(request, monkeypatch):
     # auto: the kernels' own choice (channels-last depthwise kernels included); direct: the
     # stencil kernels with their own choice (flattened-window depthwise for stride 1 included);
     # flat: the flattened-window kernels wherever they apply; planar: the general packed-plane
-    # stencil only
+    # stencil only; gemm: BLAS's GEMMs (channels-last: on pixel rows, im2col_nhwc / col2im_nhwc);
+    # bcast: dilconv's own small GEMM (gemm_bcast) on pixel rows wherever it applies
     if request.param != "auto":
         monkeypatch.setenv("DILCONV_CPU_PATH", request.param)
     return request.param
@@ -289,6 +290,11 @@ def test_conv2d_backward(isa, path_env, dtype, monkeypatch):
     # depthwise stride 2 (the input gradient by gathering), with and without output padding
     (6, 6, 6, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 6, 5),
     (4, 4, 4, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 5, 6),
+    # FCN's upsampling (the channels-last GEMM path: 16 + 5 channels a pixel, whole vectors and
+    # a tail), U-Net's 2x2 stride 2 (no two taps meet), grouped with 2 vectors + a tail a group
+    (21, 21, 1, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 9, 11),
+    (40, 24, 1, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 6, 7),
+    (70, 38, 2, (3, 3), (3, 2), (1, 2), (2, 1), (2, 1), 5, 6),
 ])
 def test_conv_transpose(path, case):
     c, k, g, ks, st, p, op, d, h, w = case

@@ -111,6 +111,16 @@ struct Kernels {
   // the reverse: adds col rows of channel c into gx (col2im, for the GEMM input gradient)
   void (*col2im)(const Geo&, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp, int64_t c,
                  int64_t p0, int64_t p1);
+  // channels-last (xs.c == 1): col rows of the pixels of rows [pa, pb) (within the chunk of
+  // rows [p0, ...) that col holds, Q pixels a row) of image n and group grp, each the Cg-channel
+  // vectors of its taps ([pixel][r][s][Cg], zeros for padding)
+  void (*im2col_nhwc)(const Geo&, const T* x, Strides xs, int64_t n, int64_t grp, int64_t p0,
+                      int64_t pa, int64_t pb, T* col);
+  // channels-last (gxs.c == 1): col holds, for gy rows [p0, p1) of image n and group grp, every
+  // tap's vector of Cg channels ([pixel][r][s][Cg]); adds into gx rows [i0, i1) of the group
+  // the vectors that land there (each gx row from one call: no two threads add to a pixel)
+  void (*col2im_nhwc)(const Geo&, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp,
+                      int64_t p0, int64_t p1, int64_t i0, int64_t i1);
   // Depthwise with channel multiplier 1 in channels-last (channel stride 1 everywhere), vectors
   // along the channels; wt is the weight as [R * S][C]; taps: 4 * R * S int64 of scratch.
   // forward: output rows [p0, p1) of batch n

@@ -1225,6 +1225,66 @@ void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t g
     }
 }
 
+template <class T>
+void im2col_nhwc(const Geo& g, const T* x, Strides xs, int64_t n, int64_t grp, int64_t p0,
+                 int64_t pa, int64_t pb, T* col) {
+  constexpr int64_t L = NV<T>;
+  const int64_t Cg = g.Cg, rsc = g.R * g.S * Cg;
+  const T* src = x + n * xs.n + grp * Cg;
+  for (int64_t p = pa; p < pb; ++p) {
+    T* rowc = col + (p - p0) * g.Q * rsc;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t hi = p * g.sh + r * g.dh - g.ph;
+      const bool inside = hi >= 0 && hi < g.H;
+      for (int64_t s = 0; s < g.S; ++s) {
+        const auto [qlo, qhi] = tap_columns(g, s);
+        T* d = rowc + (r * g.S + s) * Cg;
+        const T* sr = src + hi * xs.h + (s * g.dw - g.pw) * xs.w;
+        for (int64_t q = 0; q < g.Q; ++q) {
+          T* dq = d + q * rsc;
+          int64_t c = 0;
+          if (inside && q >= qlo && q < qhi) {
+            const T* sq = sr + q * g.sw * xs.w;
+            for (; c + L <= Cg; c += L) st(dq + c, ld(sq + c));
+            for (; c < Cg; ++c) dq[c] = sq[c];
+          } else {
+            for (; c + L <= Cg; c += L) st(dq + c, V<T>{});
+            for (; c < Cg; ++c) dq[c] = T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void col2im_nhwc(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp,
+                 int64_t p0, int64_t p1, int64_t i0, int64_t i1) {
+  constexpr int64_t L = NV<T>;
+  const int64_t Cg = g.Cg, rsc = g.R * g.S * Cg;
+  for (int64_t i = i0; i < i1; ++i) {
+    T* row = gx + n * gxs.n + i * gxs.h + grp * Cg;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t t = i + g.ph - r * g.dh;  // p * sh for the gy row p that reaches row i
+      if (t < 0 || t % g.sh) continue;
+      const int64_t p = t / g.sh;
+      if (p < p0 || p >= p1) continue;
+      for (int64_t s = 0; s < g.S; ++s) {
+        const auto [qlo, qhi] = tap_columns(g, s);
+        const T* sp = col + (p - p0) * g.Q * rsc + (r * g.S + s) * Cg;
+        T* dp = row + (s * g.dw - g.pw) * gxs.w;
+        for (int64_t q = qlo; q < qhi; ++q) {
+          T* d = dp + q * g.sw * gxs.w;
+          const T* v = sp + q * rsc;
+          int64_t c = 0;
+          for (; c + L <= Cg; c += L) st(d + c, ld(d + c) + ld(v + c));
+          for (; c < Cg; ++c) d[c] += v[c];
+        }
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // depthwise (multiplier 1) in channels-last: vectors run along the channels. A row of C channels
 // is covered by vectors starting at 0, L, 2L, ... and, when L does not divide C, one last vector
@@ -2660,6 +2720,8 @@ Kernels<T> make(const char* isa) {
   k.wgrad_scratch = &wgrad_scratch<T>;
   k.im2col = &im2col<T>;
   k.col2im = &col2im<T>;
+  k.col2im_nhwc = &col2im_nhwc<T>;
+  k.im2col_nhwc = &im2col_nhwc<T>;
   k.dw_nhwc_fwd = &dw_nhwc_fwd<T>;
   k.dw_nhwc_dgrad = &dw_nhwc_dgrad<T>;
   k.dw_nhwc_wgrad = &dw_nhwc_wgrad<T>;
