@@ -503,7 +503,10 @@ PwLayout pw_layout(const Tensor& t) {
 }
 
 PwLayout use_pointwise(const Geo& g, const Tensor& x, const Tensor& y) {
-  if (!(g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0))
+  // one output pixel per input pixel: not so in a transposed conv's output padding beyond the
+  // stride (g.P < g.H: gx columns no gy pixel reaches, where the GEMM had read gy out of bounds)
+  if (!(g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 &&
+        g.P == g.H && g.Q == g.W))
     return PwLayout::none;
   const PwLayout lx = pw_layout(x);
   if (lx == PwLayout::none || lx != pw_layout(y)) return PwLayout::none;
