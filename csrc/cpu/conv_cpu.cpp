@@ -465,7 +465,6 @@ void im2col_nhwc_chunk(const Geo& g, const Tensor& x, int64_t n, int64_t grp, in
   });
 }
 
-
 // channels-last forward, output rows split over the threads: depthwise (use_nhwc) or grouped
 // (use_gnhwc), each with its own weight layout
 template <class T>
