@@ -1225,31 +1225,45 @@ void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t g
     }
 }
 
+// d[0, n) = s[0, n), or zeros where s is null
+template <class T>
+DILCONV_INLINE void copy_or_zero(T* d, const T* s, int64_t n) {
+  constexpr int64_t L = NV<T>;
+  int64_t c = 0;
+  if (s) {
+    for (; c + L <= n; c += L) st(d + c, ld(s + c));
+    for (; c < n; ++c) d[c] = s[c];
+  } else {
+    for (; c + L <= n; c += L) st(d + c, V<T>{});
+    for (; c < n; ++c) d[c] = T(0);
+  }
+}
+
+// Where the width's dilation is 1 and x holds only the group's channels (no groups), a pixel's
+// S taps of a tap row are S * Cg consecutive values of x, copied at once (FCN's 21ch 4x4: 84
+// values where four copies of 16 + 5 had gone a value at a time past the vector).
 template <class T>
 void im2col_nhwc(const Geo& g, const T* x, Strides xs, int64_t n, int64_t grp, int64_t p0,
                  int64_t pa, int64_t pb, T* col) {
-  constexpr int64_t L = NV<T>;
-  const int64_t Cg = g.Cg, rsc = g.R * g.S * Cg;
+  const int64_t Cg = g.Cg, sc = g.S * Cg, rsc = g.R * sc;
   const T* src = x + n * xs.n + grp * Cg;
+  const bool runs = g.dw == 1 && xs.w == Cg;
   for (int64_t p = pa; p < pb; ++p) {
     T* rowc = col + (p - p0) * g.Q * rsc;
     for (int64_t r = 0; r < g.R; ++r) {
       const int64_t hi = p * g.sh + r * g.dh - g.ph;
       const bool inside = hi >= 0 && hi < g.H;
-      for (int64_t s = 0; s < g.S; ++s) {
-        const auto [qlo, qhi] = tap_columns(g, s);
-        T* d = rowc + (r * g.S + s) * Cg;
-        const T* sr = src + hi * xs.h + (s * g.dw - g.pw) * xs.w;
-        for (int64_t q = 0; q < g.Q; ++q) {
-          T* dq = d + q * rsc;
-          int64_t c = 0;
-          if (inside && q >= qlo && q < qhi) {
-            const T* sq = sr + q * g.sw * xs.w;
-            for (; c + L <= Cg; c += L) st(dq + c, ld(sq + c));
-            for (; c < Cg; ++c) dq[c] = sq[c];
-          } else {
-            for (; c + L <= Cg; c += L) st(dq + c, V<T>{});
-            for (; c < Cg; ++c) dq[c] = T(0);
+      for (int64_t q = 0; q < g.Q; ++q) {
+        T* d = rowc + q * rsc + r * sc;
+        const int64_t j0 = q * g.sw - g.pw;  // tap 0's column
+        if (!inside) {
+          copy_or_zero<T>(d, nullptr, sc);
+        } else if (runs && j0 >= 0 && j0 + g.S - 1 < g.W) {
+          copy_or_zero(d, src + hi * xs.h + j0 * xs.w, sc);
+        } else {
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t j = j0 + s * g.dw;
+            copy_or_zero(d + s * Cg, j >= 0 && j < g.W ? src + hi * xs.h + j * xs.w : nullptr, Cg);
           }
         }
       }
@@ -1257,11 +1271,21 @@ void im2col_nhwc(const Geo& g, const T* x, Strides xs, int64_t n, int64_t grp, i
   }
 }
 
+// d[0, n) += s[0, n)
+template <class T>
+DILCONV_INLINE void add_to(T* d, const T* s, int64_t n) {
+  constexpr int64_t L = NV<T>;
+  int64_t c = 0;
+  for (; c + L <= n; c += L) st(d + c, ld(d + c) + ld(s + c));
+  for (; c < n; ++c) d[c] += s[c];
+}
+
+// (runs of S * Cg values as im2col_nhwc's)
 template <class T>
 void col2im_nhwc(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t grp,
                  int64_t p0, int64_t p1, int64_t i0, int64_t i1) {
-  constexpr int64_t L = NV<T>;
-  const int64_t Cg = g.Cg, rsc = g.R * g.S * Cg;
+  const int64_t Cg = g.Cg, sc = g.S * Cg, rsc = g.R * sc;
+  const bool runs = g.dw == 1 && gxs.w == Cg;
   for (int64_t i = i0; i < i1; ++i) {
     T* row = gx + n * gxs.n + i * gxs.h + grp * Cg;
     for (int64_t r = 0; r < g.R; ++r) {
@@ -1269,16 +1293,17 @@ void col2im_nhwc(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int6
       if (t < 0 || t % g.sh) continue;
       const int64_t p = t / g.sh;
       if (p < p0 || p >= p1) continue;
-      for (int64_t s = 0; s < g.S; ++s) {
-        const auto [qlo, qhi] = tap_columns(g, s);
-        const T* sp = col + (p - p0) * g.Q * rsc + (r * g.S + s) * Cg;
-        T* dp = row + (s * g.dw - g.pw) * gxs.w;
-        for (int64_t q = qlo; q < qhi; ++q) {
-          T* d = dp + q * g.sw * gxs.w;
-          const T* v = sp + q * rsc;
-          int64_t c = 0;
-          for (; c + L <= Cg; c += L) st(d + c, ld(d + c) + ld(v + c));
-          for (; c < Cg; ++c) d[c] += v[c];
+      const T* cr = col + (p - p0) * g.Q * rsc + r * sc;
+      for (int64_t q = 0; q < g.Q; ++q) {
+        const T* v = cr + q * rsc;
+        const int64_t j0 = q * g.sw - g.pw;  // tap 0's column
+        if (runs && j0 >= 0 && j0 + g.S - 1 < g.W) {
+          add_to(row + j0 * gxs.w, v, sc);
+          continue;
+        }
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t j = j0 + s * g.dw;
+          if (j >= 0 && j < g.W) add_to(row + j * gxs.w, v + s * Cg, Cg);
         }
       }
     }
