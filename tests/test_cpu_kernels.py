@@ -291,7 +291,7 @@ def test_conv2d_backward(isa, path_env, dtype, monkeypatch):
     (6, 6, 6, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 6, 5),
     (4, 4, 4, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 5, 6),
     # FCN's upsampling (the channels-last GEMM path: 16 + 5 channels a pixel, whole vectors and
-    # a tail), U-Net's 2x2 stride 2 (no two taps meet), grouped with 2 vectors + a tail a group
+    # a tail), U-Net's 2x2 stride 2 (no two taps meet), grouped (19 output channels a group)
     (21, 21, 1, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 9, 11),
     (40, 24, 1, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 6, 7),
     (70, 38, 2, (3, 3), (3, 2), (1, 2), (2, 1), (2, 1), 5, 6),

@@ -452,17 +452,26 @@ Tensor taps_channels_last(const Tensor& w, const Geo& g) {
       .reshape({g.G, g.Kg, g.R * g.S * g.Cg});
 }
 
-// col rows of gy rows [p0, p1) of image n and group grp (see im2col_nhwc)
-template <class T>
-void im2col_nhwc_chunk(const Geo& g, const Tensor& x, int64_t n, int64_t grp, int64_t p0,
-                       int64_t p1, const Tensor& col) {
+// f(n, grp, r0, m, col) for every chunk of output rows of every image and group: col [m][R S Cg]
+// holds the taps of pixels [r0, r0 + m) of image n, group grp (im2col_nhwc, rows split over
+// the threads); chunks of gemm_rows rows
+template <class T, class F>
+void each_col_nhwc(const Geo& g, const Tensor& x, F&& f) {
   const auto& K = kern<T>();
+  const int64_t rows = gemm_rows(g, sizeof(T)), rsc = g.R * g.S * g.Cg;
+  Tensor colbuf = at::empty({rows * g.Q * rsc}, x.options());
   const T* xp = ptr<T>(x);
-  T* cp = ptr<T>(col);
+  T* cp = ptr<T>(colbuf);
   const Strides xs = strides(x);
-  at::parallel_for(p0, p1, 1, [&](int64_t a, int64_t b) {
-    K.im2col_nhwc(g, xp, xs, n, grp, p0, a, b, cp);
-  });
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+        const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
+        at::parallel_for(p0, p1, 1, [&](int64_t a, int64_t b) {
+          K.im2col_nhwc(g, xp, xs, n, grp, p0, a, b, cp);
+        });
+        f(n, grp, p0 * g.Q, m, colbuf.narrow(0, 0, m * rsc).view({m, rsc}));
+      }
 }
 
 // channels-last forward, output rows split over the threads: depthwise (use_nhwc) or grouped
@@ -657,7 +666,7 @@ void fwd_gemm_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor&
   const Tensor w2 = taps_channels_last(w, g);  // [G][Kg][R S Cg]
   if (use_pixels_bcast(PwLayout::pixels)) {
     const auto& K = kern<T>();
-    const Tensor w2t = w2.transpose(1, 2).contiguous();  // [G][R S Cg][Kg]
+    const Tensor w2t = w2.transpose(1, 2).contiguous();  // [G][R S Cg][Kg], gemm_bcast's B
     const int64_t rows = std::clamp<int64_t>(32768 / std::max<int64_t>(1, rsc * g.Q), 1, g.P);
     const int64_t nb = (g.P + rows - 1) / rows;
     const T *xp = ptr<T>(x), *wp = ptr<T>(w2t), *bp = ptr<T>(bias);
@@ -677,19 +686,10 @@ void fwd_gemm_nhwc(const Geo& g, const Tensor& x, const Tensor& w, const Tensor&
     });
     return;
   }
-  const int64_t rows = gemm_rows(g, sizeof(T));
-  Tensor colbuf = at::empty({rows * g.Q * rsc}, y.options());
-  for (int64_t n = 0; n < g.N; ++n) {
-    const Tensor out = pixel_rows(y, n);
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
-        Tensor col = colbuf.narrow(0, 0, m * rsc).view({m, rsc});
-        im2col_nhwc_chunk<T>(g, x, n, grp, p0, p1, col);
-        Tensor dst = out.narrow(0, p0 * g.Q, m).narrow(1, grp * g.Kg, g.Kg);
-        at::mm_out(dst, col, w2[grp].t());
-      }
-  }
+  each_col_nhwc<T>(g, x, [&](int64_t n, int64_t grp, int64_t r0, int64_t m, const Tensor& col) {
+    Tensor dst = pixel_rows(y, n).narrow(0, r0, m).narrow(1, grp * g.Kg, g.Kg);
+    at::mm_out(dst, col, w2[grp].t());
+  });
   if (bias.defined()) y.add_(bias.view({1, g.K, 1, 1}));
   apply_act(y, act);
 }
@@ -1007,19 +1007,10 @@ void wgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& x, const Tensor
 // wgrad_gemm in channels-last: gw [Kg][R S Cg] += gy [pixels][Kg]^T @ col [pixels][R S Cg]
 template <class T>
 void wgrad_gemm_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
-  const int64_t rows = gemm_rows(g, sizeof(T)), rsc = g.R * g.S * g.Cg;
-  Tensor sum = at::zeros({g.G, g.Kg, rsc}, gy.options());
-  Tensor colbuf = at::empty({rows * g.Q * rsc}, gy.options());
-  for (int64_t n = 0; n < g.N; ++n) {
-    const Tensor pixels = pixel_rows(gy, n);
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
-        Tensor col = colbuf.narrow(0, 0, m * rsc).view({m, rsc});
-        im2col_nhwc_chunk<T>(g, x, n, grp, p0, p1, col);
-        sum[grp].addmm_(pixels.narrow(0, p0 * g.Q, m).narrow(1, grp * g.Kg, g.Kg).t(), col);
-      }
-  }
+  Tensor sum = at::zeros({g.G, g.Kg, g.R * g.S * g.Cg}, gy.options());
+  each_col_nhwc<T>(g, x, [&](int64_t n, int64_t grp, int64_t r0, int64_t m, const Tensor& col) {
+    sum[grp].addmm_(pixel_rows(gy, n).narrow(0, r0, m).narrow(1, grp * g.Kg, g.Kg).t(), col);
+  });
   gw.view({g.G, g.Kg, g.Cg, g.R, g.S})
       .copy_(sum.view({g.G, g.Kg, g.R, g.S, g.Cg}).permute({0, 1, 4, 2, 3}));
 }
