@@ -1228,15 +1228,11 @@ void col2im(const Geo& g, const T* col, T* gx, Strides gxs, int64_t n, int64_t g
 // d[0, n) = s[0, n), or zeros where s is null
 template <class T>
 DILCONV_INLINE void copy_or_zero(T* d, const T* s, int64_t n) {
+  if (!s) return zero_row(d, n);
   constexpr int64_t L = NV<T>;
   int64_t c = 0;
-  if (s) {
-    for (; c + L <= n; c += L) st(d + c, ld(s + c));
-    for (; c < n; ++c) d[c] = s[c];
-  } else {
-    for (; c + L <= n; c += L) st(d + c, V<T>{});
-    for (; c < n; ++c) d[c] = T(0);
-  }
+  for (; c + L <= n; c += L) st(d + c, ld(s + c));
+  for (; c < n; ++c) d[c] = s[c];
 }
 
 // Where the width's dilation is 1 and x holds only the group's channels (no groups), a pixel's
@@ -2554,8 +2550,8 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
 // cross-entropy (kernels.h): vectors along the pixels, the classes a loop; exp and log as
 // polynomials (no libm vector calls without -ffast-math), accurate to a few ulp of T.
 
-// exp(r) for r <= ~0 (the argument here is x - max or (x - max) - lsum): 2^n exp(f), n = round(r / ln2),
-// f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
+// exp(r) for r <= ~0 (the argument here is x - max or (x - max) - lsum): 2^n exp(f),
+// n = round(r / ln2), f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
 // double, 7 for float: the next term is below half an ulp); 0 below the smallest normal's log,
 // the argument capped above at the largest finite result's (never reached from x - max)
 template <class T>
@@ -2627,10 +2623,27 @@ DILCONV_INLINE const T* ce_rows(const T* x, int64_t cs, int64_t ps, int64_t C, i
   return scratch;
 }
 
+// the max over C classes `rs` apart, of one pixel or (_vec) of L pixels at once
+template <class T>
+DILCONV_INLINE T class_max(const T* x, int64_t rs, int64_t C) {
+  T mx = x[0];
+  for (int64_t c = 1; c < C; ++c) mx = x[c * rs] > mx ? x[c * rs] : mx;
+  return mx;
+}
+template <class T>
+DILCONV_INLINE V<T> class_max_vec(const T* x, int64_t rs, int64_t C) {
+  V<T> mx = ld(x);
+  for (int64_t c = 1; c < C; ++c) {
+    const V<T> v = ld(x + c * rs);
+    mx = mx > v ? mx : v;
+  }
+  return mx;
+}
+
 // The loss of pixels [0, m) (0 where ignored) and lsum = log(sum_c exp(x_c - max)), which the
 // backward takes with the max it recomputes: the softmax as exp((x_c - max) - lsum), exact
 // differences, where exp(x_c - lse) lost them to the rounding of lse = max + lsum (logits of
-// 1e6: gradient errors of 1e-3; 1e30: 1/C for every class). Returns the count of labels
+// 1e6: gradient errors of ~3e-2; 1e30: 1/C for every class). Returns the count of labels
 // outside [0, C) that are not `ignore`.
 template <class T>
 int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, int64_t m,
@@ -2641,11 +2654,7 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
   for (; p + L <= m; p += L) {
     int64_t rs;
     const T* xb = ce_rows(x, cs, ps, C, p, scratch, rs);
-    V<T> mx = ld(xb);
-    for (int64_t c = 1; c < C; ++c) {
-      const V<T> v = ld(xb + c * rs);
-      mx = mx > v ? mx : v;
-    }
+    const V<T> mx = class_max_vec(xb, rs, C);
     V<T> sum{};
     for (int64_t c = 0; c < C; ++c) sum += vexp_neg<T>(ld(xb + c * rs) - mx);
     // the loss as (max - x_k) + log(sum): lse - x_k cancels where the logits are large (1e30
@@ -2661,8 +2670,7 @@ int64_t ce_fwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
   }
   for (; p < m; ++p) {  // the last pixels, one at a time (libm)
     const T* xp = x + p * ps;
-    T mx = xp[0];
-    for (int64_t c = 1; c < C; ++c) mx = xp[c * cs] > mx ? xp[c * cs] : mx;
+    const T mx = class_max(xp, cs, C);
     double sum = 0;
     for (int64_t c = 0; c < C; ++c) sum += __builtin_exp(double(xp[c * cs] - mx));
     const T lg = T(__builtin_log(sum));
@@ -2689,11 +2697,7 @@ int64_t ce_bwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     const V<T> l = ld(lsum + p);
     int64_t rs;
     const T* xb = ce_rows(x, cs, ps, C, p, scratch, rs);
-    V<T> mx = ld(xb);
-    for (int64_t c = 1; c < C; ++c) {
-      const V<T> v = ld(xb + c * rs);
-      mx = mx > v ? mx : v;
-    }
+    const V<T> mx = class_max_vec(xb, rs, C);
     // the gradient rows: in place where its pixels are contiguous, else in scratch, then spread
     T* gb = gps == 1 ? gx + p : scratch + C * L;
     const int64_t grs = gps == 1 ? gcs : L;
@@ -2715,8 +2719,7 @@ int64_t ce_bwd(const T* x, int64_t cs, int64_t ps, int64_t C, const int64_t* t, 
     T* gp_ = gx + p * gps;
     const bool ign = t[p] == ignore;
     const T gp = ign ? T(0) : g[p];
-    T mx = xp[0];
-    for (int64_t c = 1; c < C; ++c) mx = xp[c * cs] > mx ? xp[c * cs] : mx;
+    const T mx = class_max(xp, cs, C);
     for (int64_t c = 0; c < C; ++c)
       gp_[c * gcs] = gp * T(__builtin_exp(double(xp[c * cs] - mx) - double(lsum[p])));
     if (t[p] >= 0 && t[p] < C) gp_[t[p] * gcs] -= gp;
