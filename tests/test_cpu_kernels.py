@@ -313,6 +313,38 @@ def test_conv_transpose(path, case):
     assert ycl.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("case", [
+    # c, k, kernel, stride, padding, dilation, h, w: channels-last gradients of strided convs
+    # without groups (the GEMM paths: use_strided_gemm_nhwc), maps tall enough for several
+    # row steps a thread in the weight gradient (partial sums carried over)
+    (3, 32, (3, 3), (2, 2), (1, 1), (1, 1), 61, 203),  # a stem: more output channels than taps
+    (4, 9, (5, 5), (2, 2), (2, 2), (1, 1), 90, 90),  # more taps (100) than output channels
+    (3, 8, (2, 2), (2, 2), (0, 0), (1, 1), 20, 30),  # 12 taps, 8 outputs: under a vector
+    (8, 16, (3, 1), (3, 2), (2, 0), (2, 1), 30, 41),
+    (1, 16, (3, 3), (2, 2), (1, 1), (1, 1), 30, 31),  # one input channel (direct kernels)
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strided_channels_last_gradients(isa, case, dtype):
+    c, k, ks, st, p, d, h, w = case
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    x = torch.randn(2, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, *ks, dtype=dtype)
+    xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+    yr = F.conv2d(xr, wr, None, st, p, d)
+    gy = torch.randn(yr.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    yr.backward(gy.double())
+    conf = (list(st), list(p), list(d), 1)
+    gx = ops.conv2d_input_grad(gy, wt, list(x.shape), *conf)
+    gw = ops.conv2d_weight_grad(gy, x, list(wt.shape), *conf)
+    _close(gx, xr.grad, tol)
+    _close(gw, wr.grad, tol)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    # the transposed conv of the same geometry: its forward is this input gradient
+    yt = ops.conv_transpose2d(gy, wt, None, list(st), list(p), [0, 0], 1, list(d))
+    ref = F.conv_transpose2d(gy.double(), wt.double(), None, st, p, 0, 1, d)
+    _close(yt, ref, tol)
+
+
 def _sep_ref(x, dw, dwb, pw, pwb, st, p, d, mid_relu, out_relu):
     mid = F.conv2d(x, dw, dwb, st, p, d, x.shape[1])
     if mid_relu:

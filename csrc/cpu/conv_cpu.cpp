@@ -445,6 +445,17 @@ bool use_gemm_nhwc(const Tensor& a, const Tensor& b) {
          b.is_contiguous(at::MemoryFormat::ChannelsLast) && a.size(1) > 1 && b.size(1) > 1;
 }
 
+// The gradients of a strided channels-last conv without groups (a stem: 3 -> 32 3x3 s2) by the
+// GEMM paths rather than the direct kernels, which take it for its few input channels (use_direct)
+// but run planar on channels-last data: Zen 4, 2 images, each call right after the other: input
+// gradient 3 -> 32 3x3 s2 @513^2 30 -> 6.8 ms, 3 -> 64 7x7 s2 @512^2 149 -> 46, 8 -> 16 3x3 s2
+// @129^2 1.6 -> 0.5 (oneDNN 12.1, 63, 0.40); one input channel 0.5 -> 0.9, so not those.
+// (DILCONV_CPU_PATH forces the direct kernels or these as it says.)
+bool use_strided_gemm_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
+  if (std::getenv("DILCONV_CPU_PATH")) return false;
+  return g.G == 1 && g.C > 1 && (g.sh > 1 || g.sw > 1) && use_gemm_nhwc(a, b);
+}
+
 // w [K, Cg, R, S] as [G][Kg][R S Cg]
 Tensor taps_channels_last(const Tensor& w, const Geo& g) {
   return w.reshape({g.G, g.Kg, g.Cg, g.R, g.S})
@@ -950,6 +961,8 @@ void dgrad_any(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& gx
     fwd_nhwc<T>(dgrad_as_fwd(g), gy, flipped_weight(w, g), Tensor(), false, gx);
   else if (const PwLayout l = use_pointwise(g, gx, gy); l != PwLayout::none)
     dgrad_pointwise<T>(g, l, gy, w, gx);
+  else if (use_strided_gemm_nhwc(g, gy, gx))
+    dgrad_gemm_nhwc<T>(g, gy, w, gx);
   else if (use_direct(g))
     dgrad_direct<T>(g, gy, w, gx);
   else if (use_taps(g))
@@ -1004,15 +1017,59 @@ void wgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& x, const Tensor
       }
 }
 
-// wgrad_gemm in channels-last: gw [Kg][R S Cg] += gy [pixels][Kg]^T @ col [pixels][R S Cg]
+// wgrad_gemm in channels-last: gw [Kg][R S Cg] += gy [pixels][Kg]^T @ col [pixels][R S Cg].
+// On AMD AVX-512 (use_pixels_bcast) by gemm_bcast, each thread summing its own share of the
+// output rows into its own partial gw (as wgrad_pixels: the wider of col and gy as B, the other
+// read down its columns), a few hundred pixels a step so that both stay in the L2. MKL had run
+// the stem's [32, m] x [m, 27] products (3 -> 32 3x3 s2) at 25-35 GFLOP/s.
 template <class T>
 void wgrad_gemm_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
-  Tensor sum = at::zeros({g.G, g.Kg, g.R * g.S * g.Cg}, gy.options());
-  each_col_nhwc<T>(g, x, [&](int64_t n, int64_t grp, int64_t r0, int64_t m, const Tensor& col) {
-    sum[grp].addmm_(pixel_rows(gy, n).narrow(0, r0, m).narrow(1, grp * g.Kg, g.Kg).t(), col);
+  const auto& K = kern<T>();
+  const int64_t rsc = g.R * g.S * g.Cg;
+  // (gemm_bcast sums columns one by one where fewer than a vector: 8 -> 3 2x2 s2 2.4x slower)
+  if (!use_pixels_bcast(PwLayout::pixels) || std::max(rsc, g.Kg) < K.vec) {
+    Tensor sum = at::zeros({g.G, g.Kg, rsc}, gy.options());
+    each_col_nhwc<T>(g, x, [&](int64_t n, int64_t grp, int64_t r0, int64_t m, const Tensor& col) {
+      sum[grp].addmm_(pixel_rows(gy, n).narrow(0, r0, m).narrow(1, grp * g.Kg, g.Kg).t(), col);
+    });
+    gw.view({g.G, g.Kg, g.Cg, g.R, g.S})
+        .copy_(sum.view({g.G, g.Kg, g.R, g.S, g.Cg}).permute({0, 1, 4, 2, 3}));
+    return;
+  }
+  const bool cols_col = rsc >= g.Kg;  // the columns: col's taps (rows gy's channels), else gy's
+  const int64_t rows_d = cols_col ? g.Kg : rsc, cols_d = cols_col ? rsc : g.Kg;
+  const int64_t all = g.N * g.P, parts = std::min(threads(), all);
+  const int64_t step = std::clamp<int64_t>(98304 / (g.Kg + rsc) / g.Q, 1, g.P);  // output rows
+  Tensor part = at::empty({parts, g.G, rows_d, cols_d}, gw.options());
+  const T *xp = ptr<T>(x), *gyp = ptr<T>(gy);
+  T* pp = ptr<T>(part);
+  const Strides xs = strides(x), gys = strides(gy);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> col(step * g.Q * rsc);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t begin = all * i / parts, end = all * (i + 1) / parts;
+      for (int64_t f = begin; f < end;) {
+        const int64_t n = f / g.P, p0 = f % g.P;
+        const int64_t p1 = std::min({g.P, p0 + step, p0 + (end - f)}), m = (p1 - p0) * g.Q;
+        for (int64_t grp = 0; grp < g.G; ++grp) {
+          K.im2col_nhwc(g, xp, xs, n, grp, p0, p0, p1, col.data());
+          const T* gq = gyp + n * gys.n + grp * g.Kg * gys.c + p0 * gys.h;
+          T* d = pp + (i * g.G + grp) * rows_d * cols_d;
+          if (cols_col)
+            K.gemm_bcast(gq, gys.c, gys.w, col.data(), rsc, m, nullptr, false, Act(), d, cols_d,
+                         0, rows_d, 0, cols_d, f > begin);
+          else
+            K.gemm_bcast(col.data(), 1, rsc, gq, gys.w, m, nullptr, false, Act(), d, cols_d, 0,
+                         rows_d, 0, cols_d, f > begin);
+        }
+        f += p1 - p0;
+      }
+    }
   });
+  const Tensor sum = part.sum(0);  // [G][rows_d][cols_d]
+  const Tensor sk = cols_col ? sum : sum.transpose(1, 2);  // [G][Kg][R S Cg]
   gw.view({g.G, g.Kg, g.Cg, g.R, g.S})
-      .copy_(sum.view({g.G, g.Kg, g.R, g.S, g.Cg}).permute({0, 1, 4, 2, 3}));
+      .copy_(sk.reshape({g.G, g.Kg, g.R, g.S, g.Cg}).permute({0, 1, 4, 2, 3}));
 }
 
 template <class T>
@@ -1195,6 +1252,8 @@ void wgrad_any(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw
     g_wgrad_nhwc<T>(g, gy, x, gw);
   else if (const PwLayout l = use_pointwise(g, x, gy); l != PwLayout::none)
     wgrad_pointwise<T>(g, l, gy, x, gw);
+  else if (use_strided_gemm_nhwc(g, gy, x))
+    wgrad_gemm_nhwc<T>(g, gy, x, gw);
   else if (use_direct(g))
     wgrad_direct<T>(g, gy, x, gw);
   else if (use_taps(g))
