@@ -230,7 +230,7 @@ def _cpu_gemm_paths_win() -> bool:
 
 # the channel and map-size limits of the two rules below (python -m dilconv info prints them;
 # POINTWISE_MAX_CK: training only)
-POINTWISE_MAX_CK = 576 * 160
+POINTWISE_MAX_CK = 1280 * 256
 SEPARABLE_MAX_HW, SEPARABLE_MAX_CK = 48 * 48, 728 * 728
 
 
@@ -243,10 +243,14 @@ def _cpu_pointwise_wins(p: Problem) -> bool:
     513^2: 1.4-2.2x with 16-32 input or 21-24 output channels (16->96 @257^2, 24->144 / 144->24 /
     96->24 / 256->21 @129^2, 32->192 @65^2), 1.1-1.4x on 64->384 ... 576->96 @33^2, 1.0-1.07x on
     the widest (960->160, 160->960, 960->320, 1280->256 @33^2, 304->256 @129^2): every one in
-    inference. Training (batch 2, forward + both gradients) only up to c * k = POINTWISE_MAX_CK
-    (576 * 160): beyond, oneDNN's weight gradient ran 1.1-1.2x faster than MKL's GEMM (forward
-    and input gradient 0.95-1.05x of oneDNN). Not measured on Intel (where MKL's GEMM runs these,
-    _cpu_gemm_paths_win) nor with AVX2."""
+    inference. Training (batch 2, forward + both gradients) up to c * k = POINTWISE_MAX_CK
+    (1280 * 256, the widest measured): the widest seven (960->160, 160->960, 960->320, 1280->256
+    @33^2) run at oneDNN's speed in isolation (weight gradient 0.97-1.03x, forward and input
+    gradient 0.95-1.05x), and in the network the step ran faster with them here than with
+    oneDNN: DeepLabV3+ MobileNetV2 513^2 NCHW, 2 images, steps alternated in one process, two
+    runs: 590 vs 597 ms, 576 vs 589 (the suite's network rows had "cpu", which takes them, 5-14 ms
+    ahead of "auto", which did not, in four runs). Not measured on Intel (where MKL's GEMM runs
+    these, _cpu_gemm_paths_win) nor with AVX2."""
     return _avx512() and not _intel() and (not p.requires_grad or p.c * p.k <= POINTWISE_MAX_CK)
 
 
@@ -344,7 +348,7 @@ def cpu_auto_policy(p: Problem) -> bool:
         32->16 @257^2 to 960->320 @33^2 with bias (+ReLU6 1.1-2.0x), 1280->256 @33^2 0.98-1.0x
         (not taken); forward + backward at batch 2 1.03-2.5x on all of them; on an AVX-512 AMD
         CPU by the register-tiled kernel instead (_cpu_pointwise_wins): forward 1.0-2.2x, the
-        gradients 0.96-2.0x, up to 576->160 channels; channels-last by the same kernel over
+        gradients 0.96-2.0x, in training up to 1280->256 channels; channels-last by the same kernel over
         pixel rows, inference on 257x257 maps with <= 32 channels a side
         (_cpu_pixels_pointwise_wins: 1.4x of oneDNN's packed-weight fused convolution;
         training there 1.2x);

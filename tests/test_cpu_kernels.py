@@ -655,7 +655,7 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
                        1, cl, max(c, k) * hw * hw, grad)
 
     # NCHW 1x1: MKL's GEMMs on an AVX-512 Intel CPU, the register-tiled kernel on an AVX-512
-    # AMD one (training up to 576 -> 160 channels), oneDNN elsewhere
+    # AMD one (training up to 1280 -> 256 channels), oneDNN elsewhere
     assert cpu_auto_policy(pointwise(16, 96, 257)) == cpu_auto_policy(pointwise(24, 144, 129)) == avx512
     assert cpu_auto_policy(pointwise(32, 192, 65, grad=True)) == avx512  # expansion, training
     assert cpu_auto_policy(pointwise(576, 160, 33, grad=True)) == avx512
@@ -663,9 +663,10 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     tiled = avx512 and not intel
     assert cpu_auto_policy(pointwise(960, 160, 33)) == (gemm_wins or tiled)
     assert cpu_auto_policy(pointwise(1280, 256, 33)) == tiled  # inference, widest (Intel: a tie)
-    assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True)) == gemm_wins  # training: every 1x1
+    assert cpu_auto_policy(pointwise(1280, 256, 33, grad=True)) == avx512  # training: every 1x1
+    assert cpu_auto_policy(pointwise(2048, 256, 33, grad=True)) == gemm_wins  # wider: not measured
     assert cpu_auto_policy(pointwise(304, 256, 129, grad=True)) == avx512
-    assert cpu_auto_policy(pointwise(960, 320, 33, grad=True)) == gemm_wins  # wide: not tiled
+    assert cpu_auto_policy(pointwise(960, 320, 33, grad=True)) == avx512
     # channels-last 1x1: the kernel over pixel rows on an AVX-512 AMD CPU on 257^2 maps with
     # <= 32 channels a side (inference and training); oneDNN elsewhere
     assert cpu_auto_policy(pointwise(16, 96, 257, cl=True)) == tiled
