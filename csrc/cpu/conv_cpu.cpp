@@ -449,11 +449,13 @@ bool use_gemm_nhwc(const Tensor& a, const Tensor& b) {
 // GEMM paths rather than the direct kernels, which take it for its few input channels (use_direct)
 // but run planar on channels-last data: Zen 4, 2 images, each call right after the other: input
 // gradient 3 -> 32 3x3 s2 @513^2 30 -> 6.8 ms, 3 -> 64 7x7 s2 @512^2 149 -> 46, 8 -> 16 3x3 s2
-// @129^2 1.6 -> 0.5 (oneDNN 12.1, 63, 0.40); one input channel 0.5 -> 0.9, so not those.
+// @129^2 1.6 -> 0.5 (oneDNN 12.1, 63, 0.40); one input channel 0.5 -> 0.9, so not those; nor
+// windows mostly of padding (the GEMM would sum over their zeros: use_taps skips those taps).
 // (DILCONV_CPU_PATH forces the direct kernels or these as it says.)
 bool use_strided_gemm_nhwc(const Geo& g, const Tensor& a, const Tensor& b) {
   if (std::getenv("DILCONV_CPU_PATH")) return false;
-  return g.G == 1 && g.C > 1 && (g.sh > 1 || g.sw > 1) && use_gemm_nhwc(a, b);
+  return g.G == 1 && g.C > 1 && (g.sh > 1 || g.sw > 1) && use_gemm_nhwc(a, b) &&
+         valid_fraction(g) >= 0.75;
 }
 
 // w [K, Cg, R, S] as [G][Kg][R S Cg]
