@@ -1028,8 +1028,12 @@ template <class T>
 void wgrad_gemm_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tensor& gw) {
   const auto& K = kern<T>();
   const int64_t rsc = g.R * g.S * g.Cg;
-  // (gemm_bcast sums columns one by one where fewer than a vector: 8 -> 3 2x2 s2 2.4x slower)
-  if (!use_pixels_bcast(PwLayout::pixels) || std::max(rsc, g.Kg) < K.vec) {
+  const int64_t all = g.N * g.P, parts = std::min(threads(), all);
+  // MKL's parallel GEMM where gemm_bcast would sum columns one by one (fewer than a vector:
+  // 8 -> 3 2x2 s2 2.4x slower) or the threads' partial gradients would pass 8 Mi values (many
+  // threads on a wide layer: 64 x 512 x 4608)
+  if (!use_pixels_bcast(PwLayout::pixels) || std::max(rsc, g.Kg) < K.vec ||
+      parts * g.G * g.Kg * rsc > (int64_t(8) << 20)) {
     Tensor sum = at::zeros({g.G, g.Kg, rsc}, gy.options());
     each_col_nhwc<T>(g, x, [&](int64_t n, int64_t grp, int64_t r0, int64_t m, const Tensor& col) {
       sum[grp].addmm_(pixel_rows(gy, n).narrow(0, r0, m).narrow(1, grp * g.Kg, g.Kg).t(), col);
@@ -1040,7 +1044,6 @@ void wgrad_gemm_nhwc(const Geo& g, const Tensor& gy, const Tensor& x, const Tens
   }
   const bool cols_col = rsc >= g.Kg;  // the columns: col's taps (rows gy's channels), else gy's
   const int64_t rows_d = cols_col ? g.Kg : rsc, cols_d = cols_col ? rsc : g.Kg;
-  const int64_t all = g.N * g.P, parts = std::min(threads(), all);
   const int64_t step = std::clamp<int64_t>(98304 / (g.Kg + rsc) / g.Q, 1, g.P);  // output rows
   Tensor part = at::empty({parts, g.G, rows_d, cols_d}, gw.options());
   const T *xp = ptr<T>(x), *gyp = ptr<T>(gy);
