@@ -348,8 +348,8 @@ def cpu_auto_policy(p: Problem) -> bool:
         32->16 @257^2 to 960->320 @33^2 with bias (+ReLU6 1.1-2.0x), 1280->256 @33^2 0.98-1.0x
         (not taken); forward + backward at batch 2 1.03-2.5x on all of them; on an AVX-512 AMD
         CPU by the register-tiled kernel instead (_cpu_pointwise_wins): forward 1.0-2.2x, the
-        gradients 0.96-2.0x, in training up to 1280->256 channels; channels-last by the same kernel over
-        pixel rows, inference on 257x257 maps with <= 32 channels a side
+        gradients 0.96-2.0x, in training up to 1280->256 channels; channels-last by the same
+        kernel over pixel rows, inference on 257x257 maps with <= 32 channels a side
         (_cpu_pixels_pointwise_wins: 1.4x of oneDNN's packed-weight fused convolution;
         training there 1.2x);
       * grouped, <= 4 channels per group, NCHW, wide rows (ResNeXt 32x4d stage 1): 1.5x forward,

@@ -2551,9 +2551,10 @@ void bn_grad_apply(const T* g, const T* x, int64_t len, int64_t C, bool planar, 
 // polynomials (no libm vector calls without -ffast-math), accurate to a few ulp of T.
 
 // exp(r) for r <= ~0 (the argument here is x - max or (x - max) - lsum): 2^n exp(f),
-// n = round(r / ln2), f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series (13 terms for
-// double, 7 for float: the next term is below half an ulp); 0 below the smallest normal's log,
-// the argument capped above at the largest finite result's (never reached from x - max)
+// n = round(r / ln2), f = r - n ln2 in two parts (|f| <= ln2 / 2), exp(f) by its Taylor series
+// (13 terms for double, 7 for float: the next term is below half an ulp); 0 below the smallest
+// normal's log, the argument capped above at the largest finite result's (never reached from
+// x - max)
 template <class T>
 DILCONV_INLINE V<T> vexp_neg(V<T> r) {
   using I = typename Vec<T>::mask;
