@@ -392,6 +392,29 @@ int64_t gemm_rows(const Geo& g, int64_t elem) {
   return std::clamp<int64_t>((8 << 20) / per_row, 1, std::max<int64_t>(1, g.P));
 }
 
+// f(n, grp, p0, p1, col) for every chunk of gemm_rows output rows [p0, p1) of every image and
+// group, col a view of one buffer (the caller fills it or reads it): [R S Cg][(p1 - p0) Q] (NCHW:
+// the GEMM's B), or [(p1 - p0) Q][R S Cg] where pixel_major (channels-last: the GEMM's A)
+template <class T, class F>
+void each_chunk(const Geo& g, const at::TensorOptions& opts, bool pixel_major, F&& f) {
+  const int64_t rows = gemm_rows(g, sizeof(T)), crs = g.Cg * g.R * g.S;
+  Tensor colbuf = at::empty({crs * rows * g.Q}, opts);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+        const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
+        const Tensor col = colbuf.narrow(0, 0, crs * m);
+        f(n, grp, p0, p1, pixel_major ? col.view({m, crs}) : col.view({crs, m}));
+      }
+}
+
+// NCHW t's group grp (Kg channels) of image n, rows [p0, p1) of its planes: [Kg][(p1 - p0) Q]
+Tensor group_rows(const Tensor& t, const Geo& g, int64_t n, int64_t grp, int64_t p0,
+                  int64_t p1) {
+  return t[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(1, p0 * g.Q,
+                                                                          (p1 - p0) * g.Q);
+}
+
 template <class T>
 void im2col_chunk(const Geo& g, const Tensor& x, int64_t n, int64_t grp, int64_t p0, int64_t p1,
                   const Tensor& col) {
@@ -410,20 +433,13 @@ void fwd_gemm(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& bias
   const auto ct = y.scalar_type();
   const bool direct_out = y.is_contiguous();
   Tensor out = direct_out ? y : at::empty(y.sizes(), y.options());
-  const int64_t rows = gemm_rows(g, sizeof(T));
   const Tensor w2 = w.view({g.G, g.Kg, g.Cg * g.R * g.S});
-  Tensor colbuf = at::empty({g.Cg * g.R * g.S * rows * g.Q}, x.options().dtype(ct));
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows);
-        Tensor col = colbuf.narrow(0, 0, g.Cg * g.R * g.S * (p1 - p0) * g.Q)
-                         .view({g.Cg * g.R * g.S, (p1 - p0) * g.Q});
-        im2col_chunk<T>(g, x, n, grp, p0, p1, col);
-        Tensor dst = out[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(
-            1, p0 * g.Q, (p1 - p0) * g.Q);
-        at::mm_out(dst, w2[grp], col);
-      }
+  each_chunk<T>(g, x.options().dtype(ct), false,
+                [&](int64_t n, int64_t grp, int64_t p0, int64_t p1, const Tensor& col) {
+                  im2col_chunk<T>(g, x, n, grp, p0, p1, col);
+                  Tensor dst = group_rows(out, g, n, grp, p0, p1);
+                  at::mm_out(dst, w2[grp], col);
+                });
   if (bias.defined()) out.add_(bias.view({1, g.K, 1, 1}));
   apply_act(out, act);
   if (!direct_out) y.copy_(out);
@@ -471,20 +487,16 @@ Tensor taps_channels_last(const Tensor& w, const Geo& g) {
 template <class T, class F>
 void each_col_nhwc(const Geo& g, const Tensor& x, F&& f) {
   const auto& K = kern<T>();
-  const int64_t rows = gemm_rows(g, sizeof(T)), rsc = g.R * g.S * g.Cg;
-  Tensor colbuf = at::empty({rows * g.Q * rsc}, x.options());
   const T* xp = ptr<T>(x);
-  T* cp = ptr<T>(colbuf);
   const Strides xs = strides(x);
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows), m = (p1 - p0) * g.Q;
-        at::parallel_for(p0, p1, 1, [&](int64_t a, int64_t b) {
-          K.im2col_nhwc(g, xp, xs, n, grp, p0, a, b, cp);
-        });
-        f(n, grp, p0 * g.Q, m, colbuf.narrow(0, 0, m * rsc).view({m, rsc}));
-      }
+  each_chunk<T>(g, x.options(), true,
+                [&](int64_t n, int64_t grp, int64_t p0, int64_t p1, const Tensor& col) {
+                  T* cp = ptr<T>(col);
+                  at::parallel_for(p0, p1, 1, [&](int64_t a, int64_t b) {
+                    K.im2col_nhwc(g, xp, xs, n, grp, p0, a, b, cp);
+                  });
+                  f(n, grp, p0 * g.Q, col.size(0), col);
+                });
 }
 
 // channels-last forward, output rows split over the threads: depthwise (use_nhwc) or grouped
@@ -844,25 +856,18 @@ void dgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& w, const Tensor
   const auto& K = kern<T>();
   const Tensor gy = gy_in.contiguous();
   gx.zero_();
-  const int64_t rows = gemm_rows(g, sizeof(T));
   const Tensor w2 = w.view({g.G, g.Kg, g.Cg * g.R * g.S});
-  Tensor colbuf = at::empty({g.Cg * g.R * g.S * rows * g.Q}, gy.options());
   T* gxp = ptr<T>(gx);
   const Strides gxs = strides(gx);
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows);
-        Tensor col = colbuf.narrow(0, 0, g.Cg * g.R * g.S * (p1 - p0) * g.Q)
-                         .view({g.Cg * g.R * g.S, (p1 - p0) * g.Q});
-        Tensor src = gy[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(
-            1, p0 * g.Q, (p1 - p0) * g.Q);
-        at::mm_out(col, w2[grp].t(), src);
-        const T* cp = ptr<T>(col);
-        at::parallel_for(0, g.Cg, 1, [&](int64_t b, int64_t e) {
-          for (int64_t c = b; c < e; ++c) K.col2im(g, cp, gxp, gxs, n, grp, c, p0, p1);
-        });
-      }
+  each_chunk<T>(g, gy.options(), false,
+                [&](int64_t n, int64_t grp, int64_t p0, int64_t p1, const Tensor& col) {
+                  Tensor c2 = col;
+                  at::mm_out(c2, w2[grp].t(), group_rows(gy, g, n, grp, p0, p1));
+                  const T* cp = ptr<T>(col);
+                  at::parallel_for(0, g.Cg, 1, [&](int64_t b, int64_t e) {
+                    for (int64_t c = b; c < e; ++c) K.col2im(g, cp, gxp, gxs, n, grp, c, p0, p1);
+                  });
+                });
 }
 
 // dgrad_gemm for a channels-last gx: per chunk of gy rows the GEMM gives every tap's vector of
@@ -875,29 +880,25 @@ void dgrad_gemm_nhwc(const Geo& g, const Tensor& gy_in, const Tensor& w, const T
   const auto& K = kern<T>();
   const Tensor gy = gy_in.contiguous(at::MemoryFormat::ChannelsLast);
   gx.zero_();
-  const int64_t rows = gemm_rows(g, sizeof(T));
-  const int64_t rsc = g.R * g.S * g.Cg;
   const Tensor w2 = taps_channels_last(w, g);
-  Tensor colbuf = at::empty({rows * g.Q * rsc}, gy.options());
   T* gxp = ptr<T>(gx);
   const Strides gxs = strides(gx);
-  for (int64_t n = 0; n < g.N; ++n) {
-    const Tensor pixels = pixel_rows(gy, n);
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows);
-        Tensor col = colbuf.narrow(0, 0, (p1 - p0) * g.Q * rsc).view({(p1 - p0) * g.Q, rsc});
-        at::mm_out(col, pixels.narrow(0, p0 * g.Q, (p1 - p0) * g.Q).narrow(1, grp * g.Kg, g.Kg),
-                   w2[grp]);
-        // the gx rows these gy rows reach
-        const int64_t i0 = std::max<int64_t>(0, p0 * g.sh - g.ph);
-        const int64_t i1 = std::min(g.H, (p1 - 1) * g.sh - g.ph + (g.R - 1) * g.dh + 1);
-        const T* cp = ptr<T>(col);
-        at::parallel_for(i0, std::max(i0, i1), 1, [&](int64_t b, int64_t e) {
-          K.col2im_nhwc(g, cp, gxp, gxs, n, grp, p0, p1, b, e);
-        });
-      }
-  }
+  each_chunk<T>(g, gy.options(), true,
+                [&](int64_t n, int64_t grp, int64_t p0, int64_t p1, const Tensor& col) {
+                  Tensor c2 = col;
+                  at::mm_out(c2,
+                             pixel_rows(gy, n).narrow(0, p0 * g.Q, (p1 - p0) * g.Q).narrow(
+                                 1, grp * g.Kg, g.Kg),
+                             w2[grp]);
+                  // the gx rows these gy rows reach
+                  const int64_t i0 = std::max<int64_t>(0, p0 * g.sh - g.ph);
+                  const int64_t i1 =
+                      std::min(g.H, (p1 - 1) * g.sh - g.ph + (g.R - 1) * g.dh + 1);
+                  const T* cp = ptr<T>(col);
+                  at::parallel_for(i0, std::max(i0, i1), 1, [&](int64_t b, int64_t e) {
+                    K.col2im_nhwc(g, cp, gxp, gxs, n, grp, p0, p1, b, e);
+                  });
+                });
 }
 
 template <class T>
@@ -1002,21 +1003,12 @@ template <class T>
 void wgrad_gemm(const Geo& g, const Tensor& gy_in, const Tensor& x, const Tensor& gw) {
   const Tensor gy = gy_in.contiguous();
   gw.zero_();
-  const int64_t rows = gemm_rows(g, sizeof(T));
   const Tensor gw2 = gw.view({g.G, g.Kg, g.Cg * g.R * g.S});
-  Tensor colbuf = at::empty({g.Cg * g.R * g.S * rows * g.Q}, gy.options());
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-        const int64_t p1 = std::min(g.P, p0 + rows);
-        Tensor col = colbuf.narrow(0, 0, g.Cg * g.R * g.S * (p1 - p0) * g.Q)
-                         .view({g.Cg * g.R * g.S, (p1 - p0) * g.Q});
-        im2col_chunk<T>(g, x, n, grp, p0, p1, col);
-        Tensor src = gy[n].narrow(0, grp * g.Kg, g.Kg).view({g.Kg, g.P * g.Q}).narrow(
-            1, p0 * g.Q, (p1 - p0) * g.Q);
-        Tensor dst = gw2[grp];
-        dst.addmm_(src, col.t());
-      }
+  each_chunk<T>(g, gy.options(), false,
+                [&](int64_t n, int64_t grp, int64_t p0, int64_t p1, const Tensor& col) {
+                  im2col_chunk<T>(g, x, n, grp, p0, p1, col);
+                  gw2[grp].addmm_(group_rows(gy, g, n, grp, p0, p1), col.t());
+                });
 }
 
 // wgrad_gemm in channels-last: gw [Kg][R S Cg] += gy [pixels][Kg]^T @ col [pixels][R S Cg].
