@@ -345,6 +345,36 @@ def test_strided_channels_last_gradients(isa, case, dtype):
     _close(yt, ref, tol)
 
 
+@pytest.mark.parametrize("case", [
+    # c, h, w, padding, dilation: channels-last depthwise 3x3, stride 1, where the interior
+    # pixels (all nine taps inside) go by register blocks (kernels_impl.h nhwc_3x3_rows, AVX-512
+    # on AMD): whole groups of 4 x dilation pixels and partial ones, rows of one phase in blocks
+    # of 1-4, a last channel vector overlapping the one before (c not a multiple of 16 / 8)
+    (64, 21, 35, (2, 2), (2, 2)),  # 31 interior pixels: 3 groups of 8, then 4 + 3 by phase
+    (72, 13, 40, (1, 1), (1, 1)),
+    (130, 19, 33, (3, 2), (3, 2)),  # rows and columns of different dilations
+    (96, 17, 30, (0, 4), (1, 3)),  # no padding in rows: a smaller output
+    (48, 9, 31, (2, 2), (2, 2)),  # (float32: three vectors, the row-blocked kernel)
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_depthwise_blocks(isa, case, dtype):
+    c, h, w, p, d = case
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    x = torch.randn(2, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    wt, b = torch.randn(c, 1, 3, 3, dtype=dtype), torch.randn(c, dtype=dtype)
+    xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+    yr = F.conv2d(xr, wr, b.double(), 1, p, d, c)
+    conf = ([1, 1], list(p), list(d), c)
+    _close(ops.conv2d(x, wt, b, *conf), yr, tol)
+    _close(ops.conv2d_clamp(x, wt, b, *conf, 0.0, 6.0), yr.clamp(0, 6), tol)
+    gy = torch.randn(yr.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    yr.backward(gy.double())
+    gx, gw, _ = ops.conv2d_backward(gy, x, wt, *conf, [True, True, False])
+    if gx is not None:
+        _close(gx, xr.grad, tol)
+    _close(gw, wr.grad, tol)
+
+
 def _sep_ref(x, dw, dwb, pw, pwb, st, p, d, mid_relu, out_relu):
     mid = F.conv2d(x, dw, dwb, st, p, d, x.shape[1])
     if mid_relu:

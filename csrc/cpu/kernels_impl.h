@@ -1488,6 +1488,66 @@ void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, const int
     for (int64_t j = 0; j < nr; ++j) block(Int<1>{}, x + j * xr + q * px, y + j * yr + q * py);
 }
 
+// Outputs that read all nine taps of a 3x3 stride-1 window, by register blocks of RB output
+// rows dh apart x PB pixels dw apart, one channel vector at a time: the block's outputs read an
+// (RB + 2) x (PB + 2) grid of input vectors (rows dh, pixels dw apart), each loaded once for
+// every output it serves (RB = 4, PB = 4: 36 loads for 144 FMAs, where nhwc_row_blocked loads
+// one vector an FMA), with the tap weights in registers. x: the input under tap (0, 0) of the
+// first output of the block; xr, xp: the input strides of one tap row, one tap column; y, yr, yp
+// alike for the outputs.
+template <class T, int RB, int PB>
+DILCONV_INLINE void nhwc_3x3_block(int64_t C, const T* x, int64_t xr, int64_t xp, const T* wt,
+                                   const T* bias, Act act, T* y, int64_t yr, int64_t yp) {
+  const int64_t nv = (C + NV<T> - 1) / NV<T>;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int64_t c = vstart<T>(v, C);
+    V<T> w[9];
+    for (int t = 0; t < 9; ++t) w[t] = ld(wt + t * C + c);
+    const V<T> b = bias ? ld(bias + c) : V<T>{};
+    V<T> acc[RB][PB];
+    for (int i = 0; i < RB; ++i)
+      for (int j = 0; j < PB; ++j) acc[i][j] = b;
+#pragma GCC unroll 6
+    for (int ir = 0; ir < RB + 2; ++ir) {
+#pragma GCC unroll 6
+      for (int ic = 0; ic < PB + 2; ++ic) {
+        V<T> in = ld(x + ir * xr + ic * xp + c);
+        __asm__("" : "+v"(in));  // one load for its up to nine uses
+#pragma GCC unroll 3
+        for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+          for (int s = 0; s < 3; ++s)
+            if (ir - r >= 0 && ir - r < RB && ic - s >= 0 && ic - s < PB)
+              acc[ir - r][ic - s] += w[r * 3 + s] * in;
+      }
+    }
+    for (int i = 0; i < RB; ++i)
+      for (int j = 0; j < PB; ++j)
+        st(y + i * yr + j * yp + c, act ? act_v<T>(act, acc[i][j]) : acc[i][j]);
+  }
+}
+
+// Pixels [0, nq) of RB rows, all nine taps inside (see nhwc_3x3_block): by groups of 4 dw
+// consecutive pixels, each dw blocks of four pixels dw apart; the last, partial group by blocks
+// of fewer. x, xr, y, yr as for nhwc_row_blocked (x: under tap (0, 0) of pixel 0).
+template <class T, int RB>
+void nhwc_3x3_rows(int64_t C, const T* x, int64_t xr, int64_t px, int64_t dw, const T* wt,
+                   const T* bias, Act act, T* y, int64_t yr, int64_t py, int64_t nq) {
+  const int64_t group = 4 * dw;
+  int64_t q0 = 0;
+  for (; q0 + group <= nq; q0 += group)
+    for (int64_t ph = 0; ph < dw; ++ph)
+      nhwc_3x3_block<T, RB, 4>(C, x + (q0 + ph) * px, xr, dw * px, wt, bias, act,
+                               y + (q0 + ph) * py, yr, dw * py);
+  for (int64_t ph = 0; ph < dw && q0 + ph < nq; ++ph) {
+    const int64_t k = (nq - q0 - ph + dw - 1) / dw;  // pixels q0 + ph, + dw, .. below nq (<= 4)
+    with_count<4>(k, [&](auto k_tag) {
+      nhwc_3x3_block<T, RB, decltype(k_tag)::value>(C, x + (q0 + ph) * px, xr, dw * px, wt, bias,
+                                                    act, y + (q0 + ph) * py, yr, dw * py);
+    });
+  }
+}
+
 // The taps s in [lo, hi) that output column q reads inside the input (0 <= q sw + s dw - pw < W),
 // resp. the tap rows r of output row p; a range, as the taps' columns increase with s.
 struct TapRange {
@@ -1508,7 +1568,8 @@ inline TapRange inside_taps(int64_t q, int64_t stride, int64_t pad, int64_t dil,
 // (the interior, whose taps are all inside, and a few runs of border columns on each side), and
 // each run is computed by nhwc_row_blocked with the run's taps (the weights of only those in
 // registers), where border pixels had gone one at a time, the weights reloaded for every
-// multiply (23% of the pixels of 960ch 33^2 d2).
+// multiply (23% of the pixels of 960ch 33^2 d2); the interior of a 3x3 stride-1 conv by
+// nhwc_3x3_rows where it applies (blocks_3x3).
 template <class T>
 void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bias, Act act, T* y,
                  Strides ys, int64_t n, int64_t p0, int64_t p1, int64_t* taps) {
@@ -1549,6 +1610,17 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   // them alike) 0.94-1.21x prefetching 8-pixel chunks, 0.71-0.99x not.
   const bool stream = nhwc_streams<T>(g, xs.w, ys.w);
   const int64_t chunk = stream ? 8 : 32;
+  // The runs of rows of one phase whose pixels read all nine taps of a 3x3 stride-1 window
+  // (at least one group of 4 dw pixels) go to nhwc_3x3_rows instead: AVX-512 (its 32 registers
+  // hold 16 sums, 9 weights and the loads), AMD (not measured on Intel), at least four vectors
+  // of channels, x and y in the cache. Interleaved (all orders of ours, its and oneDNN's), 2
+  // threads, Zen 4, nhwc_row_blocked's time / this one's: 960ch 33^2 d2 1.23-1.53x (oneDNN/ours
+  // 0.85-1.06x -> 1.26-1.31x), 1024ch 33^2 1.36-1.53x, 2048ch 17^2 1.23-1.31x, 2 x 960ch 33^2
+  // 1.28-1.43x, 384-576ch 33^2 1.05-1.18x, 144ch 129^2 1.02-1.10x; streaming from memory it
+  // lacks nhwc_row_blocked's prefetches (304ch 129^2 0.66x, 2 x 728ch 65^2 0.93x), and with two
+  // vectors of channels (32ch 257^2) it ran no faster.
+  const bool blocks_3x3 = VB == 64 && !cpu_is_intel() && g.R == 3 && g.S == 3 && g.sh == 1 &&
+                          g.sw == 1 && !stream && g.C >= 4 * NV<T>;
   // rows p, p + step, ... (nr of them, all reading tap rows rr), run by run of columns
   auto rows = [&](int64_t p, int64_t nr, int64_t step, TapRange rr) {
     const T* xp = x + p * g.sh * xs.h;
@@ -1573,6 +1645,11 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
       } else if (nt > 9) {
         nhwc_row_channels_inner<T, 0, 2>(g.C, xq, xo, wo, nt, px, wt, bias, act, yq, ys.w, q1 - q0,
                                          nr, xr, yr);
+      } else if (nt == 9 && blocks_3x3 && step == g.dh && q1 - q0 >= 4 * g.dw) {
+        with_count<4>(nr, [&](auto nr_tag) {
+          nhwc_3x3_rows<T, decltype(nr_tag)::value>(g.C, xq + xo[0], xr, px, g.dw, wt, bias, act,
+                                                    yq, yr, ys.w, q1 - q0);
+        });
       } else {
         with_taps(nt, [&](auto nt_tag) {
           constexpr int NT = decltype(nt_tag)::value;
