@@ -317,6 +317,21 @@ def _cl_dw_streams(p: Problem, out_pixels: int) -> bool:
     return p.n * (p.h * p.w + out_pixels) * p.c * size > 20 << 20
 
 
+def _cl_dw_blocks_win(p: Problem, out_pixels: int) -> bool:
+    """Where dilconv's channels-last depthwise 3x3 stride-1 forward beats oneDNN's in the cache:
+    its interior pixels by register blocks (csrc/cpu nhwc_3x3_rows: AVX-512 on AMD, at least 4
+    vectors of channels, x and y not streaming from memory). Zen 4, 2 threads, ours and oneDNN's
+    in every order, oneDNN/ours: 960ch 33^2 d2 1.26-1.34x, 576ch 1.22-1.27x, 384ch 33^2 x2
+    1.41x, 128ch 33^2 1.43x, 1024ch 33^2 1.06-1.19x, 256ch 65^2 d4 1.51x, 192ch 65^2 1.27x,
+    64ch 65^2 1.36x; not taken: 2048ch 17^2 (0.81-1.02x: maps under 32x32), 4 x 960ch 33^2
+    (16.7 MB: 0.91x; x and y over 16 MiB), 144ch 129^2 (19 MB, 1.09-1.16x, above that line).
+    Not measured on Intel: oneDNN there."""
+    size = 8 if p.dtype == torch.float64 else 4
+    return (_avx512() and not _intel() and (p.r, p.s) == (3, 3) and p.k == p.c
+            and p.c * size >= 256 and out_pixels >= 32 * 32
+            and p.n * (p.h * p.w + out_pixels) * p.c * size <= 16 << 20)
+
+
 def cpu_auto_policy(p: Problem) -> bool:
     """Where dilconv's CPU kernels beat oneDNN: the op suite at batch 1, fp32, 2 threads, on an idle
     machine, interleaved A/B (`python -m dilconv bench --dtype fp32 --batch 1`; speed-ups
@@ -324,7 +339,8 @@ def cpu_auto_policy(p: Problem) -> bool:
       * depthwise, stride 1, NCHW: forward 1.07-2.2x with <= 9 taps (7x7: 0.85x), forward +
         backward 1.2-10x (torch's dilated depthwise backward is its weak spot); on 7x7 maps
         (DeepLabV3+ at 97x97) 0.7-1.1x undilated, 2.5x dilated training; channels-last
-        forward 0.8-1.25x in the cache (oneDNN's best case), 1.1-1.8x where x and y stream
+        forward in the cache 1.1-1.5x 3x3 with 4+ vectors of channels on an AVX-512 Zen 4
+        (_cl_dw_blocks_win), else 0.8-1.25x (oneDNN's best case), 1.1-1.8x where x and y stream
         from memory on maps of 64x64 and more on an AVX-512 Zen 4 (_cl_dw_streams), 2-20x where
         oneDNN's is slow
         (_onednn_dw_slow),
@@ -412,8 +428,8 @@ def cpu_auto_policy(p: Problem) -> bool:
             return True
         if p.requires_grad:
             return d > 1 or p.r * p.s > 9 or p.n >= 2
-        return (p.r * p.s <= 9 and p.k == p.c and pq >= 64 * 64 and _cl_dw_streams(p, pq)
-                and _cl_dw_stream_wins())
+        return ((p.r * p.s <= 9 and p.k == p.c and pq >= 64 * 64 and _cl_dw_streams(p, pq)
+                 and _cl_dw_stream_wins()) or _cl_dw_blocks_win(p, pq))
     if (p.groups == 1 and (p.r, p.s) == (1, 1) and p.stride == (1, 1) and p.padding == (0, 0)
             and not p.channels_last):
         # GEMMs straight on the NCHW planes (forward with bias and activation applied per

@@ -643,16 +643,22 @@ def test_auto_policy_routes_by_measured_wins(avx512, intel, monkeypatch):
     assert cpu_auto_policy(five) != avx512
     assert cpu_auto_policy(dataclasses.replace(five, dilation=(4, 4), padding=(8, 8)))
     # channels-last forward: oneDNN, but where x and y stream from memory (over 20 MiB) on maps
-    # of 64x64 and more ours on an AVX-512 CPU other than Intel's
-    streams = avx512 and not intel
+    # of 64x64 and more, and 3x3 in the cache (up to 16 MiB) with 4+ vectors of channels on maps
+    # of 32x32 and more, ours on an AVX-512 CPU other than Intel's
+    streams = blocks = avx512 and not intel
     assert cpu_auto_policy(prob(728, 728, 65, 2, 728, cl=True)) == streams  # 24.6 MB
     assert cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True, n=16)) == streams
     assert not cpu_auto_policy(prob(960, 960, 33, 2, 960, cl=True, n=16))  # 33x33 map
-    assert not cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True))  # 8.7 MB: in the cache
-    assert not cpu_auto_policy(prob(384, 384, 33, 1, 384, cl=True, n=2))
-    # ... but not where oneDNN's is slow: dilated with padding >= 5 (AVX2) or >= 7 (AVX-512)
-    assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True)) != avx512
-    assert cpu_auto_policy(prob(256, 256, 65, 6, 256, cl=True)) != avx512
+    assert not cpu_auto_policy(prob(960, 960, 33, 2, 960, cl=True, n=4))  # 16.7 MB
+    assert cpu_auto_policy(prob(960, 960, 33, 2, 960, cl=True)) == blocks  # 8.4 MB: in the cache
+    assert cpu_auto_policy(prob(256, 256, 65, 4, 256, cl=True)) == blocks
+    assert cpu_auto_policy(prob(384, 384, 33, 1, 384, cl=True, n=2)) == blocks
+    assert not cpu_auto_policy(prob(2048, 2048, 17, 2, 2048, cl=True))  # a 17x17 map
+    assert not cpu_auto_policy(prob(48, 48, 65, 1, 48, cl=True))  # three vectors of channels
+    assert not cpu_auto_policy(prob(144, 144, 129, 1, 144, cl=True))  # 19 MB
+    # ... and where oneDNN's is slow: dilated with padding >= 5 (AVX2) or >= 7 (AVX-512)
+    assert cpu_auto_policy(prob(256, 256, 65, 5, 256, cl=True)) == (not avx512 or blocks)
+    assert cpu_auto_policy(prob(256, 256, 65, 6, 256, cl=True)) == (not avx512 or blocks)
     assert cpu_auto_policy(prob(256, 256, 65, 7, 256, cl=True))
     assert cpu_auto_policy(prob(64, 64, 65, 5, 64, cl=True, stride=2)) != avx512
     assert cpu_auto_policy(prob(64, 64, 65, 7, 64, cl=True, stride=2))
