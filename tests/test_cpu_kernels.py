@@ -355,6 +355,7 @@ def test_strided_channels_last_gradients(isa, case, dtype):
     (130, 19, 33, (3, 2), (3, 2)),  # rows and columns of different dilations
     (96, 17, 30, (0, 4), (1, 3)),  # no padding in rows: a smaller output
     (48, 9, 31, (2, 2), (2, 2)),  # (float32: three vectors, the row-blocked kernel)
+    (1024, 40, 44, (2, 2), (2, 2)),  # x and y past 20 MiB: blocks prefetching the next one
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_last_depthwise_blocks(isa, case, dtype):

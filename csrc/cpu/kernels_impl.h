@@ -1494,13 +1494,18 @@ void nhwc_row_channels_inner(int64_t C, const T* x, const int64_t* xo, const int
 // every output it serves (RB = 4, PB = 4: 36 loads for 144 FMAs, where nhwc_row_blocked loads
 // one vector an FMA), with the tap weights in registers. x: the input under tap (0, 0) of the
 // first output of the block; xr, xp: the input strides of one tap row, one tap column; y, yr, yp
-// alike for the outputs.
+// alike for the outputs. nx (nullable): the next block's x (pixels nxp apart), prefetched a
+// channel vector ahead of its use (where x streams from memory).
 template <class T, int RB, int PB>
 DILCONV_INLINE void nhwc_3x3_block(int64_t C, const T* x, int64_t xr, int64_t xp, const T* wt,
-                                   const T* bias, Act act, T* y, int64_t yr, int64_t yp) {
+                                   const T* bias, Act act, T* y, int64_t yr, int64_t yp,
+                                   const T* nx, int64_t nxp) {
   const int64_t nv = (C + NV<T> - 1) / NV<T>;
   for (int64_t v = 0; v < nv; ++v) {
     const int64_t c = vstart<T>(v, C);
+    if (nx)
+      for (int ir = 0; ir < RB + 2; ++ir)
+        for (int ic = 0; ic < PB + 2; ++ic) __builtin_prefetch(nx + ir * xr + ic * nxp + c, 0, 2);
     V<T> w[9];
     for (int t = 0; t < 9; ++t) w[t] = ld(wt + t * C + c);
     const V<T> b = bias ? ld(bias + c) : V<T>{};
@@ -1529,21 +1534,26 @@ DILCONV_INLINE void nhwc_3x3_block(int64_t C, const T* x, int64_t xr, int64_t xp
 
 // Pixels [0, nq) of RB rows, all nine taps inside (see nhwc_3x3_block): by groups of 4 dw
 // consecutive pixels, each dw blocks of four pixels dw apart; the last, partial group by blocks
-// of fewer. x, xr, y, yr as for nhwc_row_blocked (x: under tap (0, 0) of pixel 0).
+// of fewer. x, xr, y, yr as for nhwc_row_blocked (x: under tap (0, 0) of pixel 0); pf: prefetch
+// each next block's input while a block is computed.
 template <class T, int RB>
 void nhwc_3x3_rows(int64_t C, const T* x, int64_t xr, int64_t px, int64_t dw, const T* wt,
-                   const T* bias, Act act, T* y, int64_t yr, int64_t py, int64_t nq) {
+                   const T* bias, Act act, T* y, int64_t yr, int64_t py, int64_t nq, bool pf) {
   const int64_t group = 4 * dw;
   int64_t q0 = 0;
   for (; q0 + group <= nq; q0 += group)
-    for (int64_t ph = 0; ph < dw; ++ph)
+    for (int64_t ph = 0; ph < dw; ++ph) {
+      const int64_t nq0 = ph + 1 < dw ? q0 + ph + 1 : q0 + group;  // the next block's first pixel
       nhwc_3x3_block<T, RB, 4>(C, x + (q0 + ph) * px, xr, dw * px, wt, bias, act,
-                               y + (q0 + ph) * py, yr, dw * py);
+                               y + (q0 + ph) * py, yr, dw * py,
+                               pf && nq0 + 3 * dw < nq ? x + nq0 * px : nullptr, dw * px);
+    }
   for (int64_t ph = 0; ph < dw && q0 + ph < nq; ++ph) {
     const int64_t k = (nq - q0 - ph + dw - 1) / dw;  // pixels q0 + ph, + dw, .. below nq (<= 4)
     with_count<4>(k, [&](auto k_tag) {
       nhwc_3x3_block<T, RB, decltype(k_tag)::value>(C, x + (q0 + ph) * px, xr, dw * px, wt, bias,
-                                                    act, y + (q0 + ph) * py, yr, dw * py);
+                                                    act, y + (q0 + ph) * py, yr, dw * py, nullptr,
+                                                    0);
     });
   }
 }
@@ -1616,11 +1626,14 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
   // of channels, x and y in the cache. Interleaved (all orders of ours, its and oneDNN's), 2
   // threads, Zen 4, nhwc_row_blocked's time / this one's: 960ch 33^2 d2 1.23-1.53x (oneDNN/ours
   // 0.85-1.06x -> 1.26-1.31x), 1024ch 33^2 1.36-1.53x, 2048ch 17^2 1.23-1.31x, 2 x 960ch 33^2
-  // 1.28-1.43x, 384-576ch 33^2 1.05-1.18x, 144ch 129^2 1.02-1.10x; streaming from memory it
-  // lacks nhwc_row_blocked's prefetches (304ch 129^2 0.66x, 2 x 728ch 65^2 0.93x), and with two
-  // vectors of channels (32ch 257^2) it ran no faster.
+  // 1.28-1.43x, 384-576ch 33^2 1.05-1.18x, 144ch 129^2 1.02-1.10x; with two vectors of
+  // channels (32ch 257^2) it ran no faster. Where x and y stream from memory it prefetches each
+  // next block (without: 304ch 129^2 0.66x, 2 x 728ch 65^2 0.93x): 728ch 65^2 d2 1.30x, 2 x 728ch
+  // 1.17x, 960ch 65^2 d4 1.71x, 4 x 960ch 33^2 1.46x, but 256-304ch 129^2 0.84-0.87x: there only
+  // from 512 float channels (2 KiB pixels) on.
   const bool blocks_3x3 = VB == 64 && !cpu_is_intel() && g.R == 3 && g.S == 3 && g.sh == 1 &&
-                          g.sw == 1 && !stream && g.C >= 4 * NV<T>;
+                          g.sw == 1 && g.C >= 4 * NV<T> &&
+                          (!stream || g.C * int64_t(sizeof(T)) >= 2048);
   // rows p, p + step, ... (nr of them, all reading tap rows rr), run by run of columns
   auto rows = [&](int64_t p, int64_t nr, int64_t step, TapRange rr) {
     const T* xp = x + p * g.sh * xs.h;
@@ -1648,7 +1661,7 @@ void dw_nhwc_fwd(const Geo& g, const T* x, Strides xs, const T* wt, const T* bia
       } else if (nt == 9 && blocks_3x3 && step == g.dh && q1 - q0 >= 4 * g.dw) {
         with_count<4>(nr, [&](auto nr_tag) {
           nhwc_3x3_rows<T, decltype(nr_tag)::value>(g.C, xq + xo[0], xr, px, g.dw, wt, bias, act,
-                                                    yq, yr, ys.w, q1 - q0);
+                                                    yq, yr, ys.w, q1 - q0, stream);
         });
       } else {
         with_taps(nt, [&](auto nt_tag) {
